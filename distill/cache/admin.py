@@ -1,0 +1,105 @@
+"""Housekeeping over the cache root: list caches, summarise one, and clean up after crashes.
+
+These back `distill cache ls | info | verify | gc`. They read index files and directory
+listings only (no shard decoding), so they are fast on a root holding terabytes of caches.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distill.atomic import TMP_SUFFIX
+from distill.cache.format import FORMAT_VERSION, INDEX_NAME, SHARD_GLOB
+from distill.cache.lock import LOCK_NAME, WriterLock
+from distill.cache.reader import TeacherCache, load_index
+from distill.cache.views import list_views
+from distill.errors import DistillError
+
+
+def directory_bytes(path: Path) -> int:
+    """Bytes of every file under `path`."""
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def cache_info(path: str | Path) -> dict[str, Any]:
+    """A summary of one cache (what `distill cache info --json` prints)."""
+    cache = TeacherCache(path, allow_incomplete=True, check=False)
+    prov = cache.provenance
+    on_disk = directory_bytes(cache.path)
+    return {
+        "path": str(cache.path),
+        "key": cache.key,
+        "format_version": FORMAT_VERSION,
+        "complete": cache.complete,
+        "records": len(cache),
+        "tokens": cache.num_tokens,
+        "top_k": cache.spec.top_k,
+        "extra_k": cache.spec.extra_k,
+        "precision": cache.spec.precision,
+        "vocab_size": cache.spec.vocab_size,
+        "shards": len(cache.index["shards"]),
+        "bytes_on_disk": on_disk,
+        "bytes_per_token": round(on_disk / cache.num_tokens, 3) if cache.num_tokens else None,
+        "teacher": prov.get("teacher"),
+        "tokenizer_fingerprint": prov.get("tokenizer_fingerprint"),
+        "views": list_views(cache.path),
+        "provenance": prov,
+    }
+
+
+def list_caches(root: Path) -> list[dict[str, Any]]:
+    """One summary row per cache directory under `root` (unreadable ones say why)."""
+    rows = []
+    for d in sorted(p for p in Path(root).glob("*") if p.is_dir()) if Path(root).is_dir() else []:
+        try:
+            rows.append(cache_info(d))
+        except DistillError as e:
+            rows.append({"path": str(d), "key": d.name, "error": str(e)})
+    return rows
+
+
+def garbage(root: Path, incomplete: bool = False) -> list[Path]:
+    """What `gc` would remove under `root`: leftovers of crashed writers, and with `incomplete`
+    also whole caches that were never finished. Caches a live writer holds are skipped."""
+    found: list[Path] = []
+    for d in sorted(p for p in Path(root).glob("*") if p.is_dir()) if Path(root).is_dir() else []:
+        with WriterLock(d, wait=False) as held:
+            if not held:
+                continue  # a generate is writing it right now
+            if not (d / INDEX_NAME).exists():
+                # a writer that died before its first shard left nothing worth keeping; a folder
+                # holding anything else is not ours to delete
+                if all(_is_writer_file(f) for f in d.iterdir()):
+                    found.append(d)
+                continue
+            try:
+                index = load_index(d)
+            except DistillError:
+                continue  # not ours to delete; `ls` reports it
+            if incomplete and not index.get("complete"):
+                found.append(d)
+                continue
+            listed = {e["name"] for e in index["shards"]}
+            for f in sorted(d.iterdir()):
+                if f.name.endswith(TMP_SUFFIX) or (f.match(SHARD_GLOB) and f.name not in listed):
+                    found.append(f)
+    return found
+
+
+def _is_writer_file(f: Path) -> bool:
+    return f.name == LOCK_NAME or f.name.endswith(TMP_SUFFIX) or f.match(SHARD_GLOB)
+
+
+def remove(paths: list[Path]) -> int:
+    """Delete files and directories; returns the bytes freed."""
+    freed = 0
+    for p in paths:
+        if p.is_dir():
+            freed += directory_bytes(p)
+            shutil.rmtree(p)
+        elif p.exists():
+            freed += p.stat().st_size
+            p.unlink()
+    return freed

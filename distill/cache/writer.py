@@ -1,0 +1,234 @@
+"""Writing a teacher cache: `CacheWriter` appends records and flushes them shard by shard.
+
+Crash safety, the property users pay for: a shard is written to a temp name, fsynced and renamed;
+then index.json (the list of finished shards) is replaced atomically. A writer reopened on an
+unfinished cache keeps every finished shard, discards temp files and shards the index does not
+list (a crash between rename and index update), and reports which (prompt, sample) pairs are
+done, so the teacher stage generates only the rest. `finish()` marks the index complete; readers
+refuse incomplete caches unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save as save_safetensors
+
+from distill.atomic import TMP_SUFFIX, write_bytes_atomic, write_json_atomic
+from distill.cache import codec
+from distill.cache.format import (
+    FIELDS,
+    FORMAT_VERSION,
+    INDEX_NAME,
+    REQUIRED_META,
+    SHARD_GLOB,
+    SHARD_PATTERN,
+    CacheSpec,
+    Record,
+)
+from distill.cache.lock import WriterLock
+from distill.cache.reader import load_index, read_shard_header
+from distill.errors import DistillError
+
+DEFAULT_SHARD_BYTES = 64 * 2**20
+
+
+class CacheWriter:
+    """Append-only writer for one cache directory; reopening an unfinished cache continues it."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        spec: CacheSpec,
+        key: str,
+        provenance: dict[str, Any] | None = None,
+        shard_bytes: int = DEFAULT_SHARD_BYTES,
+    ) -> None:
+        problems = spec.problems()
+        if problems:
+            raise DistillError("Invalid cache settings: " + "; ".join(problems) + ".")
+        self.path = Path(path)
+        self.spec = spec
+        self.key = key
+        self.provenance = dict(provenance or {})
+        self.shard_bytes = shard_bytes
+        self._buffer: list[tuple[Record, dict[str, bytes]]] = []
+        self._buffer_bytes = 0
+        self._done: set[tuple[str, int]] = set()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.path)
+        if not self._lock.acquire():
+            raise DistillError(
+                f"Cache {self.path} is being written by another process; wait for it to finish "
+                "(a rerun afterwards resumes or reports a cache hit)."
+            )
+        self.discarded: list[str] = []
+        try:
+            self._open()
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self) -> None:
+        if (self.path / INDEX_NAME).exists():
+            self._continue()
+        else:
+            self._clean(keep=set())
+            self.index = {
+                "format_version": FORMAT_VERSION,
+                "key": self.key,
+                "complete": False,
+                "spec": self.spec.to_json(),
+                "provenance": self.provenance,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "shards": [],
+            }
+
+    # -----------------------------------------------------------------------------------------
+    # reopening
+
+    def _continue(self) -> None:
+        self.index = load_index(self.path)
+        if self.index["key"] != self.key or self.index["spec"] != self.spec.to_json():
+            raise DistillError(
+                f"{self.path} already holds a different cache (key {self.index['key']}); "
+                "choose another output directory or delete it."
+            )
+        if self.index.get("complete"):
+            raise DistillError(f"Cache {self.path} is already complete; it cannot be appended to.")
+        listed = {e["name"] for e in self.index["shards"]}
+        self._clean(keep=listed)
+        for e in self.index["shards"]:
+            shard = self.path / e["name"]
+            if not shard.is_file() or shard.stat().st_size != e["bytes"]:
+                raise DistillError(f"Shard {shard} listed in {INDEX_NAME} is missing or truncated; delete the cache.")
+            header, _ = read_shard_header(shard)
+            for m in json.loads(header["__metadata__"]["meta"]):
+                self._done.add((str(m["prompt_id"]), int(m["sample_index"])))
+
+    def _clean(self, keep: set[str]) -> None:
+        """Remove temp files and shards that the index does not list (left by a crash)."""
+        for f in sorted(self.path.iterdir()):
+            if f.name.endswith(TMP_SUFFIX) or (f.match(SHARD_GLOB) and f.name not in keep):
+                f.unlink()
+                self.discarded.append(f.name)
+
+    def done_keys(self) -> set[tuple[str, int]]:
+        """(prompt_id, sample_index) of every record already written (finished shards and buffer)."""
+        return set(self._done)
+
+    # -----------------------------------------------------------------------------------------
+    # appending
+
+    def _check(self, r: Record) -> Record:
+        missing = [k for k in REQUIRED_META if k not in r.meta]
+        if missing:
+            raise DistillError(f"Record metadata lacks {', '.join(missing)} (got keys {sorted(r.meta)}).")
+        t, spec = len(r.completion_ids), self.spec
+        if r.topk_ids.shape != (t, spec.top_k) or r.topk_logprobs.shape != (t, spec.top_k):
+            raise DistillError(
+                f"Record {r.key}: top-k arrays have shapes {r.topk_ids.shape} / {r.topk_logprobs.shape}, "
+                f"expected ({t}, {spec.top_k})."
+            )
+        if r.sampled_logprobs.shape != (t,):
+            raise DistillError(
+                f"Record {r.key}: sampled_logprobs has shape {r.sampled_logprobs.shape}, expected ({t},)."
+            )
+        if spec.extra_k and (r.extra_ids is None or r.extra_ids.shape != (t, spec.extra_k)):
+            raise DistillError(f"Record {r.key}: extra_ids must have shape ({t}, {spec.extra_k}).")
+        for name in ("prompt_ids", "completion_ids", "topk_ids", "extra_ids"):
+            ids = getattr(r, name)
+            if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= spec.vocab_size):
+                raise DistillError(
+                    f"Record {r.key}: {name} holds ids outside [0, {spec.vocab_size}); the tokenizer does not "
+                    "match the cache's vocabulary."
+                )
+        if np.isnan(r.topk_logprobs).any():
+            raise DistillError(f"Record {r.key}: top-k logprobs contain NaN.")
+        if spec.top_k > 1:
+            # the codec stores sorted rows as steps; order ties by id so the result is deterministic
+            order = np.lexsort((r.topk_ids, -r.topk_logprobs), axis=1)
+            r.topk_ids = np.take_along_axis(r.topk_ids, order, axis=1)
+            r.topk_logprobs = np.take_along_axis(r.topk_logprobs, order, axis=1)
+        return r
+
+    def append(self, record: Record) -> None:
+        """Add one record; flushes a shard when the buffer reaches `shard_bytes`."""
+        record = self._check(record)
+        if record.key in self._done:
+            raise DistillError(f"Record {record.key} is already in cache {self.path}; each (prompt, sample) once.")
+        fields = codec.encode_fields(record, self.spec)
+        self._buffer.append((record, fields))
+        self._buffer_bytes += sum(len(b) for b in fields.values())
+        self._done.add(record.key)
+        if self._buffer_bytes >= self.shard_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered records as one shard, then list it in the index."""
+        if not self._buffer:
+            return
+        blob, spans, lengths, metas = [], np.full((len(self._buffer), len(FIELDS), 2), -1, np.int64), [], []
+        offset = 0
+        for i, (record, fields) in enumerate(self._buffer):
+            for j, name in enumerate(FIELDS):
+                if name in fields:
+                    spans[i, j] = (offset, len(fields[name]))
+                    blob.append(fields[name])
+                    offset += len(fields[name])
+            lengths.append((len(record.prompt_ids), len(record.completion_ids)))
+            metas.append(record.meta)
+        tensors = {
+            "blob": np.frombuffer(b"".join(blob), np.uint8) if blob else np.zeros(0, np.uint8),
+            "spans": spans,
+            "lengths": np.asarray(lengths, np.int64).reshape(-1, 2),
+        }
+        header = {"distill_format": str(FORMAT_VERSION), **{k: str(v) for k, v in self.spec.to_json().items()}}
+        header["meta"] = json.dumps(metas, ensure_ascii=False)
+        data = save_safetensors(tensors, metadata=header)
+        name = SHARD_PATTERN.format(len(self.index["shards"]))
+        write_bytes_atomic(self.path / name, data)
+        self.index["shards"].append(
+            {
+                "name": name,
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "records": len(self._buffer),
+                "tokens": int(tensors["lengths"][:, 1].sum()),
+            }
+        )
+        self._write_index()
+        self._buffer, self._buffer_bytes = [], 0
+
+    def _write_index(self) -> None:
+        self.index["records"] = sum(e["records"] for e in self.index["shards"])
+        self.index["tokens"] = sum(e["tokens"] for e in self.index["shards"])
+        self.index["bytes"] = sum(e["bytes"] for e in self.index["shards"])
+        write_json_atomic(self.path / INDEX_NAME, self.index)
+
+    def finish(self, provenance: dict[str, Any] | None = None) -> Path:
+        """Flush, add final provenance, mark the cache complete. Returns the cache directory."""
+        self.flush()
+        self.index["provenance"].update(provenance or {})
+        self.index["complete"] = True
+        self.index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._write_index()
+        self._lock.release()
+        return self.path
+
+    def close(self) -> None:
+        """Save every buffered record as a shard and release the cache; it stays incomplete."""
+        self.flush()
+        self._lock.release()
+
+    # Leaving a `with` block on an error still saves every finished record (nothing computed is lost).
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self.close()

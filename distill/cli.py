@@ -1,0 +1,207 @@
+"""The `distill` command line: one typed function per command, registered in one table.
+
+    distill generate   teacher traces + top-k logprobs into a cache      (vLLM)
+    distill score      teacher-forced logprobs over existing traces       (vLLM)
+    distill filter     keep verified-correct traces (a view of a cache)
+    distill train      student on CE + KL to the cached teacher
+    distill grpo       polish the student with verifier rewards
+    distill eval       pass@1 / cons@n with the same verifiers
+    distill cache      ls | info | verify | gc
+    distill demo       the whole pipeline on the embedded default
+
+Heavy imports (torch, vllm, transformers) happen inside the command that needs them, so
+`distill --help` is instant. A `DistillError` is printed as one sentence with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from distill.errors import DistillError
+
+app = typer.Typer(
+    help="Distil the reasoning of a large teacher model into a small student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+cache_app = typer.Typer(help="Inspect and maintain teacher caches.", no_args_is_help=True)
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _not_built(stage: str, issue: str) -> None:
+    typer.echo(f"distill {stage}: not implemented yet ({issue}).", err=True)
+    raise typer.Exit(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# stages not built yet: they say so and exit 2, never a fake result
+
+
+def generate() -> None:
+    """Teacher traces + top-k logprobs into a cache (vLLM)."""
+    _not_built("generate", "the teacher stage is the next issue")
+
+
+def score() -> None:
+    """Teacher-forced logprobs over existing traces."""
+    _not_built("score", "comes with the teacher stage")
+
+
+def filter_() -> None:
+    """Keep verified-correct traces (a view of a cache)."""
+    _not_built("filter", "comes with the verifiers")
+
+
+def train() -> None:
+    """Train a student: CE + KL to the cached teacher."""
+    _not_built("train", "the student trainer is not built yet")
+
+
+def grpo() -> None:
+    """Polish a student with GRPO on verifier rewards."""
+    _not_built("grpo", "the GRPO stage is not built yet")
+
+
+def eval_() -> None:
+    """Evaluate a model: pass@1, cons@n, pass@k."""
+    _not_built("eval", "comes with the embedded default")
+
+
+def demo(
+    out: Annotated[Path, typer.Option(help="Directory for the demo's models, caches and report.")] = Path("demo-out"),
+    seed: Annotated[int, typer.Option(help="Seed for the model and every stage.")] = 0,
+) -> None:
+    """The whole pipeline on the embedded default."""
+    from distill.demo import run_demo
+
+    run_demo(out, seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+
+
+def cache_ls(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
+) -> None:
+    """List caches under the cache root ($DISTILL_HOME/caches) with size, records, tokens, teacher."""
+    from distill.cache.admin import list_caches
+    from distill.paths import cache_root
+
+    rows = list_caches(cache_root())
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no caches under {cache_root()}")
+        return
+    typer.echo(f"{'key':<22}{'size':>10}{'records':>10}{'tokens':>12}  {'state':<10}teacher")
+    for r in rows:
+        if "error" in r:
+            typer.echo(f"{r['key']:<22}{'?':>10}{'?':>10}{'?':>12}  {'unreadable':<10}{r['error']}")
+            continue
+        state = "complete" if r["complete"] else "partial"
+        typer.echo(
+            f"{r['key']:<22}{_human_bytes(r['bytes_on_disk']):>10}{r['records']:>10}{r['tokens']:>12}  "
+            f"{state:<10}{r['teacher']}"
+        )
+
+
+def cache_info(
+    path: Annotated[str, typer.Argument(help="Cache directory, or a cache key (prefix) under the cache root.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (format_version, records, tokens, ...).")] = False,
+) -> None:
+    """Summarise one cache: records, tokens, top-k, bytes per token, teacher, views."""
+    from distill.cache.admin import cache_info as info
+
+    d = info(path)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    for key in ("path", "key", "complete", "records", "tokens", "top_k", "precision", "vocab_size", "shards"):
+        typer.echo(f"{key:<22}{d[key]}")
+    typer.echo(f"{'bytes_on_disk':<22}{_human_bytes(d['bytes_on_disk'])} ({d['bytes_per_token']} bytes/token)")
+    typer.echo(f"{'teacher':<22}{d['teacher']}")
+    typer.echo(f"{'tokenizer':<22}{d['tokenizer_fingerprint']}")
+    views = ", ".join(f"{k} ({v} kept)" for k, v in d["views"].items()) or "none"
+    typer.echo(f"{'views':<22}{views}")
+
+
+def cache_verify(
+    path: Annotated[str, typer.Argument(help="Cache directory, or a cache key (prefix) under the cache root.")],
+) -> None:
+    """Check every shard's size and checksum and decode every record; exit 1 naming what is broken."""
+    from distill.cache.reader import TeacherCache
+
+    cache = TeacherCache(path, allow_incomplete=True, check=False)
+    problems = cache.verify()
+    if not cache.complete:
+        problems.append(f"{cache.path} is incomplete: its generation was interrupted (rerun it to finish)")
+    if problems:
+        for p in problems:
+            typer.echo(f"FAIL {p}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"OK {cache.path}: {len(cache)} records, {cache.num_tokens} tokens, {len(cache.index['shards'])} shards")
+
+
+def cache_gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would be removed.")] = False,
+    incomplete: Annotated[
+        bool, typer.Option("--incomplete", help="Also remove unfinished caches (interrupted generations).")
+    ] = False,
+) -> None:
+    """Remove leftovers of crashed writers (temp files, unlisted shards); caches being written are skipped."""
+    from distill.cache.admin import garbage, remove
+    from distill.paths import cache_root
+
+    found = garbage(cache_root(), incomplete=incomplete)
+    for p in found:
+        typer.echo(f"{'would remove' if dry_run else 'remove'} {p}")
+    if not dry_run:
+        typer.echo(f"freed {_human_bytes(remove(found))}")
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# the table
+
+COMMANDS = [
+    (generate, "generate"),
+    (score, "score"),
+    (filter_, "filter"),
+    (train, "train"),
+    (grpo, "grpo"),
+    (eval_, "eval"),
+]
+CACHE_COMMANDS = [(cache_ls, "ls"), (cache_info, "info"), (cache_verify, "verify"), (cache_gc, "gc")]
+
+for fn, name in COMMANDS:
+    app.command(name, context_settings=_PASSTHROUGH)(fn)
+app.command("demo")(demo)
+for fn, name in CACHE_COMMANDS:
+    cache_app.command(name)(fn)
+app.add_typer(cache_app, name="cache")
+
+
+def main() -> None:
+    """Entry point of the `distill` console script."""
+    try:
+        app()
+    except DistillError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)

@@ -1,0 +1,94 @@
+"""Fingerprints: short hashes that say whether two things are the same, and the cache key.
+
+- tokenizer: vocabulary, added/special tokens and chat template (ids in a cache only mean
+  something together with the tokenizer that made them);
+- teacher weights: hub id + revision, or a hash of a local directory's weight and config files
+  (memoised by path, size and mtime, because hashing 64 GB of weights takes a minute);
+- prompt set: every prompt's id, text and gold answer, in order;
+- cache key: all of the above plus sampling parameters, top-k, logprob mode and seed. Same inputs,
+  same key, same directory: that is what makes `distill generate` a no-op the second time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from distill.atomic import write_json_atomic
+from distill.paths import distill_home
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+CONFIG_NAMES = ("config.json", "generation_config.json")
+
+
+def canonical_hash(obj: Any) -> str:
+    """Hex SHA-256 of `obj` as canonical JSON (sorted keys, no whitespace)."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of a Hugging Face tokenizer's vocabulary, added and special tokens, and chat template."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    return canonical_hash(
+        {
+            "vocab": sorted(tokenizer.get_vocab().items()),
+            "added": sorted((int(i), str(t)) for i, t in added.items()),
+            "special": sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", [])),
+            "chat_template": getattr(tokenizer, "chat_template", None),
+        }
+    )[:16]
+
+
+def _hash_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 * 2**20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weights_fingerprint(model: str | Path, revision: str | None = None) -> str:
+    """Hash identifying a model's weights: of local files if `model` is a directory, else of hub id + revision."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return canonical_hash({"hub_id": str(model), "revision": revision or "main"})[:16]
+    files = sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES or f.name in CONFIG_NAMES)
+    stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    memo_path = distill_home() / "fingerprints.json"
+    memo_key = canonical_hash({"path": str(path.resolve()), "stamp": stamp})
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    if memo_key not in memo:
+        memo[memo_key] = canonical_hash([(f.name, _hash_file(f)) for f in files])[:16]
+        try:
+            memo_path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(memo_path, memo)
+        except OSError:
+            pass  # a read-only home only costs a re-hash next time
+    return memo[memo_key]
+
+
+def prompt_set_fingerprint(prompts: Iterable[dict[str, Any]]) -> str:
+    """Hash of a prompt set: (id, text, gold answer) of every prompt, in order."""
+    h = hashlib.sha256()
+    for p in prompts:
+        h.update(json.dumps([p.get("id"), p.get("prompt"), p.get("answer")], default=str).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def cache_key(**parts: Any) -> str:
+    """The content key of a cache: a hash of everything that determines its records."""
+    return canonical_hash(parts)[:20]
+
+
+def is_local_model(model: str | Path) -> bool:
+    """Whether `model` names a local directory rather than a hub id."""
+    return os.path.isdir(os.path.expanduser(str(model)))

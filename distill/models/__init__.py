@@ -1,0 +1,1 @@
+"""Model helpers that need no hub: tiny Qwen2 models and byte-level BPE tokenizers built offline."""

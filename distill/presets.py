@@ -1,0 +1,247 @@
+"""Teacher and student presets: YAML data files looked up by short name.
+
+`--teacher r1-distill-qwen-7b` reads `teachers/r1-distill-qwen-7b.yaml`; `--student qwen-1.5b`
+reads `students/qwen-1.5b.yaml`. A path to a YAML file, a local model directory or a hub id also
+works (a model without a preset gets the defaults below). Every field is typed and documented
+here; a preset is validated once, on load, and every problem is reported in one message.
+
+The preset folders are the repository's top-level `teachers/` and `students/`; an installed wheel
+carries them as the packages `distill.teachers` / `distill.students`, so lookups work both ways.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import DistillError
+
+R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass
+class EngineArgs:
+    """How vLLM runs the teacher."""
+
+    tensor_parallel_size: int = 1
+    """GPUs one engine replica spans (vLLM tensor parallelism)."""
+    data_parallel_size: int = 1
+    """Engine replicas (vLLM data parallelism)."""
+    max_model_len: int | None = None
+    """Longest prompt + completion in tokens (None: the model's own limit)."""
+    dtype: str = "auto"
+    """Weight dtype: auto, bfloat16, float16 or float32."""
+    gpu_memory_utilization: float = 0.9
+    """Fraction of GPU memory vLLM may take."""
+
+
+@dataclass
+class Sampling:
+    """Default sampling for generation (the R1 evaluation settings)."""
+
+    temperature: float = 0.6
+    """Sampling temperature (0: greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = 32768
+    """Completion length limit; longer traces end with finish reason 'length'."""
+    samples_per_prompt: int = 1
+    """Completions drawn per prompt."""
+
+
+@dataclass
+class PromptStyle:
+    """How a problem becomes the teacher's input."""
+
+    instruction: str = R1_INSTRUCTION
+    """Appended to every problem that does not already contain it (R1 convention)."""
+    system_prompt: str | None = None
+    """System message; R1-style teachers are used without one."""
+    think_prefix: str = "<think>\n"
+    """Text the response is primed with, unless the chat template already ends with it."""
+
+
+@dataclass
+class TeacherPreset:
+    """A teacher model and how to run it."""
+
+    name: str
+    """Short name used on the command line."""
+    hub_id: str
+    """Hugging Face hub id, or a directory (relative to the preset file) for bundled teachers."""
+    tokenizer_family: str
+    """Tokenizers of one family share token ids (e.g. qwen2.5)."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); part of the cache key."""
+    top_k: int = 20
+    """Teacher logprobs kept per position."""
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    """vLLM engine arguments."""
+    sampling: Sampling = field(default_factory=Sampling)
+    """Default sampling parameters."""
+    prompt: PromptStyle = field(default_factory=PromptStyle)
+    """Prompt convention."""
+    description: str = ""
+    """One line for listings."""
+
+
+@dataclass
+class TrainDefaults:
+    """Default optimisation settings for a student."""
+
+    lr: float = 5e-5
+    """Peak learning rate (AdamW)."""
+    max_length: int = 16384
+    """Longest packed training row in tokens."""
+    epochs: int = 3
+    """Passes over the training records."""
+    warmup_ratio: float = 0.05
+    """Fraction of steps spent warming up the learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+
+
+@dataclass
+class LoraDefaults:
+    """Default LoRA settings (used with --lora)."""
+
+    r: int = 64
+    """Rank of the adapters."""
+    alpha: int = 128
+    """Scaling numerator (effective scale alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    """Module names that get adapters."""
+
+
+@dataclass
+class StudentPreset:
+    """A student model and its training defaults."""
+
+    name: str
+    """Short name used on the command line."""
+    hub_id: str
+    """Hugging Face hub id, or a directory (relative to the preset file)."""
+    tokenizer_family: str
+    """Tokenizers of one family share token ids (e.g. qwen2.5)."""
+    revision: str | None = None
+    """Hub revision."""
+    train: TrainDefaults = field(default_factory=TrainDefaults)
+    """Training defaults."""
+    lora: LoraDefaults = field(default_factory=LoraDefaults)
+    """LoRA defaults."""
+    description: str = ""
+    """One line for listings."""
+
+
+KINDS: dict[str, type] = {"teacher": TeacherPreset, "student": StudentPreset}
+_FOLDERS = {"teacher": "teachers", "student": "students"}
+
+
+# ---------------------------------------------------------------------------------------------
+# building typed presets from YAML, collecting every problem
+
+
+def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(data, dict):
+        problems.append(f"{where} must be a mapping, got {type(data).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            problems.append(f"{where}: unknown field {key!r} (known: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append(f"{where}: missing required field {name!r}")
+            continue
+        kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}", problems)
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        return None
+
+
+def _coerce(hint: Any, value: Any, where: str, problems: list[str]) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where, problems)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, args[0]) for v in value):
+            problems.append(f"{where} must be a list of {args[0].__name__}, got {value!r}")
+        return value
+    ok = isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        problems.append(f"{where} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_preset_file(path: Path, kind: str) -> Any:
+    """Load and validate one preset YAML file; raises DistillError listing every problem."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise DistillError(f"Cannot read {kind} preset {path}: {e}") from e
+    problems: list[str] = []
+    preset = _build(KINDS[kind], data, Path(path).name, problems)
+    if problems:
+        raise DistillError(f"{kind.capitalize()} preset {path} is invalid: " + "; ".join(problems) + ".")
+    # a relative hub_id that names a bundled directory is relative to the preset file
+    local = Path(path).parent / preset.hub_id
+    if not Path(preset.hub_id).is_absolute() and local.is_dir():
+        preset.hub_id = str(local.resolve())
+    return preset
+
+
+# ---------------------------------------------------------------------------------------------
+# lookup
+
+
+def preset_dir(kind: str) -> Path:
+    """The folder holding `kind` presets: the checkout's top-level folder, or the wheel's package."""
+    here = Path(__file__).resolve().parent
+    source = here.parent / _FOLDERS[kind]
+    in_checkout = (here.parent / "pyproject.toml").is_file() and source.is_dir()
+    return source if in_checkout else here / _FOLDERS[kind]
+
+
+def preset_names(kind: str) -> list[str]:
+    """Short names of every bundled preset of this kind."""
+    return sorted(p.stem for p in preset_dir(kind).glob("*.yaml"))
+
+
+def resolve_preset(spec: str, kind: str) -> Any:
+    """A preset from a short name, a YAML path, a local model directory or a hub id."""
+    named = preset_dir(kind) / f"{spec}.yaml"
+    if named.is_file():
+        return load_preset_file(named, kind)
+    path = Path(spec).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return load_preset_file(path, kind)
+    if path.is_dir():
+        return KINDS[kind](name=path.name, hub_id=str(path.resolve()), tokenizer_family="unknown")
+    parts = spec.split("/")
+    if len(parts) == 2 and all(parts):
+        return KINDS[kind](name=spec, hub_id=spec, tokenizer_family="unknown")
+    raise DistillError(
+        f"Unknown {kind} {spec!r}: not a preset name, a YAML file, a model directory or a hub id "
+        f"(org/name). Known {kind} presets: {', '.join(preset_names(kind))}."
+    )

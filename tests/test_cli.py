@@ -1,0 +1,81 @@
+"""The command line: help lists every command without importing torch or vllm; cache commands work."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.cache import CacheSpec, CacheWriter
+from tests.cache.helpers import make_record
+
+COMMANDS = ["generate", "score", "filter", "train", "grpo", "eval", "cache", "demo"]
+
+
+def distill(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True, env=env)
+
+
+def test_help_lists_every_command_with_one_line() -> None:
+    out = distill("--help")
+    assert out.returncode == 0
+    listed = [line.split()[0] for line in out.stdout.split("Commands:")[1].splitlines() if line.strip()]
+    assert sorted(listed) == sorted(COMMANDS)
+    assert "..." not in out.stdout.split("Commands:")[1]  # one line each, not cut off
+
+
+def test_help_imports_neither_torch_nor_vllm() -> None:
+    code = (
+        "import sys\n"
+        "sys.argv = ['distill', '--help']\n"
+        "try:\n    import distill.cli; distill.cli.main()\nexcept SystemExit: pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'vllm', 'transformers', 'numpy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("stage", ["score", "filter", "train", "grpo", "eval"])
+def test_unbuilt_stages_exit_2_saying_so(stage: str) -> None:
+    out = distill(stage, "--anything", "x")
+    assert out.returncode == 2 and "not implemented yet" in out.stderr and out.stdout == ""
+
+
+def test_cache_commands_end_to_end(tmp_path: Path, distill_home: Path) -> None:
+    path = distill_home / "caches" / "abcdef0123"
+    rng = np.random.default_rng(0)
+    with CacheWriter(path, CacheSpec(top_k=4, vocab_size=1000), key="abcdef0123", provenance={"teacher": "tiny"}) as w:
+        for i in range(4):
+            w.append(make_record(rng, i, k=4))
+        w.finish()
+    env = {**os.environ, "DISTILL_HOME": str(distill_home)}
+    ls = distill("cache", "ls", env=env)
+    assert ls.returncode == 0 and "abcdef0123" in ls.stdout and "complete" in ls.stdout
+    info = json.loads(distill("cache", "info", "abcdef", "--json", env=env).stdout)  # key prefix works
+    required = {
+        "format_version",
+        "records",
+        "tokens",
+        "top_k",
+        "vocab_size",
+        "bytes_on_disk",
+        "bytes_per_token",
+        "teacher",
+        "tokenizer_fingerprint",
+        "views",
+    }
+    assert required <= set(info) and info["records"] == 4
+    assert distill("cache", "verify", str(path), env=env).stdout.startswith("OK")
+    gc = distill("cache", "gc", "--dry-run", env=env)
+    assert gc.returncode == 0
+
+
+def test_bad_cache_path_is_one_sentence_and_exit_1(tmp_path: Path) -> None:
+    out = distill("cache", "info", str(tmp_path / "nope"))
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr and "not a teacher cache" in out.stderr

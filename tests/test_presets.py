@@ -1,0 +1,132 @@
+"""Presets: every bundled file validates, short names / paths / hub ids resolve, errors list names."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.errors import DistillError
+from distill.presets import (
+    StudentPreset,
+    TeacherPreset,
+    load_preset_file,
+    preset_dir,
+    preset_names,
+    resolve_preset,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_PRESETS = [("teacher", p) for p in sorted((REPO / "teachers").glob("*.yaml"))] + [
+    ("student", p) for p in sorted((REPO / "students").glob("*.yaml"))
+]
+
+
+@pytest.mark.parametrize(("kind", "path"), ALL_PRESETS, ids=[p.stem for _, p in ALL_PRESETS])
+def test_every_preset_file_validates(kind: str, path: Path) -> None:
+    preset = load_preset_file(path, kind)
+    assert preset.name == path.stem  # the short name is the file name
+    assert preset.hub_id and preset.tokenizer_family
+    if kind == "teacher":
+        assert 1 <= preset.top_k <= 128 and 0 < preset.sampling.temperature <= 2 and 0 < preset.sampling.top_p <= 1
+        assert preset.engine.tensor_parallel_size >= 1
+    else:
+        assert 0 < preset.train.lr < 1e-2 and preset.train.max_length >= 1024 and preset.lora.r > 0
+
+
+def test_required_presets_exist() -> None:
+    assert {"r1-distill-qwen-7b", "r1-distill-qwen-32b", "qwq-32b"} <= set(preset_names("teacher"))
+    assert {"qwen-0.5b", "qwen-1.5b", "qwen-7b"} <= set(preset_names("student"))
+    assert resolve_preset("qwen-1.5b", "student").hub_id == "Qwen/Qwen2.5-Math-1.5B"
+
+
+def test_unknown_name_lists_known_names() -> None:
+    with pytest.raises(DistillError, match=r"Unknown student 'qwen-3b'.*qwen-0.5b, qwen-1.5b, qwen-7b"):
+        resolve_preset("qwen-3b", "student")
+
+
+def test_path_directory_and_hub_id_resolve(tmp_path: Path) -> None:
+    custom = tmp_path / "mine.yaml"
+    custom.write_text("name: mine\nhub_id: org/model\ntokenizer_family: qwen2.5\ntop_k: 64\n")
+    assert resolve_preset(str(custom), "teacher").top_k == 64
+    model_dir = tmp_path / "my-model"
+    model_dir.mkdir()
+    assert resolve_preset(str(model_dir), "student").hub_id == str(model_dir.resolve())
+    hub = resolve_preset("someorg/some-model", "teacher")
+    assert isinstance(hub, TeacherPreset) and hub.hub_id == "someorg/some-model" and hub.top_k == 20
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\ntokenizer_family: 3\ntrain: {lr: fast, epochs: 2}\ncolour: blue\n")
+    with pytest.raises(DistillError) as err:
+        load_preset_file(bad, "student")
+    msg = str(err.value)
+    for problem in (
+        "missing required field 'hub_id'",
+        "tokenizer_family must be str",
+        "train.lr must be float",
+        "unknown field 'colour'",
+    ):
+        assert problem in msg
+    assert isinstance(load_preset_file(REPO / "students" / "qwen-7b.yaml", "student"), StudentPreset)
+
+
+def test_presets_resolve_from_an_installed_wheel(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    for name in ("distill", "teachers", "students"):
+        shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    wheel = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "w"),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert wheel.returncode == 0, wheel.stderr
+    target = tmp_path / "site"
+    install = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--target",
+            str(target),
+            *map(str, (tmp_path / "w").glob("*.whl")),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    code = (
+        "import distill.presets as p; print(p.preset_dir('teacher')); "
+        "print(p.resolve_preset('qwen-1.5b', 'student').hub_id, p.resolve_preset('qwq-32b', 'teacher').hub_id)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
+    assert out.returncode == 0, out.stderr
+    where, ids = out.stdout.splitlines()
+    assert where.startswith(str(target)) and ids == "Qwen/Qwen2.5-Math-1.5B Qwen/QwQ-32B"
+    assert preset_dir("teacher") == REPO / "teachers"  # and the checkout uses its own folder
