@@ -354,3 +354,74 @@ def test_missing_vllm_says_how_to_install_and_mentions_hf(tiny_model: Path, prom
     )
     assert out.returncode == 1 and "vLLM is not installed" in out.stderr and "--backend hf" in out.stderr
     assert no_caches(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# generate without logprobs → select → score only the survivors; scoring a trace file
+
+
+def test_top_k_0_then_score_only_the_selected_traces(tiny_model: Path, prompts_file: Path) -> None:
+    from distill.cache import write_view
+    from distill.score import ScoreConfig, run_score
+
+    cheap = open_cache(
+        run_generate(
+            GenerateConfig(
+                teacher=str(tiny_model),
+                prompts=str(prompts_file),
+                top_k=0,
+                samples_per_prompt=2,
+                max_new_tokens=8,
+                backend="hf",
+                dtype="float32",
+                precision="fp32",
+            )
+        )
+    )
+    assert cheap.spec.top_k == 0 and cheap[0].topk_ids.shape == (8, 0)
+    assert np.isfinite(cheap[0].sampled_logprobs).all()  # the trace token's logprob comes for free
+    write_view(cheap, "survivors", [1, 4, 7])
+    scored = open_cache(
+        run_score(
+            ScoreConfig(
+                teacher=str(tiny_model),
+                traces=str(cheap.path),
+                view="survivors",
+                top_k=4,
+                backend="hf",
+                dtype="float32",
+                precision="fp32",
+            )
+        )
+    )
+    assert sorted(scored.keys()) == sorted(cheap.keys()[i] for i in (1, 4, 7))
+    by_key = {r.key: r for r in cheap}
+    for rec in scored:
+        np.testing.assert_array_equal(rec.completion_ids, by_key[rec.key].completion_ids)
+        np.testing.assert_allclose(rec.sampled_logprobs, by_key[rec.key].sampled_logprobs, atol=1e-4, rtol=0)
+
+
+def test_score_a_trace_file(tiny_model: Path, tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from distill.score import ScoreConfig, run_score
+
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(
+        json.dumps(
+            {"problem": "What is 2 + 3?", "answer": "5", "completion": "<think>\nadd 2 and 3</think> \\boxed{5}"}
+        )
+        + "\n"
+    )
+    cache = open_cache(
+        run_score(ScoreConfig(teacher=str(tiny_model), traces=str(traces), top_k=3, backend="hf", dtype="float32"))
+    )
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    rec = cache[0]
+    assert tok.decode(rec.completion_ids) == "<think>\nadd 2 and 3</think> \\boxed{5}<|im_end|>"
+    assert tok.decode(rec.prompt_ids).endswith("<|im_start|>assistant\n")  # the trace opens its own <think>
+    assert rec.meta["answer"] == "5" and rec.topk_ids.shape == (len(rec.completion_ids), 3)
+    missing = tmp_path / "nocompletion.jsonl"
+    missing.write_text(json.dumps({"problem": "x", "text": "y"}) + "\n")
+    with pytest.raises(DistillError, match="No completion field.*columns found: problem, text"):
+        run_score(ScoreConfig(teacher=str(tiny_model), traces=str(missing), top_k=3, backend="hf"))

@@ -52,6 +52,8 @@ class VLLMEngine:
         seed: int = 0,
         max_inflight: int = 1024,
     ) -> None:
+        # stdout carries results (the cache path is its last line); vLLM's log goes to stderr
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         cpu = _on_cpu()
         if cpu:
             for k, v in CPU_ENV.items():

@@ -73,8 +73,13 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     seed: int = 0,
     corpus: Iterable[str] | None = None,
+    model_vocab_size: int | None = None,
 ) -> Path:
-    """Save a randomly initialised tiny Qwen2 model and its tokenizer to `out_dir`; returns it."""
+    """Save a randomly initialised tiny Qwen2 model and its tokenizer to `out_dir`; returns it.
+
+    `model_vocab_size` pads the embedding beyond the tokenizer (as Qwen2.5 pads 151,665 tokens to
+    151,936 rows), e.g. to give a benchmark model a realistic output-layer cost.
+    """
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -86,7 +91,7 @@ def build_tiny_model(
     tokenizer.save_pretrained(out)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=max(len(tokenizer), model_vocab_size or 0),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
         num_hidden_layers=num_layers,
