@@ -44,6 +44,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     )[:16]
 
 
+def vocabulary_fingerprint(tokenizer: Any) -> str:
+    """Hash of the regular vocabulary only (token → id, without added/special tokens).
+
+    Two tokenizers with equal regular vocabularies map ordinary text to the same ids even when their
+    special tokens or chat templates differ (R1-Distill-Qwen teachers vs Qwen2.5 students)."""
+    added = set(str(t) for t in (getattr(tokenizer, "added_tokens_decoder", {}) or {}).values())
+    return canonical_hash(sorted((t, i) for t, i in tokenizer.get_vocab().items() if t not in added))[:16]
+
+
 def _hash_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -79,7 +79,7 @@ class Plan:
     path: Path
 
 
-def _problems(cfg: GenerateConfig, preset: TeacherPreset, sampling: dict[str, Any], top_k: int) -> list[str]:
+def _problems(cfg: GenerateConfig, sampling: dict[str, Any], top_k: int) -> list[str]:
     out = []
     if sampling["samples_per_prompt"] < 1:
         out.append(f"--samples-per-prompt must be ≥ 1, got {sampling['samples_per_prompt']}")
@@ -106,13 +106,10 @@ def plan(cfg: GenerateConfig) -> Plan:
     defaults = asdict(preset.sampling)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in defaults.items()}
     top_k = cfg.top_k if cfg.top_k is not None else preset.top_k
-    problems = _problems(cfg, preset, sampling, top_k)
+    problems = _problems(cfg, sampling, top_k)
     if problems:
         raise DistillError("Invalid generate settings: " + "; ".join(problems) + ".")
     prompts, where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
-    local = Path(preset.hub_id).is_dir()
-    if not local and preset.hub_id.startswith(("/", ".", "~")):
-        raise DistillError(f"Teacher model directory {preset.hub_id} does not exist.")
     key_parts = {
         "teacher": weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
         "prompts": prompt_set_fingerprint(prompts),
@@ -218,7 +215,10 @@ def run_generate(cfg: GenerateConfig) -> Path:
         stats = stream_into_cache(
             writer, engine.generate(iter(requests), sampling), metas, len(requests), "generate", cfg.flush_every_s
         )
-        writer.finish({"engine": engine.name, "engine_version": engine.version, "skipped_prompts": sorted(skip)})
+        writer.finish(
+            tokenizer=tokenizer,
+            provenance={"engine": engine.name, "engine_version": engine.version, "skipped_prompts": sorted(skip)},
+        )
     for line in summary_lines(p.path, stats, cache_info(p.path), len(skip)):
         typer.echo(line)
     return p.path

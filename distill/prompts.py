@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.errors import DistillError
+from distill.tasks import load_task_prompts
 
 PROMPT_FIELDS = ("prompt", "problem", "question", "input")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
@@ -145,8 +146,6 @@ def load_prompts(
     Ids come from an id column when there is one, else from the row number, so they are stable
     under `--limit` and under `--shard-index/--num-shards` slicing.
     """
-    from distill.tasks import load_task_prompts
-
     task_prompts = load_task_prompts(source)
     if task_prompts is not None:
         rows, where = task_prompts, source

@@ -183,7 +183,7 @@ def run_score(cfg: ScoreConfig) -> Path:
         requests = (Request(t.key, t.prompt_ids, completion_ids=t.completion_ids) for t in todo)
         metas = {t.key: t.meta for t in todo}
         stats = stream_into_cache(writer, engine.score(requests, top_k), metas, len(todo), "score", cfg.flush_every_s)
-        writer.finish({"engine": engine.name, "engine_version": engine.version})
+        writer.finish(tokenizer=tokenizer, provenance={"engine": engine.name, "engine_version": engine.version})
     for line in summary_lines(path, stats, cache_info(path)):
         typer.echo(line)
     return path

@@ -39,7 +39,7 @@ from distill.models.tiny import build_tiny_model  # noqa: E402
 from distill.teacher import stream_into_cache  # noqa: E402
 
 MODELS = {
-    "small": dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=4, model_vocab_size=32768),
+    "small": dict(hidden_size=512, num_layers=5, num_heads=8, num_kv_heads=4, model_vocab_size=32768),
     "tiny": dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, model_vocab_size=2048),
 }
 

@@ -150,6 +150,17 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
         for c in caches:
             for entry in c.index["shards"]:
                 writer.adopt_shard(c.path / entry["name"], entry)
-        return writer.finish()
+        tokenizer = _SavedTokenizer(first.tokenizer_path) if first.tokenizer_path else None
+        return writer.finish(tokenizer=tokenizer)
     finally:
         writer.close()
+
+
+class _SavedTokenizer:
+    """A tokenizer directory that `CacheWriter.finish` can "save" (copy) like a tokenizer object."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save_pretrained(self, target: Path) -> None:
+        shutil.copytree(self.path, target)

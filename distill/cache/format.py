@@ -6,6 +6,7 @@ A cache is a directory:
                                when its index says so
     shard-00000.safetensors    many records each; written to a temp name, fsynced, renamed
     views/<name>.json          record selections written by the filter (never edits shards)
+    tokenizer/                 the teacher's tokenizer files (save_pretrained), written at finish
 
 A shard is a safetensors file with three tensors and a string header:
 
@@ -29,6 +30,7 @@ import numpy as np
 FORMAT_VERSION = 1
 INDEX_NAME = "index.json"
 VIEWS_DIR = "views"
+TOKENIZER_DIR = "tokenizer"  # the teacher's tokenizer, so a cache is usable without the teacher
 SHARD_PATTERN = "shard-{:05d}.safetensors"
 SHARD_GLOB = "shard-*.safetensors"
 

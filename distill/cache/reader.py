@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from distill.cache import codec
-from distill.cache.format import FIELD_INDEX, FORMAT_VERSION, INDEX_NAME, CacheSpec, Record
+from distill.cache.format import FIELD_INDEX, FORMAT_VERSION, INDEX_NAME, TOKENIZER_DIR, CacheSpec, Record
 from distill.errors import DistillError
 from distill.paths import cache_root
 
@@ -157,6 +157,12 @@ class TeacherCache(Sequence[Record]):
                     f"Shard {e['name']} of cache {self.path} is missing or has the wrong size; "
                     "the cache is damaged, regenerate it."
                 )
+
+    @property
+    def tokenizer_path(self) -> Path | None:
+        """Directory of the teacher's tokenizer saved with the cache (None for caches without one)."""
+        path = self.path / TOKENIZER_DIR
+        return path if path.is_dir() else None
 
     @property
     def complete(self) -> bool:

@@ -29,6 +29,7 @@ from distill.cache.format import (
     REQUIRED_META,
     SHARD_GLOB,
     SHARD_PATTERN,
+    TOKENIZER_DIR,
     CacheSpec,
     Record,
 )
@@ -230,9 +231,16 @@ class CacheWriter:
         self.index["bytes"] = sum(e["bytes"] for e in self.index["shards"])
         write_json_atomic(self.path / INDEX_NAME, self.index)
 
-    def finish(self, provenance: dict[str, Any] | None = None) -> Path:
-        """Flush, add final provenance, mark the cache complete. Returns the cache directory."""
+    def finish(self, provenance: dict[str, Any] | None = None, tokenizer: Any = None) -> Path:
+        """Flush, save the teacher's tokenizer (anything with `save_pretrained`) next to the shards,
+        add final provenance, mark the cache complete. Returns the cache directory."""
         self.flush()
+        if tokenizer is not None:
+            tmp = self.path / (TOKENIZER_DIR + TMP_SUFFIX)
+            shutil.rmtree(tmp, ignore_errors=True)
+            tokenizer.save_pretrained(tmp)
+            shutil.rmtree(self.path / TOKENIZER_DIR, ignore_errors=True)
+            tmp.rename(self.path / TOKENIZER_DIR)
         self.index["provenance"].update(provenance or {})
         self.index["complete"] = True
         self.index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
