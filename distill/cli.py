@@ -109,9 +109,50 @@ def filter_() -> None:
     _not_built("filter", "comes with the verifiers")
 
 
-def train() -> None:
+def train(
+    student: Annotated[
+        str, typer.Option(help="Student preset name (qwen-1.5b, ...), preset YAML, model directory or hub id.")
+    ],
+    cache: Annotated[str | None, typer.Option(help="Teacher cache (path or key) to distil from.")] = None,
+    view: Annotated[
+        str | None, typer.Option(help="Train only on the records of this view (from distill filter).")
+    ] = None,
+    traces: Annotated[
+        str | None, typer.Option(help="Plain trace file (prompt + completion) for SFT without a cache.")
+    ] = None,
+    alpha: Annotated[
+        float, typer.Option(help="Weight of cross-entropy; 1 - alpha weighs the KD term (1 = SFT).")
+    ] = 0.5,
+    kd: Annotated[str, typer.Option(help="KD divergence: forward, reverse, jsd or sampled.")] = "forward",
+    tail: Annotated[
+        str, typer.Option(help="Teacher mass outside the top-k: bucket (one extra class) or renorm.")
+    ] = "bucket",
+    temperature: Annotated[
+        float, typer.Option(help="Distillation temperature (teacher re-tempered from raw logprobs).")
+    ] = 1.0,
+    beta: Annotated[float, typer.Option(help="Mixing weight of the generalised JSD.")] = 0.5,
+    lora: Annotated[bool, typer.Option(help="Train LoRA adapters (merged on export) instead of all weights.")] = False,
+    epochs: Annotated[int | None, typer.Option(help="Passes over the records [preset].")] = None,
+    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (instead of --epochs).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate [preset].")] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps warming up [preset].")] = None,
+    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay [preset].")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per packed row [preset].")] = None,
+    batch_rows: Annotated[int, typer.Option(help="Packed rows per optimizer step, over all processes.")] = 8,
+    micro_rows: Annotated[int, typer.Option(help="Rows per forward pass per process (the rest accumulates).")] = 1,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
+    chunk_size: Annotated[int, typer.Option(help="Tokens per chunk of the output-layer loss.")] = 1024,
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path("runs/student"),
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+    init: Annotated[str, typer.Option(help="pretrained weights, or random (a config-only student).")] = "pretrained",
+) -> None:
     """Train a student: CE + KL to the cached teacher."""
-    _not_built("train", "the student trainer is not built yet")
+    from distill.train import TrainConfig, run_train
+
+    run_train(TrainConfig(**{k: v for k, v in locals().items() if k not in ("TrainConfig", "run_train")}))
 
 
 def grpo() -> None:
@@ -247,7 +288,7 @@ COMMANDS = {
     "generate": (generate, False),
     "score": (score, False),
     "filter": (filter_, True),
-    "train": (train, True),
+    "train": (train, False),
     "grpo": (grpo, True),
     "eval": (eval_, True),
     "demo": (demo, False),

@@ -1,0 +1,577 @@
+"""`distill train`: a student on α·CE + (1−α)·τ²·KD to the cached teacher, at every completion position.
+
+One recipe that reads top to bottom: setup → train → save → cleanup. Choices:
+- the teacher is never loaded: its top-k logprobs come from the cache (through a view, if given),
+  read-only, so any number of runs share one cache;
+- the loss is computed from final hidden states in chunks over the output layer (distill.losses),
+  never materialising batch × time × vocab logits;
+- batches are packed rows planned per epoch (distill.data); a step's loss is the mean over all its
+  loss tokens across micro-batches and ranks, so 1 process and N processes with the same global
+  batch compute the same numbers;
+- the same command under `torchrun --nproc-per-node N` shards the model with FSDP2 (falling back
+  to DDP where FSDP2 cannot run), NCCL on GPUs, gloo on CPUs;
+- bf16 autocast on GPU, fp32 on CPU; AdamW, linear warmup then cosine decay, gradient clipping;
+- checkpoints are directories written under a temp name and renamed; `--resume` restores model,
+  optimiser, scheduler, RNG and the data position (the step), so the remaining losses equal an
+  uninterrupted run's; a NaN/inf loss stops the run naming the step and keeps the last good
+  checkpoint;
+- the output is a Hugging Face directory (weights, tokenizer, generation config, `distill_train.json`
+  with the training config and the cache it came from) that transformers and vLLM load; LoRA
+  adapters are merged on export.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+from distill.atomic import TMP_SUFFIX, write_json_atomic
+from distill.cache import Record, TeacherCache, view_indices
+from distill.data import IGNORE_INDEX, PackedLoader
+from distill.errors import DistillError
+from distill.losses import KD_KINDS, TAILS, distill_loss
+from distill.presets import resolve_preset
+from distill.vocab import reconcile
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+TRAIN_CONFIG = "distill_train.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything `distill train` takes; None means "the student preset's default"."""
+
+    student: str
+    cache: str | None = None
+    traces: str | None = None
+    view: str | None = None
+    alpha: float = 0.5
+    kd: str = "forward"
+    tail: str = "bucket"
+    temperature: float = 1.0
+    beta: float = 0.5
+    lora: bool = False
+    epochs: int | None = None
+    max_steps: int | None = None
+    lr: float | None = None
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    max_length: int | None = None
+    batch_rows: int = 8
+    micro_rows: int = 1
+    grad_clip: float = 1.0
+    chunk_size: int = 1024
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    out: Path = Path("runs/student")
+    resume: bool = False
+    save_every: int = 50
+    init: str = "pretrained"
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, as sentences."""
+        out = []
+        if not 0.0 <= self.alpha <= 1.0:
+            out.append(f"--alpha must be in [0, 1], got {self.alpha}")
+        if self.temperature <= 0:
+            out.append(f"--temperature must be > 0, got {self.temperature}")
+        if self.kd not in KD_KINDS:
+            out.append(f"--kd must be one of {', '.join(KD_KINDS)}, got {self.kd!r}")
+        if self.tail not in TAILS:
+            out.append(f"--tail must be one of {', '.join(TAILS)}, got {self.tail!r}")
+        if (self.cache is None) == (self.traces is None):
+            out.append("give exactly one of --cache (teacher cache) or --traces (plain trace file)")
+        if self.traces is not None and self.alpha != 1.0:
+            out.append("plain --traces carry no teacher logprobs: use --alpha 1 (SFT) or a --cache")
+        if self.epochs is not None and self.max_steps is not None:
+            out.append("give --epochs or --max-steps, not both")
+        if self.batch_rows < 1 or self.micro_rows < 1:
+            out.append("--batch-rows and --micro-rows must be ≥ 1")
+        if self.init not in ("pretrained", "random"):
+            out.append(f"--init must be pretrained or random, got {self.init!r}")
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size), initialising torch.distributed when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _all_sum(values: list[float], world: int) -> list[float]:
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss module: a wrapper whose forward FSDP/DDP see, so their hooks gather every parameter
+
+
+class StudentLoss(torch.nn.Module):
+    """The student's decoder plus the chunked CE + KD loss over its output layer."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def _causal_lm(self) -> torch.nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, batch: Any) -> Any:
+        lm = self._causal_lm()
+        # use_cache=False matters: with a KV cache transformers ignores the packing in position_ids
+        # and lets records attend to each other (tests/test_data.py checks the isolation)
+        hidden = lm.model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).last_hidden_state
+        keep = batch.targets != IGNORE_INDEX  # only loss positions go through the output layer
+        flat = lambda t: None if t is None else t[keep]  # noqa: E731
+        head = lm.get_output_embeddings()
+        return distill_loss(
+            hidden[keep],
+            head.weight,
+            batch.targets[keep],
+            topk_ids=flat(batch.topk_ids) if self.cfg.alpha < 1 else None,
+            topk_logprobs=flat(batch.topk_logprobs) if self.cfg.alpha < 1 else None,
+            sampled_ids=flat(batch.sampled_ids) if self.cfg.kd == "sampled" else None,
+            alpha=self.cfg.alpha,
+            kd=self.cfg.kd,
+            tail=self.cfg.tail,
+            temperature=self.cfg.temperature,
+            beta=self.cfg.beta,
+            chunk_size=self.cfg.chunk_size,
+            bias=getattr(head, "bias", None),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+
+class Trainer:
+    """setup → train → save → cleanup."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        problems = cfg.problems()
+        if problems:
+            raise DistillError("Invalid train settings: " + "; ".join(problems) + ".")
+        self.cfg = cfg
+        self.rank, self.world = _dist()
+        self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
+        self.out = Path(cfg.out)
+
+    def log(self, msg: str) -> None:
+        if self.rank == 0:
+            typer.echo(msg, err=True)
+
+    # -----------------------------------------------------------------------------------------
+    # setup
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.preset = resolve_preset(cfg.student, "student")
+        self._seed_everything(cfg.seed)
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self.step = 0
+        if cfg.resume:
+            self._load_checkpoint()
+        elif self.rank == 0 and (self.out / CHECKPOINTS).exists():
+            raise DistillError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
+
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _setup_data(self) -> None:
+        from distill.teacher import load_tokenizer
+
+        cfg = self.cfg
+        student_tok = load_tokenizer(self.preset.hub_id, self.preset.revision)
+        if cfg.cache is not None:
+            cache = TeacherCache(cfg.cache)
+            if cfg.alpha < 1 and cache.spec.top_k == 0:
+                raise DistillError(
+                    f"Cache {cache.path} holds no teacher logprobs (top-k 0); use --alpha 1 or score it."
+                )
+            if cfg.kd == "sampled" and cfg.alpha < 1 and cache.spec.extra_k == 0:
+                raise DistillError(f"--kd sampled needs extra sampled tokens, and cache {cache.path} has none.")
+            indices = view_indices(cache, cfg.view) if cfg.view else np.arange(len(cache))
+            if len(indices) == 0:
+                raise DistillError(f"View {cfg.view!r} of {cache.path} keeps no records; nothing to train on.")
+            if cache.tokenizer_path is None:
+                raise DistillError(f"Cache {cache.path} has no saved tokenizer; regenerate it with this distill.")
+            teacher_tok = load_tokenizer(str(cache.tokenizer_path))
+            decision = reconcile(student_tok, teacher_tok, self.preset.name, str(cache.provenance.get("teacher")))
+            if decision.adopted_teacher:
+                self.log(f"note: {decision.message}")
+            self.tokenizer = decision.tokenizer
+            records, lengths, top_k, extra_k = cache, cache.lengths(), cache.spec.top_k, cache.spec.extra_k
+            self.source = {"cache": str(cache.path), "cache_key": cache.key, "view": cfg.view}
+        else:
+            self.tokenizer = student_tok
+            records = traces_to_records(cfg.traces, student_tok)
+            indices = np.arange(len(records))
+            lengths = np.array([[len(r.prompt_ids), len(r.completion_ids)] for r in records])
+            top_k, extra_k = 0, 0
+            self.source = {"traces": str(cfg.traces)}
+        max_length = cfg.max_length or self.preset.train.max_length
+        no_room = int((lengths[np.asarray(indices), 0] >= max_length).sum())
+        if no_room == len(indices):
+            raise DistillError(
+                f"Every record's prompt is at least --max-length {max_length} tokens, leaving no completion "
+                "token to learn from; raise --max-length."
+            )
+        if no_room:
+            self.log(f"note: {no_room} of {len(indices)} records have prompts of ≥ {max_length} tokens and are skipped")
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.loader = PackedLoader(
+            records,
+            indices,
+            lengths,
+            max_length,
+            cfg.batch_rows,
+            cfg.micro_rows,
+            cfg.seed,
+            pad,
+            top_k if cfg.alpha < 1 else 0,
+            extra_k if cfg.kd == "sampled" else 0,
+            self.rank,
+            self.world,
+        )
+        epochs = cfg.epochs if cfg.epochs is not None else self.preset.train.epochs
+        self.total_steps = cfg.max_steps or epochs * self.loader.steps_per_epoch
+        self.log(f"data: {len(indices)} records, {self.loader.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+
+    def _build_model(self) -> torch.nn.Module:
+        """The student as configured (pretrained or random, resized, LoRA-wrapped), on the CPU."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg, preset = self.cfg, self.preset
+        torch.manual_seed(cfg.seed)  # the same initial adapters / random weights on every rank
+        if cfg.init == "random":
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(preset.hub_id), dtype=torch.float32)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, dtype=torch.float32)
+        if len(self.tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(self.tokenizer))
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        if cfg.lora:
+            from peft import LoraConfig, get_peft_model
+
+            lora = preset.lora
+            model = get_peft_model(
+                model,
+                LoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+        return model
+
+    def _setup_model(self) -> None:
+        self.model = self._build_model().to(self.device)
+        self.module = self._parallelize(StudentLoss(self.model, self.cfg).to(self.device))
+
+    def _parallelize(self, module: torch.nn.Module) -> torch.nn.Module:
+        if self.world == 1:
+            return module
+        try:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in self.model.get_base_model().model.layers if self.cfg.lora else self.model.model.layers:
+                fully_shard(layer)
+            fully_shard(module)
+            self.sharding = "fsdp2"
+            self.log(f"sharding: FSDP2 over {self.world} processes")
+        except Exception as e:  # FSDP2 needs a device it supports; DDP runs everywhere
+            self.log(f"FSDP2 unavailable here ({type(e).__name__}: {e}); using DDP")
+            module = torch.nn.parallel.DistributedDataParallel(module)
+            self.sharding = "ddp"
+            self.log(f"sharding: DDP over {self.world} processes")
+        return module
+
+    def _setup_optimizer(self) -> None:
+        cfg, train = self.cfg, self.preset.train
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=cfg.lr or train.lr,
+            betas=(0.9, 0.95),
+            weight_decay=cfg.weight_decay if cfg.weight_decay is not None else train.weight_decay,
+        )
+        warmup = int((cfg.warmup_ratio if cfg.warmup_ratio is not None else train.warmup_ratio) * self.total_steps)
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = (step - warmup) / max(self.total_steps - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
+
+    # -----------------------------------------------------------------------------------------
+    # train
+
+    def train(self) -> None:
+        from tqdm import tqdm
+
+        metrics_path = self.out / METRICS
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._truncate_metrics(metrics_path)
+        tb = self._tensorboard()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        start, tokens_seen = time.perf_counter(), 0
+        while self.step < self.total_steps:
+            batches, step_tokens = self.loader.step(self.step)
+            sums = [0.0, 0.0, 0.0]  # loss, ce, kd: sums over this rank's loss tokens
+            for batch in batches:
+                batch = _to(batch, self.device)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
+                    out = self.module(batch)
+                n = out.num_tokens
+                # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
+                (out.loss * n / max(step_tokens, 1) * self.world).backward()
+                sums = [sums[0] + float(out.loss) * n, sums[1] + float(out.ce) * n, sums[2] + float(out.kd) * n]
+            loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
+            if not math.isfinite(loss):
+                raise DistillError(
+                    f"The loss became {loss} at step {self.step + 1}; training stopped. The last good checkpoint "
+                    f"is kept in {self.out / CHECKPOINTS}; lower --lr or check the data, then --resume."
+                )
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
+            )
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            tokens_seen += step_tokens
+            rate = tokens_seen / (time.perf_counter() - start)
+            row = {
+                "step": self.step,
+                "loss": loss,
+                "ce": ce,
+                "kd": kd,
+                "lr": self.scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens": step_tokens,
+                "tokens_per_s": rate,
+            }
+            if self.rank == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                if tb is not None:
+                    for k in ("loss", "ce", "kd", "lr", "grad_norm", "tokens_per_s"):
+                        tb.add_scalar(f"train/{k}", row[k], self.step)
+                bar.set_postfix_str(f"loss {loss:.4f} ce {ce:.4f} kl {kd:.4f} {rate:,.0f} tok/s", refresh=False)
+                bar.update(1)
+            if self.step % self.cfg.save_every == 0 or self.step == self.total_steps:
+                self._save_checkpoint()
+        bar.close()
+        if tb is not None:
+            tb.close()
+
+    def _truncate_metrics(self, path: Path) -> None:
+        """On resume, drop metric rows past the checkpoint (they will be recomputed)."""
+        if not path.exists():
+            return
+        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+    def _tensorboard(self) -> Any:
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            self.log("note: tensorboard is not installed; metrics go to metrics.jsonl only")
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    # -----------------------------------------------------------------------------------------
+    # checkpoints
+
+    def _state(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=opts)
+        return {
+            "model": model_sd,
+            "optimizer": optim_sd,
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+        }
+
+    def _save_checkpoint(self) -> None:
+        state = self._state()  # collective under FSDP: every rank takes part
+        if self.rank != 0:
+            return
+        root = self.out / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step-{self.step:08d}"
+        tmp = root / (final.name + TMP_SUFFIX)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        torch.save(state, tmp / "state.pt")
+        with open(tmp / "state.pt", "rb") as f:
+            os.fsync(f.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(TMP_SUFFIX))[:-2]:
+            shutil.rmtree(old)  # keep the last two
+
+    def _load_checkpoint(self) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        root = self.out / CHECKPOINTS
+        done = sorted(p for p in root.glob("step-*") if not p.name.endswith(TMP_SUFFIX)) if root.exists() else []
+        if not done:
+            raise DistillError(f"--resume: {self.out} has no checkpoint to resume from; run without --resume.")
+        state = torch.load(done[-1] / "state.pt", weights_only=False)
+        set_state_dict(
+            self.module,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+            options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False),
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = state["step"]
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.log(f"resumed from {done[-1]} (step {self.step})")
+
+    # -----------------------------------------------------------------------------------------
+    # save
+
+    def save(self) -> Path:
+        """Write the Hugging Face directory (rank 0) and return it."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return self.out / "model"
+        # sharded parameters cannot take a full state dict: export from a plain copy on rank 0
+        model = self.model if self.world == 1 else self._build_model()
+        model.load_state_dict({k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")})
+        model = model.merge_and_unload() if self.cfg.lora else model
+        final = self.out / "model"
+        tmp = self.out / ("model" + TMP_SUFFIX)
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, safe_serialization=True)
+        self.tokenizer.save_pretrained(tmp)
+        from transformers import GenerationConfig
+
+        GenerationConfig(
+            eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=0.6,
+            top_p=0.95,
+        ).save_pretrained(tmp)
+        write_json_atomic(
+            tmp / TRAIN_CONFIG,
+            {
+                "config": _jsonable(asdict(self.cfg)),
+                "source": self.source,
+                "student": asdict(self.preset),
+                "steps": self.step,
+            },
+        )
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        return final
+
+    def cleanup(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _to(batch: Any, device: Any) -> Any:
+    for name, value in vars(batch).items():
+        if isinstance(value, torch.Tensor):
+            setattr(batch, name, value.to(device))
+    return batch
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
+    """Plain traces (prompt + completion text, no teacher logprobs) as records, for SFT (α = 1)."""
+    from distill.presets import R1_INSTRUCTION
+    from distill.prompts import load_prompts, load_rows, render_prompt
+
+    prompts, _ = load_prompts(path)
+    rows, _ = load_rows(path)
+    field = next((c for c in ("completion", "response", "generation", "output") if c in rows[0]), None)
+    if field is None:
+        raise DistillError(f"No completion field in {path}; columns found: {', '.join(rows[0])}.")
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    out = []
+    for q, row in zip(prompts, rows, strict=True):
+        text = render_prompt(tokenizer, q["prompt"], R1_INSTRUCTION, None, "")
+        prompt_ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
+        completion = np.asarray(tokenizer(str(row[field]), add_special_tokens=False)["input_ids"] + eos, np.int32)
+        t = len(completion)
+        out.append(
+            Record(
+                prompt_ids,
+                completion,
+                np.zeros((t, 0), np.int32),
+                np.zeros((t, 0), np.float32),
+                np.full(t, np.nan, np.float32),
+                {"prompt_id": q["id"], "sample_index": 0, "answer": q["answer"]},
+            )
+        )
+    return out
+
+
+def run_train(cfg: TrainConfig) -> Path:
+    """Train and export; prints the output directory as the last line of stdout (rank 0)."""
+    trainer = Trainer(cfg)
+    try:
+        trainer.setup()
+        trainer.train()
+        path = trainer.save()
+    finally:
+        trainer.cleanup()
+    if trainer.rank == 0:
+        typer.echo(str(path))
+    return path

@@ -1,0 +1,337 @@
+"""`distill train` end to end on tiny Qwen2 models: export, resume after kill -9, 2 processes on gloo, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill.cache import open_cache, write_view
+from distill.errors import DistillError
+from distill.generate import GenerateConfig, run_generate
+from distill.models.tiny import build_tiny_model, default_corpus
+from distill.train import TrainConfig, run_train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smaller random Qwen2 with the teacher's tokenizer (same corpus → same BPE)."""
+    return build_tiny_model(
+        tmp_path_factory.mktemp("student"),
+        hidden_size=64,
+        num_heads=2,
+        num_kv_heads=1,
+        num_layers=1,
+        seed=1,
+        corpus=default_corpus(0),
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [json.loads(line) for line in (DATA / "gsm8k_test.jsonl").read_text().splitlines()[:8]]
+    prompts = tmp_path_factory.mktemp("p") / "gsm8k8.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return run_generate(
+        GenerateConfig(
+            teacher=str(tiny_model),
+            prompts=str(prompts),
+            mapping="gsm8k",
+            samples_per_prompt=2,
+            max_new_tokens=24,
+            top_k=8,
+            temperature=1.0,
+            backend="hf",
+            dtype="float32",
+            out=tmp_path_factory.mktemp("c") / "cache",
+        )
+    )
+
+
+def config(student: Path, cache: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        student=str(student),
+        cache=str(cache),
+        out=out,
+        max_steps=6,
+        batch_rows=4,
+        micro_rows=2,
+        max_length=512,
+        lr=3e-3,
+        warmup_ratio=0.0,
+        save_every=2,
+        seed=3,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(*args: str, env_extra: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "distill", "train", *args]
+
+
+def train_args(student: Path, cache: Path, out: Path, steps: int = 6) -> list[str]:
+    return [
+        "--student",
+        str(student),
+        "--cache",
+        str(cache),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--batch-rows",
+        "4",
+        "--micro-rows",
+        "2",
+        "--max-length",
+        "512",
+        "--lr",
+        "3e-3",
+        "--warmup-ratio",
+        "0",
+        "--save-every",
+        "2",
+        "--seed",
+        "3",
+    ]
+
+
+def test_kd_training_lowers_the_loss_and_exports_a_loadable_model(
+    student: Path, teacher_cache: Path, tmp_path: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = run_train(config(student, teacher_cache, tmp_path / "run", max_steps=12))
+    rows = metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    assert all(np.isfinite(r["loss"]) and r["kd"] > 0 for r in rows)
+    assert rows[-1]["loss"] < rows[0]["loss"] and rows[-1]["kd"] < rows[0]["kd"]
+    assert rows[0]["loss"] == pytest.approx(0.5 * rows[0]["ce"] + 0.5 * rows[0]["kd"], rel=1e-5)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok("What is 2 + 2?", return_tensors="pt")["input_ids"]
+    assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] == ids.shape[1] + 5
+    meta = json.loads((out / "distill_train.json").read_text())
+    assert meta["source"]["cache_key"] == open_cache(teacher_cache).key and meta["config"]["alpha"] == 0.5
+    assert (tmp_path / "run" / "tensorboard").is_dir()
+
+
+def test_exported_student_runs_in_vllm(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    out = run_train(config(student, teacher_cache, tmp_path / "run", max_steps=2, alpha=1.0))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"question": "What is 2 + 2?", "answer": "4"}) + "\n")
+    env = {**os.environ, "DISTILL_HOME": str(tmp_path / "home")}
+    gen = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "distill",
+            "generate",
+            "--teacher",
+            str(out),
+            "--prompts",
+            str(prompts),
+            "--max-new-tokens",
+            "6",
+            "--top-k",
+            "2",
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    cache = open_cache(gen.stdout.strip().splitlines()[-1])
+    assert cache.provenance["engine"] == "vllm" and 0 < cache[0].num_tokens <= 6
+
+
+def test_kill_then_resume_gives_the_uninterrupted_losses(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    run_train(config(student, teacher_cache, tmp_path / "whole", max_steps=8))
+    whole = metrics(tmp_path / "whole")
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cli(*train_args(student, teacher_cache, out, steps=8)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 180
+    while not (out / "checkpoints" / "step-00000004").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists()  # it really died before the end
+    resumed = subprocess.run(
+        cli(*train_args(student, teacher_cache, out, steps=8), "--resume"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    got = metrics(out)
+    assert [r["step"] for r in got] == list(range(1, 9))
+    for a, b in zip(got, whole, strict=True):
+        for key in ("loss", "ce", "kd", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), (a["step"], key)
+
+
+def test_two_processes_on_gloo_match_one(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    run_train(config(student, teacher_cache, tmp_path / "one", max_steps=4))
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29517",
+        "-m",
+        "distill",
+        "train",
+        *train_args(student, teacher_cache, tmp_path / "two", steps=4),
+    ]
+    two = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "sharding: FSDP2 over 2 processes" in two.stderr
+    # the same global batch: 4 rows per step, 2 per process; sums over ranks differ only in float order
+    for a, b in zip(metrics(tmp_path / "two"), metrics(tmp_path / "one"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5, rel=0) and a["tokens"] == b["tokens"]
+    w1 = AutoModel(tmp_path / "one" / "model")
+    w2 = AutoModel(tmp_path / "two" / "model")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+
+
+def AutoModel(path: Path) -> dict[str, torch.Tensor]:  # noqa: N802 - reads like the transformers loader it wraps
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
+def test_lora_trains_adapters_and_merges_them(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    out = run_train(config(student, teacher_cache, tmp_path / "lora", max_steps=3, lora=True, lr=1e-2))
+    merged, base = AutoModel(out), AutoModel(student)
+    assert set(merged) == set(base)  # merged on export: a plain model, no adapter weights
+    changed = [k for k in base if not torch.equal(merged[k], base[k])]
+    assert changed and all(any(m in k for m in ("proj",)) for k in changed)
+
+
+def test_sft_from_plain_traces(student: Path, tmp_path: Path) -> None:
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "question": f"What is {i} + 1?",
+                    "answer": str(i + 1),
+                    "completion": f"<think>\n{i} + 1 = {i + 1}</think> \\boxed{{{i + 1}}}",
+                }
+            )
+            + "\n"
+            for i in range(8)
+        )
+    )
+    out = run_train(
+        TrainConfig(
+            student=str(student),
+            traces=str(traces),
+            alpha=1.0,
+            out=tmp_path / "sft",
+            max_steps=4,
+            batch_rows=2,
+            max_length=256,
+            lr=3e-3,
+        )
+    )
+    rows = metrics(tmp_path / "sft")
+    assert len(rows) == 4 and all(r["kd"] == 0 for r in rows) and out.is_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"alpha": 1.5}, "--alpha must be in \\[0, 1\\]"),
+        ({"temperature": 0.0}, "--temperature must be > 0"),
+        ({"kd": "wasserstein"}, "--kd must be one of"),
+    ],
+)
+def test_bad_settings_are_reported(student: Path, teacher_cache: Path, tmp_path: Path, kw: dict, message: str) -> None:
+    with pytest.raises(DistillError, match=message):
+        run_train(config(student, teacher_cache, tmp_path / "x", **kw))
+
+
+def test_unknown_student(teacher_cache: Path, tmp_path: Path) -> None:
+    out = subprocess.run(
+        cli("--student", "qwen-3b", "--cache", str(teacher_cache), "--out", str(tmp_path / "x")),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1 and "Unknown student 'qwen-3b'" in out.stderr and "qwen-1.5b" in out.stderr
+
+
+def test_tokenizer_mismatch_names_both(teacher_cache: Path, tmp_path: Path) -> None:
+    other = build_tiny_model(
+        tmp_path / "other",
+        hidden_size=64,
+        num_heads=2,
+        num_kv_heads=1,
+        num_layers=1,
+        corpus=[line.upper() for line in default_corpus(9)],
+    )
+    with pytest.raises(DistillError, match="different vocabularies.*pick a student of the teacher's tokenizer family"):
+        run_train(config(other, teacher_cache, tmp_path / "x"))
+
+
+def test_same_vocabulary_other_specials_adopts_the_teacher_tokenizer(
+    teacher_cache: Path, student: Path, tmp_path: Path
+) -> None:
+    variant = tmp_path / "variant"
+    shutil.copytree(student, variant)
+    cfg = json.loads((variant / "tokenizer_config.json").read_text())
+    (variant / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (variant / "tokenizer_config.json").write_text(json.dumps(cfg))
+    out = run_train(config(variant, teacher_cache, tmp_path / "x", max_steps=1))
+    assert (out / "chat_template.jinja").read_text() == (
+        Path(open_cache(teacher_cache).tokenizer_path) / "chat_template.jinja"
+    ).read_text()
+
+
+def test_view_from_another_cache_and_empty_view(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    cache = open_cache(teacher_cache)
+    write_view(cache, "none", [])
+    with pytest.raises(DistillError, match="keeps no records"):
+        run_train(config(student, teacher_cache, tmp_path / "x", view="none"))
+    other = tmp_path / "other"
+    shutil.copytree(teacher_cache, other)
+    index = json.loads((other / "index.json").read_text())
+    index["key"] = "somethingelse"
+    (other / "index.json").write_text(json.dumps(index))
+    write_view(open_cache(other), "mine", [0, 1])
+    (teacher_cache / "views" / "mine.json").write_text((other / "views" / "mine.json").read_text())
+    with pytest.raises(DistillError, match="written for cache somethingelse"):
+        run_train(config(student, teacher_cache, tmp_path / "y", view="mine"))
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
+    student: Path, teacher_cache: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(DistillError, match=r"loss became (nan|inf|-inf) at step \d+"):
+        run_train(config(student, teacher_cache, tmp_path / "x", lr=1e30, save_every=1, grad_clip=1e30))
+    assert sorted(p.name for p in (tmp_path / "x" / "checkpoints").iterdir())  # the good ones are still there
+    assert not (tmp_path / "x" / "model").exists()
