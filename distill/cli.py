@@ -141,7 +141,9 @@ def train(
     batch_rows: Annotated[int, typer.Option(help="Packed rows per optimizer step, over all processes.")] = 8,
     micro_rows: Annotated[int, typer.Option(help="Rows per forward pass per process (the rest accumulates).")] = 1,
     grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
-    chunk_size: Annotated[int, typer.Option(help="Tokens per chunk of the output-layer loss.")] = 1024,
+    chunk_size: Annotated[
+        int | None, typer.Option(help="Tokens per chunk of the output-layer loss [auto: 64 MiB].")
+    ] = None,
     gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
     out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path("runs/student"),

@@ -73,8 +73,10 @@ def student_partition(scaled: torch.Tensor, lse: torch.Tensor, topk_ids: torch.T
     in_s = scaled.gather(-1, topk_ids) - lse.unsqueeze(-1)  # (n, k)
     if tail == "renorm":
         return in_s - torch.logsumexp(in_s, dim=-1, keepdim=True)
-    # log of the mass outside S, exactly: logsumexp over the vocabulary with S masked out
-    outside = torch.logsumexp(scaled.scatter(-1, topk_ids, float("-inf")), dim=-1) - lse  # (n,)  # (n, V) copy
+    # log of the mass outside S, log(1 − Σ_S q), from the k gathered values only (no second (n, V) pass);
+    # clamped just below 0 because rounding can put Σ_S q a hair above 1
+    inside = torch.logsumexp(in_s, dim=-1).clamp(max=-torch.finfo(in_s.dtype).eps)  # (n,)
+    outside = torch.where(inside > -math.log(2), torch.log(-torch.expm1(inside)), torch.log1p(-torch.exp(inside)))
     return torch.cat([in_s, outside.unsqueeze(-1)], dim=-1)
 
 
@@ -175,16 +177,20 @@ def distill_loss(
     tail: str = "bucket",
     temperature: float = 1.0,
     beta: float = 0.5,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     bias: torch.Tensor | None = None,
 ) -> LossOutput:
     """α·CE + (1 − α)·τ²·KD, chunked over tokens with recomputation in backward.
+
+    `chunk_size` None picks the largest power of two whose (chunk, V) fp32 logits fit 64 MiB
+    (512 tokens at V=32,768, 64 at V=151,936), so loss memory stays flat whatever the vocabulary.
 
     hidden (N, H) final hidden states; weight (V, H) output layer; targets (N,) next-token ids with
     IGNORE_INDEX where masked; topk_ids / topk_logprobs (N, k) teacher top-k; sampled_ids (N, M).
     Returns means over unmasked positions (0 with a zero gradient when nothing is unmasked).
     """
     _check(alpha, kd, tail, temperature, targets, topk_ids, topk_logprobs, sampled_ids)
+    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
     ce_sum = kd_sum = _upcast(hidden).sum() * 0.0  # keeps the graph connected when there are no chunks
     for start in range(0, hidden.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
@@ -206,6 +212,14 @@ def distill_loss(
         )
         ce_sum, kd_sum = ce_sum + ce, kd_sum + kd_part
     return _combine(ce_sum, kd_sum, targets, alpha, temperature)
+
+
+CHUNK_ELEMENTS = 2**24  # logits per chunk: 64 MiB in fp32
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    """Tokens per chunk so that one chunk's logits hold at most CHUNK_ELEMENTS values (16 ≤ size ≤ 4096)."""
+    return int(min(max(2 ** math.floor(math.log2(max(CHUNK_ELEMENTS // vocab_size, 1))), 16), 4096))
 
 
 def _rows(t: torch.Tensor | None, sl: slice) -> torch.Tensor | None:

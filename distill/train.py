@@ -72,7 +72,7 @@ class TrainConfig:
     batch_rows: int = 8
     micro_rows: int = 1
     grad_clip: float = 1.0
-    chunk_size: int = 1024
+    chunk_size: int | None = None
     gradient_checkpointing: bool = False
     seed: int = 0
     out: Path = Path("runs/student")

@@ -129,3 +129,13 @@ def test_bad_arguments_are_sentences() -> None:
         distill_loss(hidden, weight, targets, alpha=0.5)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         distill_loss(hidden, weight, targets, ids, lps, temperature=0.0)
+
+
+def test_auto_chunk_size_bounds_loss_memory_by_vocabulary() -> None:
+    from distill.losses import CHUNK_ELEMENTS, auto_chunk_size
+
+    assert auto_chunk_size(32_768) == 512 and auto_chunk_size(151_936) == 64
+    assert all(auto_chunk_size(v) * v <= CHUNK_ELEMENTS for v in (1000, 32_768, 151_936, 262_144))
+    hidden, weight, targets, ids, lps, *_ = make()
+    auto = distill_loss(hidden, weight, targets, ids, lps)  # V=50 → one chunk of everything
+    torch.testing.assert_close(auto.loss, naive_distill_loss(hidden, weight, targets, ids, lps).loss)
