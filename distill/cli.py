@@ -104,9 +104,24 @@ def score(
     run_score(ScoreConfig(**{k: v for k, v in locals().items() if k not in ("ScoreConfig", "run_score")}))
 
 
-def filter_() -> None:
+def filter_(
+    cache: Annotated[str, typer.Argument(help="Teacher cache (path or key) to filter.")],
+    verifiers: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated verifiers every kept trace must pass: math, code, format, lang, repetition."
+        ),
+    ] = "math,format",
+    name: Annotated[str | None, typer.Option(help="View name [the verifier names joined by '+'].")] = None,
+    keep: Annotated[
+        str, typer.Option(help="all passing traces, the first per prompt, or best-of-n per prompt.")
+    ] = "all",
+    workers: Annotated[int | None, typer.Option(help="Worker processes for the checks [core count].")] = None,
+) -> None:
     """Keep verified-correct traces (a view of a cache)."""
-    _not_built("filter", "comes with the verifiers")
+    from distill.filter import FilterConfig, run_filter
+
+    run_filter(FilterConfig(cache=cache, verifiers=verifiers, name=name, keep=keep, workers=workers))
 
 
 def train(
@@ -289,7 +304,7 @@ def _human_bytes(n: int) -> str:
 COMMANDS = {
     "generate": (generate, False),
     "score": (score, False),
-    "filter": (filter_, True),
+    "filter": (filter_, False),
     "train": (train, False),
     "grpo": (grpo, True),
     "eval": (eval_, True),

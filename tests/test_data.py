@@ -77,5 +77,7 @@ def test_packed_records_do_not_attend_to_each_other(tiny_model: Path) -> None:
     batch = collate([[r1, r2]], max_length=64, pad_id=0, top_k=3, extra_k=0)
     with torch.no_grad():
         packed = model(input_ids=batch.input_ids, position_ids=batch.position_ids, use_cache=False).logits[0]
-        alone = model(input_ids=torch.from_numpy(np.concatenate([r2.prompt_ids, r2.completion_ids]))[None].long()).logits[0]
+        alone = model(
+            input_ids=torch.from_numpy(np.concatenate([r2.prompt_ids, r2.completion_ids]))[None].long()
+        ).logits[0]
     np.testing.assert_allclose(packed[11:21].numpy(), alone.numpy(), atol=1e-5)

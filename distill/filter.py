@@ -1,0 +1,142 @@
+"""`distill filter`: keep only verified-correct traces, as a view of the cache.
+
+The filter never copies or edits shards: it decodes every completion with the teacher's tokenizer
+(saved in the cache), runs the named verifiers (distill.verify — the same ones GRPO rewards and
+eval scores with) against the gold answers stored in record metadata, and writes
+`views/<name>.json`: the kept record indices, every record's verdicts, and a report (pass rates
+overall and per verifier, prompts with at least one correct sample, reason histogram, truncation
+rate), also printed. `distill train --view NAME` then reads through it.
+
+--keep all          every record that passes every verifier
+--keep first        per prompt, the passing sample with the lowest sample index
+--keep best-of-n    per prompt, the passing sample the teacher was most confident in
+                    (highest mean logprob of its own tokens)
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import typer
+
+from distill.cache import TeacherCache, write_view
+from distill.errors import DistillError
+from distill.verify import VERIFIERS, verify_batch
+
+KEEP = ("all", "first", "best-of-n")
+
+
+@dataclass
+class FilterConfig:
+    """Everything `distill filter` takes."""
+
+    cache: str
+    verifiers: str = "math,format"
+    name: str | None = None
+    keep: str = "all"
+    workers: int | None = None
+
+
+def completion_texts(cache: TeacherCache) -> list[str]:
+    """Every record's completion as text, re-opened with the think block the prompt primed."""
+    from transformers import AutoTokenizer
+
+    if cache.tokenizer_path is None:
+        raise DistillError(f"Cache {cache.path} has no saved tokenizer to decode its completions; regenerate it.")
+    tok = AutoTokenizer.from_pretrained(cache.tokenizer_path)
+    texts = []
+    for rec in cache:
+        text = tok.decode(rec.completion_ids, skip_special_tokens=False)
+        for stop in (tok.eos_token, tok.pad_token):
+            if stop and text.endswith(stop):
+                text = text[: -len(stop)]
+        primed = tok.decode(rec.prompt_ids[-8:], skip_special_tokens=False)
+        if primed.rstrip().endswith("<think>") and "<think>" not in text.split("</think>")[0]:
+            text = "<think>\n" + text
+        texts.append(text)
+    return texts
+
+
+def references(name: str, metas: list[dict[str, Any]]) -> list[Any]:
+    """What verifier `name` checks each record against, from the record metadata."""
+    if name == "format":
+        return [{"finish_reason": m.get("finish_reason")} for m in metas]
+    return [m.get("answer") for m in metas]
+
+
+def select(metas: list[dict[str, Any]], passed: list[bool], keep: str, confidence: np.ndarray) -> list[int]:
+    """Indices of the records to keep under policy `keep`."""
+    if keep == "all":
+        return [i for i, ok in enumerate(passed) if ok]
+    by_prompt: dict[str, list[int]] = defaultdict(list)
+    for i, ok in enumerate(passed):
+        if ok:
+            by_prompt[str(metas[i]["prompt_id"])].append(i)
+    if keep == "first":
+        return sorted(min(ix, key=lambda i: metas[i]["sample_index"]) for ix in by_prompt.values())
+    return sorted(max(ix, key=lambda i: confidence[i]) for ix in by_prompt.values())
+
+
+def run_filter(cfg: FilterConfig) -> dict[str, Any]:
+    """Verify every record, write the view, print and return the report."""
+    names = [v.strip() for v in cfg.verifiers.split(",") if v.strip()]
+    unknown = [n for n in names if n not in VERIFIERS]
+    if unknown or not names:
+        raise DistillError(
+            f"Unknown verifier(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(VERIFIERS)}."
+        )
+    if cfg.keep not in KEEP:
+        raise DistillError(f"--keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}.")
+    cache = TeacherCache(cfg.cache)
+    metas = cache.metas()
+    if "math" in names and all(m.get("answer") is None for m in metas):
+        raise DistillError(f"Cache {cache.path} stores no gold answers; the math verifier needs them (--answer-field).")
+    texts = completion_texts(cache)
+    workers = cfg.workers or os.cpu_count() or 1
+    verdicts = {n: verify_batch(n, texts, references(n, metas), workers=workers, progress=True) for n in names}
+    passed = [all(verdicts[n][i].passed for n in names) for i in range(len(texts))]
+    confidence = np.array([np.nanmean(r.sampled_logprobs) if r.num_tokens else -np.inf for r in cache])
+    kept = select(metas, passed, cfg.keep, confidence)
+    report = _report(names, metas, verdicts, passed, kept)
+    name = cfg.name or "+".join(names)
+    per_record = {str(i): {n: [verdicts[n][i].passed, verdicts[n][i].reason] for n in names} for i in range(len(texts))}
+    path = write_view(
+        cache, name, kept, extra={"verifiers": names, "keep": cfg.keep, "report": report, "verdicts": per_record}
+    )
+    for line in _report_lines(report):
+        typer.echo(line)
+    typer.echo(f"view {name!r}: {len(kept)} of {len(texts)} records kept → {path}")
+    return report
+
+
+def _report(names: list[str], metas: list[dict], verdicts: dict, passed: list[bool], kept: list[int]) -> dict:
+    n = len(passed)
+    prompts = {str(m["prompt_id"]) for m in metas}
+    solved = {str(metas[i]["prompt_id"]) for i, ok in enumerate(passed) if ok}
+    reasons = Counter(f"{v}: {verdicts[v][i].reason}" for v in names for i in range(n) if not verdicts[v][i].passed)
+    return {
+        "records": n,
+        "passed": sum(passed),
+        "pass_rate": sum(passed) / n if n else 0.0,
+        "per_verifier": {v: sum(x.passed for x in verdicts[v]) / n if n else 0.0 for v in names},
+        "prompts": len(prompts),
+        "prompts_with_a_correct_sample": len(solved),
+        "truncation_rate": sum(m.get("finish_reason") == "length" for m in metas) / n if n else 0.0,
+        "kept": len(kept),
+        "reasons": dict(reasons.most_common(20)),
+    }
+
+
+def _report_lines(r: dict) -> list[str]:
+    lines = [
+        f"records {r['records']}, passed {r['passed']} ({r['pass_rate']:.1%}), kept {r['kept']}",
+        "per verifier: " + ", ".join(f"{k} {v:.1%}" for k, v in r["per_verifier"].items()),
+        f"prompts with a correct sample: {r['prompts_with_a_correct_sample']} of {r['prompts']}",
+        f"truncated (finish reason 'length'): {r['truncation_rate']:.1%}",
+    ]
+    lines += [f"  {count:>6}  {reason}" for reason, count in r["reasons"].items()]
+    return lines

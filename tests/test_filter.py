@@ -1,0 +1,99 @@
+"""`distill filter` end to end: a cache of known-correct and known-wrong traces, the view and its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.cache import CacheSpec, CacheWriter, Record, list_views, load_view, open_cache
+from distill.errors import DistillError
+from distill.filter import FilterConfig, run_filter
+
+# (prompt id, sample, completion after the primed "<think>\n", gold, finish reason)
+TRACES = [
+    ("p0", 0, "2 + 2 = 4</think> \\boxed{4}", "4", "stop"),
+    ("p0", 1, "2 + 2 = 5</think> \\boxed{5}", "4", "stop"),
+    ("p0", 2, "four</think> The answer: \\boxed{4}", "4", "stop"),
+    ("p1", 0, "half of one</think> \\boxed{\\frac{1}{2}}", "0.5", "stop"),
+    ("p1", 1, "half of one, thinking forever and", "0.5", "length"),
+    ("p2", 0, "no idea</think> maybe 7", "7", "stop"),
+    ("p2", 1, "7</think> \\boxed{7}</think>", "7", "stop"),
+    ("p3", 0, "10 - 3</think> \\boxed{7}", "7", "stop"),
+]
+EXPECTED_MATH = [True, False, True, True, False, False, False, True]  # p2/1: nothing after the last </think>
+EXPECTED_FORMAT = [True, True, True, True, False, True, False, True]
+
+
+@pytest.fixture
+def cache(tiny_model: Path, tmp_path: Path) -> Path:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    writer = CacheWriter(
+        tmp_path / "cache", CacheSpec(top_k=2, vocab_size=len(tok)), key="filter-test", provenance={"teacher": "tiny"}
+    )
+    rng = np.random.default_rng(0)
+    for pid, s, text, gold, finish in TRACES:
+        prompt = (
+            tok.apply_chat_template(
+                [{"role": "user", "content": f"question {pid}"}], tokenize=False, add_generation_prompt=True
+            )
+            + "<think>\n"
+        )
+        ids = tok(text, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if finish == "stop" else [])
+        t = len(ids)
+        writer.append(
+            Record(
+                prompt_ids=np.asarray(tok(prompt, add_special_tokens=False)["input_ids"], np.int32),
+                completion_ids=np.asarray(ids, np.int32),
+                topk_ids=np.stack([ids, [(i + 1) % len(tok) for i in ids]], axis=1).astype(np.int32),
+                topk_logprobs=np.tile([-0.1, -2.5], (t, 1)).astype(np.float32),
+                sampled_logprobs=rng.uniform(-2, 0, t).astype(np.float32),
+                meta={"prompt_id": pid, "sample_index": s, "answer": gold, "finish_reason": finish},
+            )
+        )
+    return writer.finish(tokenizer=tok)
+
+
+def test_view_holds_exactly_the_passing_records_and_the_report_agrees(cache: Path) -> None:
+    report = run_filter(FilterConfig(cache=str(cache), verifiers="math,format", name="ok", workers=2))
+    view = load_view(open_cache(cache), "ok")
+    passing = [i for i, (m, f) in enumerate(zip(EXPECTED_MATH, EXPECTED_FORMAT, strict=True)) if m and f]
+    assert view["kept"] == passing == [0, 2, 3, 7]
+    assert report["passed"] == report["kept"] == len(passing) and report["records"] == len(TRACES)
+    assert report["per_verifier"] == {"math": sum(EXPECTED_MATH) / 8, "format": sum(EXPECTED_FORMAT) / 8}
+    assert report["prompts_with_a_correct_sample"] == 3 and report["prompts"] == 4
+    assert report["truncation_rate"] == 1 / 8
+    assert view["verdicts"]["1"]["math"][0] is False and "wrong answer" in view["verdicts"]["1"]["math"][1]
+    assert sum(report["reasons"].values()) == (8 - sum(EXPECTED_MATH)) + (8 - sum(EXPECTED_FORMAT))
+    assert list_views(cache) == {"ok": 4}
+
+
+def test_keep_first_and_best_of_n(cache: Path) -> None:
+    run_filter(FilterConfig(cache=str(cache), verifiers="math", name="first", keep="first", workers=1))
+    assert load_view(open_cache(cache), "first")["kept"] == [0, 3, 7]  # one per prompt that has a pass
+    run_filter(FilterConfig(cache=str(cache), verifiers="math", name="best", keep="best-of-n", workers=1))
+    best = load_view(open_cache(cache), "best")["kept"]
+    assert len(best) == 3 and {TRACES[i][0] for i in best} == {"p0", "p1", "p3"}
+
+
+def test_cli_and_bad_input(cache: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "distill", "filter", str(cache), "--verifiers", "math", "--name", "m"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "view 'm': 4 of 8 records kept" in out.stdout
+    assert json.loads((cache / "views" / "m.json").read_text())["report"]["passed"] == 4
+    with pytest.raises(DistillError, match="Unknown verifier.*known: math, code"):
+        run_filter(FilterConfig(cache=str(cache), verifiers="math,vibes"))
+    with pytest.raises(DistillError, match="--keep must be one of"):
+        run_filter(FilterConfig(cache=str(cache), keep="some"))
