@@ -177,9 +177,29 @@ def grpo() -> None:
     _not_built("grpo", "the GRPO stage is not built yet")
 
 
-def eval_() -> None:
+def eval_(
+    model: Annotated[
+        str, typer.Option(help="Model directory, preset name or hub id (a trained student's model/ dir).")
+    ],
+    prompts: Annotated[
+        str, typer.Option(help="Same sources as generate: file, math500, aime24, gsm8k, arith:test, ...")
+    ],
+    samples: Annotated[int, typer.Option(help="Samples per problem (pass@1 averages them; cons@N votes).")] = 4,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (R1 protocol: 0.6; 0 = greedy).")] = 0.6,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
+    max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = 4096,
+    backend: Annotated[str, typer.Option(help="vllm or hf.")] = "vllm",
+    verifier: Annotated[str, typer.Option(help="Verifier that decides correctness.")] = "math",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N problems.")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; every (problem, sample) derives its own.")] = 0,
+    out: Annotated[Path | None, typer.Option(help="Write per-problem results and the summary as JSON here.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Model dtype [preset].")] = None,
+    mapping: Annotated[str | None, typer.Option(help="Built-in mapping (e.g. gsm8k) for a local file.")] = None,
+) -> None:
     """Evaluate a model: pass@1, cons@n, pass@k."""
-    _not_built("eval", "comes with the embedded default")
+    from distill.evaluate import EvalConfig, run_eval
+
+    run_eval(EvalConfig(**{k: v for k, v in locals().items() if k not in ("EvalConfig", "run_eval")}))
 
 
 def demo(
@@ -307,7 +327,7 @@ COMMANDS = {
     "filter": (filter_, False),
     "train": (train, False),
     "grpo": (grpo, True),
-    "eval": (eval_, True),
+    "eval": (eval_, False),
     "demo": (demo, False),
 }
 CACHE_COMMANDS = {"ls": cache_ls, "info": cache_info, "verify": cache_verify, "gc": cache_gc, "merge": cache_merge}

@@ -1,7 +1,7 @@
 """Embedded tasks: prompt sets generated locally, usable as `--prompts NAME:SPLIT` by every stage.
 
-A task registers a function split → prompts ({id, prompt, answer}). The registry is empty until
-the embedded arithmetic task lands.
+A task registers a function split → prompts ({id, prompt, answer}, plus a reference `completion`
+where it has one). `arith` is the embedded default: synthetic multi-step integer arithmetic.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 from distill.errors import DistillError
+from distill.tasks import arith
 
-TASKS: dict[str, Callable[[str], list[dict[str, Any]]]] = {}
+TASKS: dict[str, Callable[[str], list[dict[str, Any]]]] = {"arith": arith.load}
 
 
 def load_task_prompts(source: str) -> list[dict[str, Any]] | None:

@@ -1,0 +1,169 @@
+"""`distill eval`: sample N completions per problem and score them with the filter's verifiers.
+
+The protocol users compare against (DeepSeek-R1 report): sampling at temperature 0.6, top-p 0.95,
+N samples per problem — greedy decoding is not the default, R1-style models repeat under it.
+Reported:
+- pass@1: mean correctness over the N samples, averaged over problems;
+- cons@N: majority vote of the extracted answers (ties: the answer seen first), then checked;
+- pass@k: the unbiased estimator 1 − C(n−c, k) / C(n, k) for k = 1, 2, 4, ... ≤ N.
+Per-problem results (every sample's text, extracted answer, verdict) go to `--out` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from distill.engines import Request, SamplingSpec, open_engine, request_seed
+from distill.errors import DistillError
+from distill.presets import resolve_preset
+from distill.prompts import load_prompts, render_prompt
+from distill.teacher import load_tokenizer, stop_token_ids
+from distill.verify import VERIFIERS, final_answer, verify_batch
+
+
+@dataclass
+class EvalConfig:
+    """Everything `distill eval` takes."""
+
+    model: str
+    prompts: str
+    samples: int = 4
+    temperature: float = 0.6
+    top_p: float = 0.95
+    max_new_tokens: int = 4096
+    backend: str = "vllm"
+    verifier: str = "math"
+    limit: int | None = None
+    seed: int = 0
+    out: Path | None = None
+    dtype: str | None = None
+    mapping: str | None = None
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def majority(answers: list[str | None]) -> str | None:
+    """The most common non-empty answer; ties go to the one seen first."""
+    counts = Counter(a for a in answers if a)
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(a for a in answers if a and counts[a] == best)
+
+
+def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdicts: list[list[Any]]) -> dict:
+    """Per-problem results and the summary, from each problem's sample texts and verdicts."""
+    rows, n = [], len(texts[0]) if texts else 0
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
+    for q, samples, vs in zip(problems, texts, verdicts, strict=True):
+        answers = [v.answer if v.answer is not None else final_answer(t) for t, v in zip(samples, vs, strict=True)]
+        normalised = [None if a is None else "".join(a.split()) for a in answers]
+        voted = majority(normalised)
+        cons = any(v.passed for a, v in zip(normalised, vs, strict=True) if voted is not None and a == voted)
+        correct = sum(v.passed for v in vs)
+        rows.append(
+            {
+                "id": q["id"],
+                "answer": q.get("answer"),
+                "correct": correct,
+                "pass@1": correct / n,
+                "majority_answer": voted,
+                "cons": cons,
+                "samples": [
+                    {"text": t, "extracted": a, "passed": v.passed, "reason": v.reason}
+                    for t, a, v in zip(samples, answers, vs, strict=True)
+                ],
+            }
+        )
+    summary = {
+        "problems": len(rows),
+        "samples": n,
+        "pass@1": sum(r["pass@1"] for r in rows) / max(len(rows), 1),
+        f"cons@{n}": sum(r["cons"] for r in rows) / max(len(rows), 1),
+    }
+    for k in ks:
+        summary[f"pass@{k}"] = sum(pass_at_k(n, r["correct"], k) for r in rows) / max(len(rows), 1)
+    return {"summary": summary, "problems": rows}
+
+
+def run_eval(cfg: EvalConfig) -> dict:
+    """Generate, verify, print the summary table; write per-problem JSON to `cfg.out`."""
+    problems_ = []
+    if cfg.samples < 1:
+        problems_.append(f"--samples must be ≥ 1, got {cfg.samples}")
+    if cfg.verifier not in VERIFIERS:
+        problems_.append(f"--verifier must be one of {', '.join(VERIFIERS)}, got {cfg.verifier!r}")
+    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
+        problems_.append("--temperature must be ≥ 0 and --top-p in (0, 1]")
+    if problems_:
+        raise DistillError("Invalid eval settings: " + "; ".join(problems_) + ".")
+    preset = resolve_preset(cfg.model, "teacher")
+    prompts, where = load_prompts(cfg.prompts, mapping=cfg.mapping, limit=cfg.limit)
+    tokenizer = load_tokenizer(preset.hub_id, preset.revision)
+    style = preset.prompt
+    rendered = {
+        q["id"]: render_prompt(tokenizer, q["prompt"], style.instruction, style.system_prompt, style.think_prefix)
+        for q in prompts
+    }
+    engine = open_engine(
+        cfg.backend,
+        preset.hub_id,
+        dtype=cfg.dtype or preset.engine.dtype,
+        max_model_len=preset.engine.max_model_len,
+        max_logprobs=1,
+        seed=cfg.seed,
+    )
+    requests = []
+    for q in prompts:
+        ids = tokenizer(rendered[q["id"]], add_special_tokens=False)["input_ids"]
+        room = engine.max_model_len - len(ids)
+        if room < 1:
+            raise DistillError(f"Prompt {q['id']} is longer than the model's context ({engine.max_model_len} tokens).")
+        for s in range(cfg.samples):
+            requests.append(
+                Request(
+                    (q["id"], s), ids, request_seed(cfg.seed, q["id"], s), max_new_tokens=min(cfg.max_new_tokens, room)
+                )
+            )
+    spec = SamplingSpec(
+        cfg.temperature, cfg.top_p, cfg.max_new_tokens, top_k=0, stop_token_ids=stop_token_ids(tokenizer, preset.hub_id)
+    )
+    from tqdm import tqdm
+
+    done: dict[tuple[str, int], str] = {}
+    for c in tqdm(engine.generate(iter(requests), spec), total=len(requests), desc="eval", unit="sample"):
+        text = tokenizer.decode(c.completion_ids, skip_special_tokens=True)
+        # the prompt primed "<think>": give the verifiers the whole block
+        primed = rendered[c.key[0]].endswith(style.think_prefix) and style.think_prefix
+        done[c.key] = (style.think_prefix + text) if primed else text
+    texts = [[done[(q["id"], s)] for s in range(cfg.samples)] for q in prompts]
+    flat = [t for ts in texts for t in ts]
+    refs = [q.get("answer") for q in prompts for _ in range(cfg.samples)]
+    flat_verdicts = verify_batch(cfg.verifier, flat, refs)
+    verdicts = [flat_verdicts[i * cfg.samples : (i + 1) * cfg.samples] for i in range(len(prompts))]
+    result = score_problems(prompts, texts, verdicts)
+    result["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()}
+    result["summary"]["model"], result["summary"]["prompts"] = preset.hub_id, where
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(result, indent=1))
+    s = result["summary"]
+    typer.echo(
+        f"{'model':<10}{preset.name}\n{'prompts':<10}{where} ({s['problems']} problems × {s['samples']} samples)"
+    )
+    for key, value in s.items():
+        if key.startswith(("pass@", "cons@")):
+            typer.echo(f"{key:<10}{100 * value:6.1f}")
+    return result

@@ -1,0 +1,65 @@
+"""`distill eval`: the metrics against a hand count, and a real run on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from distill.evaluate import EvalConfig, majority, pass_at_k, run_eval, score_problems
+from distill.verify import verify_batch
+
+
+def box(x: str) -> str:
+    return f"<think>\nwork\n</think>\n\\boxed{{{x}}}"
+
+
+def test_metrics_agree_with_a_hand_count() -> None:
+    problems = [{"id": "a", "answer": "4"}, {"id": "b", "answer": "1/2"}, {"id": "c", "answer": "7"}]
+    texts = [
+        [box("4"), box("5"), box("4"), "<think>\nno answer\n</think>"],  # 2 of 4 right; vote 4 → right
+        [box("0.5"), box("\\frac{1}{2}"), box("1"), box("1")],  # 2 of 4; vote "1" (2 votes, first) → wrong
+        [box("8"), box("8"), box("8"), box("8")],  # 0 of 4
+    ]
+    verdicts = [verify_batch("math", ts, [q["answer"]] * 4, workers=2) for q, ts in zip(problems, texts, strict=True)]
+    result = score_problems(problems, texts, verdicts)
+    s = result["summary"]
+    # by hand: pass@1 = (2/4 + 2/4 + 0) / 3; cons@4 = (1 + 0 + 0) / 3
+    assert s["pass@1"] == pytest.approx((0.5 + 0.5 + 0) / 3)
+    assert s["cons@4"] == pytest.approx(1 / 3)
+    # pass@2 per problem = 1 - C(2,2)/C(4,2) = 5/6 for the first two, 0 for the last
+    assert s["pass@2"] == pytest.approx((5 / 6 + 5 / 6 + 0) / 3)
+    assert s["pass@4"] == pytest.approx(2 / 3)
+    rows = {r["id"]: r for r in result["problems"]}
+    assert rows["b"]["majority_answer"] == "1" and not rows["b"]["cons"] and rows["a"]["correct"] == 2
+    assert rows["a"]["samples"][3]["extracted"] is None
+
+
+def test_pass_at_k_and_majority() -> None:
+    assert pass_at_k(10, 0, 1) == 0 and pass_at_k(10, 10, 5) == 1 and pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
+    assert majority(["2", "3", "3", "2"]) == "2" and majority([None, None]) is None
+
+
+def test_eval_runs_end_to_end_on_the_arith_task(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    result = run_eval(
+        EvalConfig(
+            model=str(tiny_model),
+            prompts="arith:test",
+            samples=2,
+            max_new_tokens=12,
+            backend="hf",
+            limit=3,
+            out=out,
+            dtype="float32",
+        )
+    )
+    saved = json.loads(out.read_text())
+    assert saved["summary"]["problems"] == 3 and saved["summary"]["samples"] == 2
+    assert (
+        len(saved["problems"][0]["samples"]) == 2 and saved["problems"][0]["answer"] == result["problems"][0]["answer"]
+    )
+    assert saved["summary"]["pass@1"] == pytest.approx(sum(p["pass@1"] for p in saved["problems"]) / 3)
