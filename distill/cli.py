@@ -164,7 +164,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path("runs/student"),
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
-    init: Annotated[str, typer.Option(help="pretrained weights, or random (a config-only student).")] = "pretrained",
+    init: Annotated[str | None, typer.Option(help="pretrained weights, or random (config only) [preset].")] = None,
 ) -> None:
     """Train a student: CE + KL to the cached teacher."""
     from distill.train import TrainConfig, run_train
@@ -203,13 +203,18 @@ def eval_(
 
 
 def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the demo's models, caches and report.")] = Path("demo-out"),
-    seed: Annotated[int, typer.Option(help="Seed for the model and every stage.")] = 0,
+    out: Annotated[Path, typer.Option(help="Directory for the demo's caches, students, evals and report.")] = Path(
+        "demo-out"
+    ),
+    seed: Annotated[int, typer.Option(help="Seed for generation, training and evaluation.")] = 0,
+    prompts: Annotated[int, typer.Option(help="arith:train prompts the teacher answers (2 samples each).")] = 400,
+    steps: Annotated[int, typer.Option(help="Training steps of each student.")] = 150,
+    eval_problems: Annotated[int, typer.Option(help="arith:test problems to evaluate on (4 samples each).")] = 100,
 ) -> None:
     """The whole pipeline on the embedded default."""
     from distill.demo import run_demo
 
-    run_demo(out, seed)
+    run_demo(out, seed, prompts=prompts, steps=steps, eval_problems=eval_problems)
 
 
 # ---------------------------------------------------------------------------------------------

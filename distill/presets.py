@@ -139,6 +139,8 @@ class StudentPreset:
     """Training defaults."""
     lora: LoraDefaults = field(default_factory=LoraDefaults)
     """LoRA defaults."""
+    init: str = "pretrained"
+    """Start from the hub weights ('pretrained') or from the config alone ('random')."""
     description: str = ""
     """One line for listings."""
 
@@ -205,8 +207,9 @@ def load_preset_file(path: Path, kind: str) -> Any:
     if problems:
         raise DistillError(f"{kind.capitalize()} preset {path} is invalid: " + "; ".join(problems) + ".")
     # a relative hub_id that names a bundled directory is relative to the preset file
+    # a hub_id without "org/" names a directory beside the preset file (bundled models)
     local = Path(path).parent / preset.hub_id
-    if not Path(preset.hub_id).is_absolute() and local.is_dir():
+    if not Path(preset.hub_id).is_absolute() and (local.is_dir() or "/" not in preset.hub_id):
         preset.hub_id = str(local.resolve())
     return preset
 

@@ -35,6 +35,11 @@ def load_tokenizer(model: str, revision: str | None = None) -> Any:
     """The model's Hugging Face tokenizer, or a sentence saying why it cannot be had."""
     from transformers import AutoTokenizer
 
+    if Path(model).is_absolute() and not Path(model).exists():
+        raise DistillError(
+            f"Model directory {model} does not exist (the bundled arith teacher and student are made by "
+            "`python scripts/train_arith_teacher.py --install`)."
+        )
     try:
         return AutoTokenizer.from_pretrained(model, revision=revision)
     except Exception as e:  # OSError, ValueError, hub errors: all mean "not loadable"

@@ -78,7 +78,7 @@ class TrainConfig:
     out: Path = Path("runs/student")
     resume: bool = False
     save_every: int = 50
-    init: str = "pretrained"
+    init: str | None = None
 
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences."""
@@ -99,7 +99,7 @@ class TrainConfig:
             out.append("give --epochs or --max-steps, not both")
         if self.batch_rows < 1 or self.micro_rows < 1:
             out.append("--batch-rows and --micro-rows must be ≥ 1")
-        if self.init not in ("pretrained", "random"):
+        if self.init not in (None, "pretrained", "random"):
             out.append(f"--init must be pretrained or random, got {self.init!r}")
         return out
 
@@ -275,7 +275,7 @@ class Trainer:
 
         cfg, preset = self.cfg, self.preset
         torch.manual_seed(cfg.seed)  # the same initial adapters / random weights on every rank
-        if cfg.init == "random":
+        if (cfg.init or preset.init) == "random":
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(preset.hub_id), dtype=torch.float32)
         else:
             model = AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, dtype=torch.float32)

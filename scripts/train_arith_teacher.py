@@ -50,14 +50,40 @@ def main() -> None:
 
     work = args.work
     shutil.rmtree(work, ignore_errors=True)
-    init = build_tiny_model(work / "init", vocab_size=VOCAB, seed=args.seed, corpus=corpus(),
-                            max_position_embeddings=512, **TEACHER)
+    init = build_tiny_model(
+        work / "init", vocab_size=VOCAB, seed=args.seed, corpus=corpus(), max_position_embeddings=512, **TEACHER
+    )
     traces = work / "traces.jsonl"
     traces.write_text("".join(json.dumps(r) + "\n" for r in arith.problems("train")))
     subprocess.run(
-        [sys.executable, "-m", "distill", "train", "--student", str(init), "--traces", str(traces), "--alpha", "1",
-         "--epochs", str(args.epochs), "--lr", str(args.lr), "--warmup-ratio", "0.05", "--max-length", "512",
-         "--batch-rows", "8", "--seed", str(args.seed), "--save-every", "1000000", "--out", str(work / "run")],
+        [
+            sys.executable,
+            "-m",
+            "distill",
+            "train",
+            "--student",
+            str(init),
+            "--traces",
+            str(traces),
+            "--alpha",
+            "1",
+            "--epochs",
+            str(args.epochs),
+            "--lr",
+            str(args.lr),
+            "--warmup-ratio",
+            "0.05",
+            "--max-length",
+            "512",
+            "--batch-rows",
+            "8",
+            "--seed",
+            str(args.seed),
+            "--save-every",
+            "1000000",
+            "--out",
+            str(work / "run"),
+        ],
         check=True,
     )
     if args.install:
@@ -66,8 +92,9 @@ def main() -> None:
         shutil.copytree(work / "run" / "model", target)
         student = REPO / "students" / "arith-student"
         shutil.rmtree(student, ignore_errors=True)
-        skeleton = build_tiny_model(work / "student", vocab_size=VOCAB, seed=args.seed, corpus=corpus(),
-                                    max_position_embeddings=512, **STUDENT)
+        skeleton = build_tiny_model(
+            work / "student", vocab_size=VOCAB, seed=args.seed, corpus=corpus(), max_position_embeddings=512, **STUDENT
+        )
         student.mkdir(parents=True)
         for f in skeleton.iterdir():
             if f.name != "model.safetensors":  # the student starts from random weights: config only

@@ -425,3 +425,27 @@ def test_score_a_trace_file(tiny_model: Path, tmp_path: Path) -> None:
     missing.write_text(json.dumps({"problem": "x", "text": "y"}) + "\n")
     with pytest.raises(DistillError, match="No completion field.*columns found: problem, text"):
         run_score(ScoreConfig(teacher=str(tiny_model), traces=str(missing), top_k=3, backend="hf"))
+
+
+def test_many_seeded_prompts_beyond_one_prefill_batch(tiny_model: Path, tmp_path: Path) -> None:
+    """Regression: 120 GSM8K prompts (~36k prompt tokens) overflow vLLM's 4,096-token step budget; with
+    chunked prefill the CPU build crashed on seeded requests ("CPU Generator does not use offset")."""
+    out = distill(
+        "generate",
+        "--teacher",
+        str(tiny_model),
+        "--prompts",
+        str(DATA / "gsm8k_test.jsonl"),
+        "--mapping",
+        "gsm8k",
+        "--limit",
+        "120",
+        "--max-new-tokens",
+        "2",
+        "--top-k",
+        "2",
+        "--dtype",
+        "float32",
+        home=tmp_path,
+    )
+    assert len(open_cache(Path(out.stdout.strip().splitlines()[-1]))) == 120

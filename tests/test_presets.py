@@ -34,7 +34,7 @@ def test_every_preset_file_validates(kind: str, path: Path) -> None:
         assert 1 <= preset.top_k <= 128 and 0 < preset.sampling.temperature <= 2 and 0 < preset.sampling.top_p <= 1
         assert preset.engine.tensor_parallel_size >= 1
     else:
-        assert 0 < preset.train.lr < 1e-2 and preset.train.max_length >= 1024 and preset.lora.r > 0
+        assert 0 < preset.train.lr < 1e-2 and preset.train.max_length >= 256 and preset.lora.r > 0
 
 
 def test_required_presets_exist() -> None:

@@ -8,7 +8,8 @@ Choices:
   what KD needs; `flat_logprobs=True` and `detokenize=False`: per position vLLM then appends plain
   numbers (sampled token first, then the top-k) instead of building a dict of objects and decoding
   every candidate token — this is what keeps large k from collapsing throughput;
-- on a CPU-only machine vLLM runs eagerly with a small KV cache unless the environment says otherwise.
+- on a CPU-only machine vLLM runs eagerly, without chunked prefill (the CPU build cannot rewind a
+  seeded request's generator), with a small KV cache unless the environment says otherwise.
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ class VLLMEngine:
             logprobs_mode="raw_logprobs",
             enforce_eager=cpu,  # TORCHDYNAMO_DISABLE on CPU leaves vLLM nothing to compile with
         )
+        if cpu:
+            # vLLM's CPU build crashes ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps; whole prefills keep per-request seeds working
+            kwargs["enable_chunked_prefill"] = False
         if not cpu:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(**kwargs)

@@ -16,7 +16,7 @@ def test_splits_are_deterministic_and_disjoint() -> None:
     assert len(train) == 4000 and len(test) == 200
     assert arith.problems("train")[:50] == train[:50]
     assert not {p["prompt"] for p in train} & {p["prompt"] for p in test}
-    assert all(arith.split_of(p["prompt"][len("Compute "):-1]) == "test" for p in test)
+    assert all(arith.split_of(p["prompt"][len("Compute ") : -1]) == "test" for p in test)
 
 
 def test_every_reference_step_is_right_and_ends_in_the_answer() -> None:
