@@ -24,7 +24,7 @@ from distill.engines import Request, SamplingSpec, open_engine, request_seed
 from distill.errors import DistillError
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, render_prompt
-from distill.teacher import load_tokenizer, stop_token_ids
+from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
 from distill.verify import VERIFIERS, final_answer, verify_batch
 
 
@@ -144,10 +144,7 @@ def run_eval(cfg: EvalConfig) -> dict:
 
     done: dict[tuple[str, int], str] = {}
     for c in tqdm(engine.generate(iter(requests), spec), total=len(requests), desc="eval", unit="sample"):
-        text = tokenizer.decode(c.completion_ids, skip_special_tokens=True)
-        # the prompt primed "<think>": give the verifiers the whole block
-        primed = rendered[c.key[0]].endswith(style.think_prefix) and style.think_prefix
-        done[c.key] = (style.think_prefix + text) if primed else text
+        done[c.key] = decode_completion(tokenizer, c.completion_ids, c.prompt_ids)
     texts = [[done[(q["id"], s)] for s in range(cfg.samples)] for q in prompts]
     flat = [t for ts in texts for t in ts]
     refs = [q.get("answer") for q in prompts for _ in range(cfg.samples)]

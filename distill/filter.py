@@ -25,6 +25,7 @@ import typer
 
 from distill.cache import TeacherCache, write_view
 from distill.errors import DistillError
+from distill.teacher import decode_completion
 from distill.verify import VERIFIERS, verify_batch
 
 KEEP = ("all", "first", "best-of-n")
@@ -48,17 +49,7 @@ def completion_texts(cache: TeacherCache) -> list[str]:
     if cache.tokenizer_path is None:
         raise DistillError(f"Cache {cache.path} has no saved tokenizer to decode its completions; regenerate it.")
     tok = AutoTokenizer.from_pretrained(cache.tokenizer_path)
-    texts = []
-    for rec in cache:
-        text = tok.decode(rec.completion_ids, skip_special_tokens=False)
-        for stop in (tok.eos_token, tok.pad_token):
-            if stop and text.endswith(stop):
-                text = text[: -len(stop)]
-        primed = tok.decode(rec.prompt_ids[-8:], skip_special_tokens=False)
-        if primed.rstrip().endswith("<think>") and "<think>" not in text.split("</think>")[0]:
-            text = "<think>\n" + text
-        texts.append(text)
-    return texts
+    return [decode_completion(tok, rec.completion_ids, rec.prompt_ids) for rec in cache]
 
 
 def references(name: str, metas: list[dict[str, Any]]) -> list[Any]:

@@ -59,6 +59,20 @@ def stop_token_ids(tokenizer: Any, model: str) -> list[int]:
     return sorted(ids)
 
 
+def decode_completion(tokenizer: Any, completion_ids: Any, prompt_ids: Any = None) -> str:
+    """A completion as text for the verifiers: special tokens kept (</think> is one), the trailing
+    end-of-sequence token dropped, and the `<think>` the prompt primed put back in front."""
+    text = tokenizer.decode(list(completion_ids), skip_special_tokens=False)
+    for stop in (tokenizer.eos_token, tokenizer.pad_token):
+        if stop and text.endswith(stop):
+            text = text[: -len(stop)]
+    if prompt_ids is not None:
+        primed = tokenizer.decode(list(prompt_ids[-8:]), skip_special_tokens=False)
+        if primed.rstrip().endswith("<think>") and "<think>" not in text.split("</think>")[0]:
+            text = "<think>\n" + text
+    return text
+
+
 def to_record(c: Completion, meta: dict[str, Any]) -> Record:
     """A cache record from an engine completion and its metadata."""
     return Record(

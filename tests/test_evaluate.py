@@ -63,3 +63,17 @@ def test_eval_runs_end_to_end_on_the_arith_task(tiny_model: Path, tmp_path: Path
         len(saved["problems"][0]["samples"]) == 2 and saved["problems"][0]["answer"] == result["problems"][0]["answer"]
     )
     assert saved["summary"]["pass@1"] == pytest.approx(sum(p["pass@1"] for p in saved["problems"]) / 3)
+
+
+def test_completions_keep_their_think_block_for_the_verifiers(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from distill.teacher import decode_completion
+    from distill.verify import VERIFIERS
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = tok("<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<think>\n")["input_ids"]
+    completion = tok("2 + 2 = 4\n</think>\nso \\boxed{4}<|im_end|>")["input_ids"]
+    text = decode_completion(tok, completion, prompt)
+    assert text == "<think>\n2 + 2 = 4\n</think>\nso \\boxed{4}"  # </think> is a special token: kept
+    assert VERIFIERS["format"](text, None).passed and VERIFIERS["math"](text, "4").passed
