@@ -30,9 +30,8 @@ class EngineArgs:
     """How vLLM runs the teacher."""
 
     tensor_parallel_size: int = 1
-    """GPUs one engine replica spans (vLLM tensor parallelism)."""
-    data_parallel_size: int = 1
-    """Engine replicas (vLLM data parallelism)."""
+    """GPUs one engine spans (vLLM tensor parallelism). Data parallelism is one `distill generate`
+    per GPU group with --shard-index/--num-shards, then `distill cache merge`."""
     max_model_len: int | None = None
     """Longest prompt + completion in tokens (None: the model's own limit)."""
     dtype: str = "auto"

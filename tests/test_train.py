@@ -335,3 +335,34 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(
         run_train(config(student, teacher_cache, tmp_path / "x", lr=1e30, save_every=1, grad_clip=1e30))
     assert sorted(p.name for p in (tmp_path / "x" / "checkpoints").iterdir())  # the good ones are still there
     assert not (tmp_path / "x" / "model").exists()
+
+
+def test_sampled_kd_reads_extra_teacher_samples_from_the_cache(
+    student: Path, teacher_cache: Path, tmp_path: Path
+) -> None:
+    from distill.cache import CacheSpec, CacheWriter
+
+    source = open_cache(teacher_cache)
+    rng = np.random.default_rng(0)
+    spec = CacheSpec(top_k=source.spec.top_k, vocab_size=source.spec.vocab_size, extra_k=4)
+    writer = CacheWriter(tmp_path / "sampled", spec, key="sampled", provenance=source.provenance)
+    for rec in source:
+        probs = np.exp(rec.topk_logprobs) / np.exp(rec.topk_logprobs).sum(1, keepdims=True)
+        picks = np.stack([rng.choice(rec.topk_ids.shape[1], 4, p=p) for p in probs])
+        rec.extra_ids = np.take_along_axis(rec.topk_ids, picks, axis=1)  # (T, 4) draws from the teacher
+        writer.append(rec)
+    shutil.copytree(source.tokenizer_path, tmp_path / "tok")
+    writer.finish(tokenizer=_Saved(tmp_path / "tok"))
+    run_train(config(student, tmp_path / "sampled", tmp_path / "run", max_steps=2, kd="sampled"))
+    rows = metrics(tmp_path / "run")
+    assert all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in rows)
+    with pytest.raises(DistillError, match="needs extra sampled tokens"):
+        run_train(config(student, teacher_cache, tmp_path / "x", kd="sampled"))
+
+
+class _Saved:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def save_pretrained(self, target: Path) -> None:
+        shutil.copytree(self.path, target)
