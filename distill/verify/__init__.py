@@ -1,45 +1,57 @@
 """Verifiers: one grader for the filter, the GRPO reward and evaluation.
 
     from distill.verify import VERIFIERS, Verdict, verify_batch
-    VERIFIERS["math"](completion, "1/2")            # → Verdict(passed, reason, answer)
-    verify_batch("math", completions, golds, workers=8)
+    v = VERIFIERS["math"](completion, "\\frac{1}{2}")   # Verdict(passed, reason, answer)
+    vs = verify_batch("math", completions, golds, workers=8, progress=True)
 
-Names: math (math-verify on the last \\boxed{} after </think>, hard timeout in worker processes),
-code (programs run in a sandbox against io / assert tests), format (one think block, an answer,
-not truncated), lang (no language mixing), repetition (no loops).
+Every verifier is `(completion: str, reference, **options) -> Verdict`; VERIFIERS maps names to them:
+
+- math: reference = the gold answer (LaTeX str, int, or a GSM8K solution ending `#### 72`);
+  passes when the last `\\boxed{}` after `</think>` equals it (math-verify).
+- code: reference = `{"io": [{"stdin", "stdout"}, ...], "asserts": str, "time_limit_s": float}`;
+  passes when the last fenced code block passes every test in the sandbox.
+- format: reference = the finish reason ("stop", "length") or `{"finish_reason": ...}`;
+  passes with one think block, reasoning in it, an answer after it, and no truncation.
+- lang: reference = a script name ("latin", "cjk", ...) or the prompt text; passes when the
+  reasoning is in that script.
+- repetition: reference ignored; passes when the completion does not loop.
+
+Where the work runs: math in a persistent pool of worker processes with a hard per-item timeout
+(`timeout=`, default 5 s; sympy can hang); code in the sandbox (`sandbox_isolation()` says what
+isolation this machine gives); format, lang and repetition in-process (plain string work).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from distill.verify.answers import extract_boxed_answer, final_answer
-from distill.verify.code_check import check_code
-from distill.verify.math_check import DEFAULT_TIMEOUT_S, check_math
-from distill.verify.text_checks import check_format, check_lang, check_repetition
-from distill.verify.verdict import Verdict
-from distill.verify.workers import TimeoutPool
+from distill.verify.answers import Verdict, extract_boxed_answer, extract_program, final_answer, normalise_answer
+from distill.verify.code_check import verify_code
+from distill.verify.math_check import DEFAULT_TIMEOUT_S, verify_math, verify_math_batch
+from distill.verify.sandbox import sandbox_isolation
+from distill.verify.text_checks import verify_format, verify_lang, verify_repetition
 
+Verifier = Callable[..., Verdict]
+MAX_DEFAULT_WORKERS = 16  # each math worker holds sympy (~150 MB); more rarely helps
 
-def verify_math(completion: str, reference: Any, timeout: float = DEFAULT_TIMEOUT_S) -> Verdict:
-    """One math check, in a worker process under a hard timeout."""
-    return verify_batch("math", [completion], [reference], workers=1, timeout=timeout)[0]
-
-
-VERIFIERS: dict[str, Callable[[str, Any], Verdict]] = {
+VERIFIERS: dict[str, Verifier] = {
     "math": verify_math,
-    "code": check_code,
-    "format": check_format,
-    "lang": check_lang,
-    "repetition": check_repetition,
+    "code": verify_code,
+    "format": verify_format,
+    "lang": verify_lang,
+    "repetition": verify_repetition,
 }
 
 
-def _unpack(item: tuple[str, Any]) -> Verdict:
-    completion, reference = item
-    return check_code(completion, reference)
+def _progress_bar(total: int, name: str, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"verify {name}", unit="trace", dynamic_ncols=True)
 
 
 def verify_batch(
@@ -47,52 +59,63 @@ def verify_batch(
     completions: Sequence[str],
     references: Sequence[Any],
     workers: int | None = None,
-    timeout: float = DEFAULT_TIMEOUT_S,
     progress: bool = False,
+    **options: Any,
 ) -> list[Verdict]:
-    """Verdicts of verifier `name` for every (completion, reference), in order, in parallel."""
-    if name not in VERIFIERS:
-        raise KeyError(f"unknown verifier {name!r}; known: {', '.join(VERIFIERS)}")
-    if len(completions) != len(references):
-        raise ValueError(f"{len(completions)} completions but {len(references)} references")
-    if not completions:
-        return []
-    workers = min(workers or os.cpu_count() or 1, len(completions))
-    bar = _bar(len(completions), name) if progress else None
-    tick = bar.update if bar else None
-    try:
-        if name in ("format", "lang", "repetition"):  # pure string checks: cheap, in-process
-            out = [VERIFIERS[name](c, r) for c, r in zip(completions, references, strict=True)]
-            if tick:
-                tick(len(out))
-            return out
-        if name == "math":
-            with TimeoutPool(check_math, workers, timeout) as pool:
-                return pool.map(
-                    list(zip(completions, references, strict=True)),
-                    Verdict(False, f"timeout after {timeout:g}s"),
-                    lambda e: Verdict(False, f"error: {e[:100]}"),
-                    tick,
-                )
-        # code: each check already runs its programs in sandboxed processes; threads only wait on them
-        from concurrent.futures import ThreadPoolExecutor
+    """Verdicts of verifier `name` for every (completion, reference) pair, in order.
 
-        with ThreadPoolExecutor(workers) as ex:
-            out = []
-            for v in ex.map(_unpack, zip(completions, references, strict=True)):
-                out.append(v)
-                if tick:
-                    tick(1)
-            return out
+    workers: parallel workers (default: one per CPU, at most 16). math uses that many pooled worker processes,
+        code that many sandboxed runs at once; the string checks run in this process.
+    progress: show a tqdm bar.
+    options: passed to the verifier (math: `timeout`; lang: `threshold`; format: `finish_reason`; ...).
+    """
+    if name not in VERIFIERS:
+        raise ValueError(f"Unknown verifier {name!r}; choose from {', '.join(VERIFIERS)}.")
+    if len(completions) != len(references):
+        raise ValueError(
+            f"verify_batch got {len(completions)} completions but {len(references)} references; give one each."
+        )
+    workers = max(1, workers or min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+    bar = _progress_bar(len(completions), name, progress)
+    tick = bar.update if bar is not None else None
+    try:
+        if name == "math":
+            timeout = float(options.pop("timeout", DEFAULT_TIMEOUT_S))
+            if options:
+                raise ValueError(f"The math verifier takes only `timeout`, not {', '.join(options)}.")
+            return verify_math_batch(completions, references, workers=workers, timeout=timeout, progress=tick)
+        verifier = VERIFIERS[name]
+
+        def one(pair: tuple[str, Any]) -> Verdict:
+            verdict = verifier(pair[0], pair[1], **options)
+            if tick:
+                tick(1)
+            return verdict
+
+        pairs = list(zip(completions, references, strict=True))
+        if name != "code" or workers == 1 or len(pairs) == 1:
+            return [one(p) for p in pairs]
+        # Threads only wait here: every program runs in its own sandboxed process.
+        with ThreadPoolExecutor(min(workers, len(pairs))) as pool:
+            return list(pool.map(one, pairs))
     finally:
-        if bar:
+        if bar is not None:
             bar.close()
 
 
-def _bar(total: int, name: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"verify {name}", unit="trace", dynamic_ncols=True)
-
-
-__all__ = ["VERIFIERS", "Verdict", "extract_boxed_answer", "final_answer", "verify_batch", "verify_math"]
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "VERIFIERS",
+    "Verdict",
+    "extract_boxed_answer",
+    "extract_program",
+    "final_answer",
+    "normalise_answer",
+    "sandbox_isolation",
+    "verify_batch",
+    "verify_code",
+    "verify_format",
+    "verify_lang",
+    "verify_math",
+    "verify_repetition",
+]

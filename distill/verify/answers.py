@@ -1,42 +1,109 @@
-"""Where the answer is in a completion: after the think block, in the last \\boxed{}.
+"""The verdict every verifier returns, and where a completion keeps its answer.
 
 R1-style completions reason inside `<think>…</think>` and answer after it. Only the text after the
-last `</think>` counts as the answer (a boxed guess inside the reasoning is not the answer); a
-completion with no think block is searched whole.
+last `</think>` counts as the answer: a boxed guess the model made halfway through its reasoning
+and then abandoned must not be graded. A completion with no `</think>` at all (a plain model, or a
+think block the prompt already opened) is searched whole.
+
+- math answers: the content of the last `\\boxed{...}` (also `\\fbox{...}` and the brace-less
+  `\\boxed 5`), with nested braces matched by counting, not by a regex, because answers like
+  `\\frac{\\sqrt{3}}{2}` nest;
+- programs: the last fenced code block (```` ```python ... ``` ````, any tag or none).
+
+Everything here is pure string work on text the caller already holds: cheap, no subprocess.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-_BOX = re.compile(r"\\(?:boxed|fbox)\s*(\{)?")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+# `\boxed{`, `\boxed {`, `\fbox{`, and the brace-less `\boxed 5`; `\boxedx` is not a box.
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])\s*(\{)?")
+# A brace-less box holds one token: up to whitespace, `$`, or the end of a display `\]`.
+_BARE_TOKEN = re.compile(r"[^\s$\\]+")
+_FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DOTALL | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The result of one check.
+
+    passed: whether the completion passed.
+    reason: a short sentence for reports and logs ("correct", "wrong answer: got 7, expected 8").
+    answer: the answer the verifier extracted (math: the boxed text), or None; eval's majority
+        vote groups samples by it.
+    """
+
+    passed: bool
+    reason: str
+    answer: str | None = None
+
+
+def reasoning_and_answer(completion: str) -> tuple[str | None, str]:
+    """Split at the last `</think>`: (reasoning, answer). Reasoning is None when there is no think block."""
+    head, sep, tail = completion.rpartition(THINK_CLOSE)
+    if not sep:
+        return None, completion
+    return head.split(THINK_OPEN, 1)[-1], tail
 
 
 def answer_section(completion: str) -> str:
     """The text after the last `</think>`, or the whole completion when there is none."""
-    head, sep, tail = completion.rpartition("</think>")
-    return tail if sep else completion
+    return reasoning_and_answer(completion)[1]
 
 
-def extract_boxed_answer(completion: str) -> str | None:
-    """Content of the last `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`) in the answer section."""
-    text = answer_section(completion)
-    found = None
-    for m in _BOX.finditer(text):
-        if m.group(1) is None:  # \boxed 5: one token, up to whitespace or '$'
-            token = re.match(r"[^\s$]+", text[m.end() :])
-            found = token.group(0) if token else found
+def _braced(text: str, start: int) -> str | None:
+    """The text from `start` up to the `}` that closes the `{` just before it, or None if it never closes."""
+    depth = 1
+    i = start
+    while i < len(text):
+        ch = text[i]
+        if ch == "\\":  # an escaped brace (`\{` in a set) does not open or close the box
+            i += 2
             continue
-        depth = 1
-        for j in range(m.end(), len(text)):
-            depth += {"{": 1, "}": -1}.get(text[j], 0)
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
             if depth == 0:
-                found = text[m.end() : j]
-                break
+                return text[start:i]
+        i += 1
+    return None
+
+
+def extract_boxed_answer(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` after `</think>` (or in the whole text without a think block).
+
+    Handles nested braces, `\\fbox{...}` and `\\boxed 5`. A box that never closes (a completion cut
+    off mid-answer) does not count. Returns the content stripped of surrounding whitespace, or None.
+    """
+    section = answer_section(text)
+    found: str | None = None
+    for m in _BOX.finditer(section):
+        if m.group(1) is None:
+            token = _BARE_TOKEN.match(section, m.end())
+            content = token.group(0).rstrip(".,;:") if token else None  # `\boxed 5.` ends a sentence
+        else:
+            content = _braced(section, m.end())
+        if content is not None and content.strip():
+            found = content
     return found.strip() if found is not None else None
 
 
+def extract_program(completion: str) -> str | None:
+    """The last fenced code block after `</think>` (any language tag, or none), or None."""
+    blocks = _FENCE.findall(answer_section(completion))
+    return blocks[-1][1] if blocks else None
+
+
+def normalise_answer(answer: str | None) -> str | None:
+    """A whitespace-free form of an extracted answer, so that majority votes group `1 / 2` with `1/2`."""
+    return None if answer is None else re.sub(r"\s+", "", answer)
+
+
 def final_answer(completion: str) -> str | None:
-    """The answer used for majority votes: the boxed answer, whitespace-normalised."""
-    ans = extract_boxed_answer(completion)
-    return None if ans is None else re.sub(r"\s+", "", ans)
+    """The completion's boxed answer in the form majority votes group by (whitespace-free), or None."""
+    return normalise_answer(extract_boxed_answer(completion))

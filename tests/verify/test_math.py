@@ -1,127 +1,221 @@
-"""The math verifier on a table of cases, real benchmark golds, and pathological input."""
+"""The math verifier: a table of answer/gold pairs, real benchmark golds, pathological input, the worker pool."""
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from distill.prompts import load_prompts
-from distill.verify import VERIFIERS, extract_boxed_answer, verify_batch
+from distill.verify import DEFAULT_TIMEOUT_S, VERIFIERS, verify_batch
+from distill.verify.math_check import gold_text, verify_math
+from distill.verify.pool import TimeoutPool, shared_pool
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DATA = Path(os.environ.get("DISTILL_SHARED_DATA", "/work/shared/data"))
+POWER_TOWER = "9^{9^{9^{9^{9}}}}"
+KILOBYTES_OF_LATEX = "+".join(f"\\frac{{{i}}}{{x+{i}}}" for i in range(400))  # ~6 KB; sympy stalls on it
 
 
-def done(answer: str, before: str = "<think>\nLet me work it out.\n</think>\n") -> str:
-    return f"{before}The answer is \\boxed{{{answer}}}."
+def think(answer: str, reasoning: str = "Let me work it out step by step.") -> str:
+    return f"<think>\n{reasoning}\n</think>\n\nThe final answer is {answer}."
 
 
+def rows(name: str) -> list[dict]:
+    path = DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not on this machine (set DISTILL_SHARED_DATA)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+# (completion, gold, passes, a fragment of the reason)
 CASES = [
-    # equivalent forms
-    (done("1/2"), "\\frac{1}{2}", True),
-    (done("0.5"), "\\frac{1}{2}", True),
-    (done("\\frac{1}{2}"), "0.5", True),
-    (done("\\dfrac12"), "1/2", True),
-    (done("\\tfrac{1}{2}"), "0.5", True),
-    (done("50\\%"), "0.5", True),
-    (done("2/4"), "\\frac12", True),
-    (done("\\sqrt{2}/2"), "\\frac{\\sqrt{2}}{2}", True),
-    (done("\\frac{\\sqrt{3}}{3}"), "\\frac{1}{\\sqrt{3}}", True),
-    (done("2\\pi"), "2\\pi", True),
-    (done("x^2+2x+1"), "(x+1)^2", True),
-    (done("1.000"), "1", True),
-    (done("10^{3}"), "1000", True),
-    (done("1,000"), "1000", True),
-    # integers, as AIME stores them
-    (done("204"), 204, True),
-    (done("0204"), 204, True),
-    (done("205"), 204, False),
+    # equivalent forms of one half
+    (think("\\boxed{\\frac{1}{2}}"), "0.5", True, "correct"),
+    (think("\\boxed{0.5}"), "\\frac{1}{2}", True, "correct"),
+    (think("\\boxed{1/2}"), "\\frac{1}{2}", True, "correct"),
+    (think("\\boxed{\\dfrac12}"), "\\frac{1}{2}", True, "correct"),
+    (think("\\boxed{\\tfrac{2}{4}}"), "1/2", True, "correct"),
+    (think("\\boxed{50\\%}"), "\\frac{1}{2}", True, "correct"),
+    # integers and their spellings
+    (think("\\boxed{3}"), "3", True, "correct"),
+    (think("\\boxed{3.0}"), "3", True, "correct"),
+    (think("\\boxed{1,000}"), "1000", True, "correct"),
+    (think("\\boxed{\\$18}"), "18", True, "correct"),
+    (think("\\boxed{\\textbf{5}}"), "5", True, "correct"),
+    (think("\\boxed{x = 5}"), "5", True, "correct"),
     # negative numbers
-    (done("-3"), "-3", True),
-    (done("-\\frac{3}{4}"), "-0.75", True),
-    (done("3"), "-3", False),
-    # sets and intervals
-    (done("\\{1, 2, 3\\}"), "\\{3, 2, 1\\}", True),
-    (done("(0, 1]"), "(0,1]", True),
-    (done("[0, 1]"), "(0, 1]", False),
-    (done("(-\\infty, 2)"), "(-\\infty,2)", True),
-    (done("1, 2"), "2, 1", True),
-    (done("(3, \\frac{\\pi}{2})"), "\\left( 3, \\frac{\\pi}{2} \\right)", True),
-    # units and text
-    (done("5\\text{ cm}"), "5", True),
-    (done("90^\\circ"), "90", True),
-    (done("\\$18"), "18", True),
-    (done("\\text{(B)}"), "\\text{(B)}", True),
+    (think("\\boxed{-5}"), "-5", True, "correct"),
+    (think("\\boxed{5}"), "-5", False, "wrong answer: got 5, expected -5"),
+    (think("\\boxed{-\\frac{\\pi}{6}}"), "-\\frac{\\pi}{6}", True, "correct"),
+    # sets, tuples, intervals
+    (think("\\boxed{\\{2, 1\\}}"), "\\{1,2\\}", True, "correct"),
+    (think("\\boxed{(1,2]}"), "(1,2]", True, "correct"),
+    (think("\\boxed{[1,2]}"), "(1,2]", False, "wrong answer"),
+    (think("\\boxed{(-\\infty, 0) \\cup (1, \\infty)}"), "(-\\infty,0)\\cup(1,\\infty)", True, "correct"),
+    (think("\\boxed{(3, \\frac{\\pi}{2})}"), "\\left( 3, \\frac{\\pi}{2} \\right)", True, "correct"),
+    # units and degrees
+    (think("\\boxed{10 \\text{ cm}}"), "10", True, "correct"),
+    (think("\\boxed{90}"), "90^\\circ", True, "correct"),
+    # algebra
+    (think("\\boxed{(x+1)^2}"), "x^2+2x+1", True, "correct"),
+    (think("\\boxed{\\frac{\\sqrt{2}}{2}}"), "\\sqrt{2}/2", True, "correct"),
+    (think("\\boxed{3.14159}"), "\\pi", False, "wrong answer"),
+    (think("\\boxed{\\text{Evelyn}}"), "\\text{Evelyn}", True, "correct"),
+    (think("\\boxed{\\text{Bob}}"), "\\text{Evelyn}", False, "wrong answer"),
     # wrong answers
-    (done("7"), "8", False),
-    (done("\\frac{1}{3}"), "0.33", False),
-    (done("x+1"), "x-1", False),
-    (done("\\sqrt{3}"), "\\sqrt{2}", False),
-    # no boxed answer, several boxed answers (the last counts), text outside the think block
-    ("<think>\nhmm\n</think>\nThe answer is 4.", "4", False),
-    ("<think>\nmaybe \\boxed{4}\n</think>\nI am not sure.", "4", False),  # a boxed guess inside the reasoning
-    (done("3") + " Actually \\boxed{4}.", "4", True),
-    (done("4") + " Actually \\boxed{3}.", "4", False),
-    ("No think block at all, so \\boxed{12}.", "12", True),
-    ("<think>\n\\boxed{1}</think> first \\boxed{2} then \\boxed{3}", "3", True),
-    # nested braces and \boxed without braces
-    (done("\\frac{\\frac{1}{2}}{2}"), "\\frac14", True),
-    ("</think> so \\boxed 7.", "7", True),
-    # no gold
-    (done("1"), "", False),
+    (think("\\boxed{7}"), "8", False, "wrong answer: got 7, expected 8"),
+    (think("\\boxed{\\frac{1}{3}}"), "0.5", False, "wrong answer"),
+    # where the answer is: missing, several, inside the reasoning only, outside the think block
+    (think("7"), "7", False, "no \\boxed{} answer"),
+    ("", "7", False, "no \\boxed{} answer"),
+    (think("\\boxed{3}, no wait: \\boxed{4}"), "4", True, "correct"),
+    (think("\\boxed{4}, no wait: \\boxed{3}"), "4", False, "wrong answer: got 3"),
+    (think("nothing boxed here", reasoning="maybe \\boxed{4}?"), "4", False, "no \\boxed{} answer"),
+    (think("\\boxed{5}", reasoning="I first guessed \\boxed{4}."), "5", True, "correct"),
+    ("Plain answer without a think block: \\boxed{12}", "12", True, "correct"),
+    (think("\\fbox{12}"), "12", True, "correct"),
+    (think("$\\boxed 12$"), "12", True, "correct"),
+    (think("\\boxed{\\frac{\\sqrt{3}}{2}}"), "\\frac{\\sqrt3}{2}", True, "correct"),
+    (think("\\boxed{12"), "12", False, "no \\boxed{} answer"),  # cut off before the box closed
+    # gold shapes: int (AIME), GSM8K solution, boxed gold, missing gold
+    (think("\\boxed{204}"), 204, True, "correct"),
+    (think("\\boxed{205}"), 204, False, "wrong answer: got 205, expected 204"),
+    (think("\\boxed{18}"), "She makes 9 * 2 = $<<9*2=18>>18.\n#### 18", True, "correct"),
+    (think("\\boxed{2125}"), "25 blocks\n#### 2,125", True, "correct"),
+    (think("\\boxed{7}"), "\\boxed{7}", True, "correct"),
+    (think("\\boxed{7}"), None, False, "no gold answer"),
 ]
 
 
-@pytest.mark.parametrize(("completion", "gold", "expected"), CASES)
-def test_table(completion: str, gold: object, expected: bool) -> None:
+@pytest.mark.parametrize(("completion", "gold", "passes", "reason"), CASES)
+def test_math_table(completion: str, gold: object, passes: bool, reason: str) -> None:
     verdict = VERIFIERS["math"](completion, gold)
-    assert verdict.passed is expected, verdict.reason
-    assert verdict.reason
+    assert verdict.passed is passes, verdict
+    assert reason in verdict.reason
 
 
-def test_table_is_large_enough() -> None:
+def test_table_is_big_enough() -> None:
     assert len(CASES) >= 40
 
 
-def test_batch_agrees_with_single_calls() -> None:
-    completions, golds, expected = zip(*CASES, strict=True)
-    verdicts = verify_batch("math", list(completions), list(golds), workers=2)
-    assert [v.passed for v in verdicts] == list(expected)
+def test_the_extracted_answer_travels_with_the_verdict() -> None:
+    assert VERIFIERS["math"](think("\\boxed{\\frac{1}{2}}"), "0.5").answer == "\\frac{1}{2}"
+    assert VERIFIERS["math"](think("\\boxed{7}"), "8").answer == "7"
+    assert VERIFIERS["math"](think("no box"), "8").answer is None
 
 
 @pytest.mark.parametrize(
-    "answer",
-    ["9^{9^{9^{9^{9^{9}}}}}", "\\frac{" * 300 + "1" + "}{2}" * 300, " + ".join(f"\\sqrt{{{i}}}" for i in range(800))],
+    ("name", "index", "answer"),
+    [
+        ("math500.jsonl", 0, "(3, \\frac{\\pi}{2})"),  # gold: \left( 3, \frac{\pi}{2} \right)
+        ("math500.jsonl", 2, "\\frac{28}{6}"),  # gold: \frac{14}{3}
+        ("math500.jsonl", 7, "90"),  # gold: 90^\circ
+        ("math500.jsonl", 15, "-5i + 6"),  # gold: 6 - 5i
+        ("math500.jsonl", 25, "-2, 1"),  # gold: 1,-2
+        ("aime24.jsonl", 0, "204"),  # gold: the int 204
+        ("aime25.jsonl", 1, "588"),  # gold: the int 588
+        ("gsm8k_test.jsonl", 0, "18"),  # gold: a worked solution ending in #### 18
+        ("gsm8k_test.jsonl", 146, "2,125"),  # gold: ... #### 2,125
+    ],
 )
-def test_pathological_inputs_return_within_the_timeout(answer: str) -> None:
+def test_real_benchmark_golds(name: str, index: int, answer: str) -> None:
+    gold = rows(name)[index]["answer"]
+    assert VERIFIERS["math"](think(f"\\boxed{{{answer}}}"), gold).passed, (answer, gold)
+    wrong = VERIFIERS["math"](think("\\boxed{123457}"), gold)
+    assert not wrong.passed and wrong.reason.startswith("wrong answer")
+
+
+def test_gold_text_shapes() -> None:
+    assert gold_text(113) == "113"
+    assert gold_text("So 3 + 4 = 7.\n#### 1,234") == "1234"
+    assert gold_text("$\\frac{1}{2}$") == "\\frac{1}{2}"
+    assert gold_text("\\boxed{\\{1,2\\}}") == "\\{1,2\\}"
+    assert gold_text("  ") is None and gold_text(None) is None
+
+
+@pytest.mark.parametrize("answer", [POWER_TOWER, KILOBYTES_OF_LATEX, "(10^{10})!"])
+def test_pathological_answers_return_within_the_timeout(answer: str) -> None:
     start = time.monotonic()
-    verdict = verify_batch("math", [done(answer)], ["3"], timeout=2.0)[0]
-    assert time.monotonic() - start < 10 and verdict.passed is False
+    verdict = verify_math(think(f"\\boxed{{{answer}}}"), "5", timeout=1.5)
+    elapsed = time.monotonic() - start
+    assert not verdict.passed
+    assert verdict.reason == "timeout after 1.5s"
+    assert elapsed < 1.5 + 2.0
 
 
-def test_a_hang_does_not_poison_the_rest_of_a_batch() -> None:
-    completions = [done("9^{9^{9^{9^{9^{9}}}}}"), done("2"), done("3")]
-    verdicts = verify_batch("math", completions, ["1", "2", "3"], workers=1, timeout=2.0)
-    assert [v.passed for v in verdicts] == [False, True, True] and "timeout" in verdicts[0].reason
+def test_the_single_item_call_enforces_the_default_timeout() -> None:
+    start = time.monotonic()
+    verdict = VERIFIERS["math"](think(f"\\boxed{{{POWER_TOWER}}}"), "5")
+    assert verdict.reason == f"timeout after {DEFAULT_TIMEOUT_S:g}s"
+    assert time.monotonic() - start < DEFAULT_TIMEOUT_S + 2.0
 
 
-def test_real_benchmark_golds() -> None:
-    math500, _ = load_prompts(str(DATA / "math500.jsonl"))
-    aime, _ = load_prompts(str(DATA / "aime24.jsonl"))
-    gsm8k, _ = load_prompts(str(DATA / "gsm8k_test.jsonl"), mapping="gsm8k")
-    golds = [p["answer"] for p in math500[:30] + aime[:5] + gsm8k[:5]]
-    verdicts = verify_batch("math", [done(g) for g in golds], golds, workers=2)
-    assert all(v.passed for v in verdicts), [
-        (g, v.reason) for g, v in zip(golds, verdicts, strict=True) if not v.passed
+def test_workers_are_reused_and_a_timed_out_one_is_replaced() -> None:
+    pool = shared_pool("distill.verify.math_check:compare_in_worker")
+    verify_math(think("\\boxed{0.5}"), "1/2")
+    pids = {w.proc.pid for w in pool._idle}
+    for _ in range(5):
+        assert verify_math(think("\\boxed{0.5}"), "1/2").passed
+    assert {w.proc.pid for w in pool._idle} == pids  # no process started per item
+    verify_math(think(f"\\boxed{{{POWER_TOWER}}}"), "5", timeout=0.5)
+    after = {w.proc.pid for w in pool._idle}
+    assert len(after) == len(pids) and len(after - pids) == 1  # exactly the overrunning worker was replaced
+    (killed,) = pids - after
+    assert not Path(f"/proc/{killed}").exists()
+    assert verify_math(think("\\boxed{0.5}"), "1/2").passed  # and the pool still works
+
+
+def test_batch_keeps_order_and_isolates_a_hanging_item() -> None:
+    completions = [think(f"\\boxed{{{i}}}") for i in range(40)]
+    golds: list[object] = list(range(40))
+    completions[7] = think(f"\\boxed{{{POWER_TOWER}}}")
+    golds[12] = 13
+    start = time.monotonic()
+    verdicts = verify_batch("math", completions, golds, workers=2, timeout=1.5)
+    assert time.monotonic() - start < 1.5 + 10.0
+    assert [v.passed for v in verdicts] == [i not in (7, 12) for i in range(40)]
+    assert verdicts[7].reason == "timeout after 1.5s"
+    assert verdicts[12].reason == "wrong answer: got 12, expected 13"
+    assert [v.answer for v in verdicts][:3] == ["0", "1", "2"]
+
+
+def test_verifying_from_threads_works() -> None:
+    """eval and GRPO call verifiers from threads, where math-verify's own signal timeouts cannot work."""
+    results: list[bool] = []
+
+    def check(i: int) -> None:
+        results.append(VERIFIERS["math"](think(f"\\boxed{{\\frac{{{2 * i}}}{{2}}}}"), i).passed)
+
+    threads = [threading.Thread(target=check, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [True] * 4
+
+
+def test_pool_outcomes_on_plain_functions() -> None:
+    """The pool on stdlib functions: a value, an exception, a hang, a dying worker — all in order."""
+    pool = TimeoutPool("math:sqrt")
+    assert pool.map([4, -1, 9], timeout=5.0, workers=2) == [
+        ("ok", 2.0),
+        ("error", "ValueError: math domain error"),
+        ("ok", 3.0),
     ]
-    raw = json.loads((DATA / "aime24.jsonl").read_text().splitlines()[0])["answer"]
-    assert VERIFIERS["math"](done(str(raw)), raw).passed  # an int gold, as the file stores it
-    assert not VERIFIERS["math"](done(str(raw + 1)), raw).passed
+    pool.close()
+    sleeper = TimeoutPool("time:sleep")
+    start = time.monotonic()
+    assert sleeper.map([30, 0], timeout=0.5, workers=1) == [("timeout", None), ("ok", None)]
+    assert time.monotonic() - start < 5.0
+    sleeper.close()
+    dying = TimeoutPool("os:_exit")
+    assert dying.map([3, 4], timeout=5.0, workers=1) == [("error", "the verifier worker process died")] * 2
+    dying.close()
 
 
-def test_extract_boxed_answer() -> None:
-    assert extract_boxed_answer("a \\boxed{x} </think> b \\boxed{\\{1,2\\}}") == "\\{1,2\\}"
-    assert extract_boxed_answer("</think> \\fbox{5}") == "5"
-    assert extract_boxed_answer("</think> none") is None
+def test_a_worker_that_cannot_start_says_why() -> None:
+    with pytest.raises(RuntimeError, match="cannot import distill.verify.no_such_module"):
+        TimeoutPool("distill.verify.no_such_module:check").map([1], timeout=5.0, workers=1)
