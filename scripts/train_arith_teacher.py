@@ -37,18 +37,26 @@ def corpus() -> list[str]:
 
 
 def main() -> None:
-    from distill.models.tiny import build_tiny_model
-    from distill.tasks import arith
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "arith-teacher")
     parser.add_argument("--install", action="store_true", help="copy the result into teachers/ and students/")
+    parser.add_argument("--only-install", action="store_true", help="install the model already trained in --work")
     args = parser.parse_args()
 
     work = args.work
+    if not args.only_install:
+        train(work, args)
+    if args.install or args.only_install:
+        install(work, args.seed)
+
+
+def train(work: Path, args: argparse.Namespace) -> None:
+    from distill.models.tiny import build_tiny_model
+    from distill.tasks import arith
+
     shutil.rmtree(work, ignore_errors=True)
     init = build_tiny_model(
         work / "init", vocab_size=VOCAB, seed=args.seed, corpus=corpus(), max_position_embeddings=512, **TEACHER
@@ -86,20 +94,25 @@ def main() -> None:
         ],
         check=True,
     )
-    if args.install:
-        target = REPO / "teachers" / "arith-teacher"
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.copytree(work / "run" / "model", target)
-        student = REPO / "students" / "arith-student"
-        shutil.rmtree(student, ignore_errors=True)
-        skeleton = build_tiny_model(
-            work / "student", vocab_size=VOCAB, seed=args.seed, corpus=corpus(), max_position_embeddings=512, **STUDENT
-        )
-        student.mkdir(parents=True)
-        for f in skeleton.iterdir():
-            if f.name != "model.safetensors":  # the student starts from random weights: config only
-                shutil.copy(f, student / f.name)
-        print(f"installed {target} and {student}")
+
+
+def install(work: Path, seed: int) -> None:
+    """Copy the trained teacher into teachers/ and write the config-only student into students/."""
+    from distill.models.tiny import build_tiny_model
+
+    target = REPO / "teachers" / "arith-teacher"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(work / "run" / "model", target)
+    student = REPO / "students" / "arith-student"
+    shutil.rmtree(student, ignore_errors=True)
+    skeleton = build_tiny_model(
+        work / "student", vocab_size=VOCAB, seed=seed, corpus=corpus(), max_position_embeddings=512, **STUDENT
+    )
+    student.mkdir(parents=True)
+    for f in skeleton.iterdir():
+        if f.name != "model.safetensors":  # the student starts from random weights: config only
+            shutil.copy(f, student / f.name)
+    print(f"installed {target} and {student}")
 
 
 if __name__ == "__main__":
