@@ -11,7 +11,8 @@ import pytest
 from distill.verify import VERIFIERS, verify_batch
 from distill.verify.text_checks import expected_script, script_units
 
-DATA = Path(os.environ.get("DISTILL_SHARED_DATA", "/work/shared/data"))
+# shared/ sits beside the checkout (as in CI); DISTILL_SHARED_DATA points elsewhere
+DATA = Path(os.environ.get("DISTILL_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
 GOOD = "<think>\nTwo plus two is four.\n</think>\n\nThe answer is \\boxed{4}."
 
 # ---- format ---------------------------------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_script_units_count_words_and_cjk_characters() -> None:
 def test_real_prompts_are_consistent_with_themselves() -> None:
     path = DATA / "math500.jsonl"
     if not path.exists():
-        pytest.skip(f"{path} is not on this machine")
+        pytest.fail(f"{path} is missing: shared/ must sit beside the checkout, or set DISTILL_SHARED_DATA")
     prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines()[:200]]
     verdicts = verify_batch("lang", [f"<think>{p}</think> x" for p in prompts], prompts)
     assert all(v.passed for v in verdicts)
@@ -141,7 +142,7 @@ def test_repetition(completion: str, passes: bool, reason: str) -> None:
 def test_real_solutions_do_not_count_as_loops() -> None:
     path = DATA / "gsm8k_test.jsonl"
     if not path.exists():
-        pytest.skip(f"{path} is not on this machine")
+        pytest.fail(f"{path} is missing: shared/ must sit beside the checkout, or set DISTILL_SHARED_DATA")
     answers = [json.loads(line)["answer"] for line in path.read_text().splitlines()]
     long_traces = ["<think>" + "\n".join(answers[i : i + 20]) + "</think> 5" for i in range(0, 1300, 20)]
     assert all(v.passed for v in verify_batch("repetition", long_traces, [None] * len(long_traces)))
