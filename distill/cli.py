@@ -207,9 +207,9 @@ def demo(
         "demo-out"
     ),
     seed: Annotated[int, typer.Option(help="Seed for generation, training and evaluation.")] = 0,
-    prompts: Annotated[int, typer.Option(help="arith:train prompts the teacher answers (2 samples each).")] = 400,
-    steps: Annotated[int, typer.Option(help="Training steps of each student.")] = 150,
-    eval_problems: Annotated[int, typer.Option(help="arith:test problems to evaluate on (4 samples each).")] = 100,
+    prompts: Annotated[int, typer.Option(help="arith:train prompts the teacher answers (2 samples each).")] = 1000,
+    steps: Annotated[int, typer.Option(help="Training steps of each student.")] = 600,
+    eval_problems: Annotated[int, typer.Option(help="arith:test problems to evaluate on (4 samples each).")] = 200,
 ) -> None:
     """The whole pipeline on the embedded default."""
     from distill.demo import run_demo

@@ -49,7 +49,7 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_demo(out: Path, seed: int, prompts: int = 400, steps: int = 150, eval_problems: int = 100) -> dict:
+def run_demo(out: Path, seed: int, prompts: int = 1000, steps: int = 600, eval_problems: int = 200) -> dict:
     """Run every stage; print the table; write summary.json and report.md under `out`."""
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
