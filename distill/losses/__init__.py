@@ -1,0 +1,51 @@
+"""Distillation losses for the student trainer: α·CE + (1 − α)·τ²·KD at every completion position.
+
+The teacher is known only through its cached top-k raw logprobs ℓ_i over a set S (p_i = exp ℓ_i,
+tail mass r = 1 − Σ_S p_i); the student through logits z over the full vocabulary V, with
+log q = log_softmax(z / τ). Per position t:
+
+- CE: −log q(y_t) on the trace token, always at τ = 1.
+- KD, on the partition "S plus one tail bucket" (tail="bucket", the default; exact when k = V) or
+  on S with both sides renormalised (tail="renorm"):
+  forward  KL(p‖q) = Σ_S p (log p − log q) + r (log r − log(1 − Σ_S q))   (the default)
+  reverse  KL(q‖p)                                                      (mode seeking)
+  jsd      β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q
+  sampled  −(1/M) Σ_j log q(x_j), x_j drawn from the teacher: an unbiased estimate of the
+           cross-entropy to the full teacher distribution (Anshumann et al., 2025)
+- τ ≠ 1 softens both sides: the student as above, the teacher by re-tempering its buckets
+  (ℓ_i/τ, (log r)/τ) and renormalising, an approximation since the tail's shape is unknown.
+- total = α·CE + (1 − α)·τ²·KD, each averaged over the unmasked positions.
+
+Modules: `kd` (per-position partitions and divergences), `chunked` (the loss over the output layer
+in chunks of positions, never materialising (N, V) logits, and its naive reference), `memory`
+(peak-memory measurement used by the tests and scripts/bench_train.py).
+
+    out = distill_loss(hidden, lm_head.weight, targets, topk_ids, topk_logprobs, alpha=0.5)
+    out.loss.backward()
+"""
+
+from distill.losses.chunked import (
+    CHUNK_ELEMENTS,
+    IGNORE_INDEX,
+    LossOutput,
+    auto_chunk_size,
+    distill_loss,
+    naive_distill_loss,
+)
+from distill.losses.kd import KD_KINDS, TAILS, divergence, student_partition, teacher_partition
+from distill.losses.memory import measure_peak_memory
+
+__all__ = [
+    "CHUNK_ELEMENTS",
+    "IGNORE_INDEX",
+    "KD_KINDS",
+    "TAILS",
+    "LossOutput",
+    "auto_chunk_size",
+    "distill_loss",
+    "divergence",
+    "measure_peak_memory",
+    "naive_distill_loss",
+    "student_partition",
+    "teacher_partition",
+]
