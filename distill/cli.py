@@ -224,7 +224,10 @@ def demo(
 def cache_ls(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list instead of a table.")] = False,
 ) -> None:
-    """List caches under the cache root ($DISTILL_HOME/caches) with size, records, tokens, teacher."""
+    """List caches: size, records, tokens, teacher.
+
+    Caches live under $DISTILL_HOME/caches (default ~/.cache/distill/caches).
+    """
     from distill.cache.admin import list_caches
     from distill.paths import cache_root
 
@@ -251,7 +254,10 @@ def cache_info(
     path: Annotated[str, typer.Argument(help="Cache directory, or a cache key (prefix) under the cache root.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (format_version, records, tokens, ...).")] = False,
 ) -> None:
-    """Summarise one cache: records, tokens, top-k, bytes per token, teacher, views."""
+    """Summarise one cache.
+
+    Records, tokens, top-k, bytes per token, teacher, tokenizer, views (--json for scripts).
+    """
     from distill.cache.admin import cache_info as info
 
     d = info(path)
@@ -270,7 +276,10 @@ def cache_info(
 def cache_verify(
     path: Annotated[str, typer.Argument(help="Cache directory, or a cache key (prefix) under the cache root.")],
 ) -> None:
-    """Check every shard's size and checksum and decode every record; exit 1 naming what is broken."""
+    """Check sizes, checksums and every record.
+
+    Exits 1 naming each broken shard.
+    """
     from distill.cache.reader import TeacherCache
 
     cache = TeacherCache(path, allow_incomplete=True, check=False)
@@ -290,7 +299,10 @@ def cache_gc(
         bool, typer.Option("--incomplete", help="Also remove unfinished caches (interrupted generations).")
     ] = False,
 ) -> None:
-    """Remove leftovers of crashed writers (temp files, unlisted shards); caches being written are skipped."""
+    """Remove leftovers of crashed writers.
+
+    Temp files and shards no index lists; caches being written are skipped.
+    """
     from distill.cache.admin import garbage, remove
     from distill.paths import cache_root
 
@@ -305,7 +317,10 @@ def cache_merge(
     caches: Annotated[list[str], typer.Argument(help="Caches made by slices of one run (--shard-index/--num-shards).")],
     out: Annotated[Path | None, typer.Option(help="Merged cache directory [$DISTILL_HOME/caches/KEY].")] = None,
 ) -> None:
-    """Join slices of one generation run into one cache (fingerprints must agree)."""
+    """Join slices of one run into one cache.
+
+    The slices' fingerprints must agree; the last line printed is the merged cache.
+    """
     from distill.cache.admin import cache_info, merge_caches
 
     path = merge_caches(caches, out)

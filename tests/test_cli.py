@@ -30,6 +30,12 @@ def test_help_lists_every_command_with_one_line() -> None:
     assert "..." not in out.stdout.split("Commands:")[1]  # one line each, not cut off
 
 
+def test_cache_help_lists_its_commands_with_one_line_each() -> None:
+    out = distill("cache", "--help").stdout.split("Commands:")[1]
+    assert sorted(line.split()[0] for line in out.splitlines() if line.strip()) == sorted(CACHE_COMMANDS)
+    assert "..." not in out
+
+
 def test_help_imports_neither_torch_nor_vllm() -> None:
     code = (
         "import sys\n"
