@@ -64,19 +64,14 @@ def distill(*args: str, home: Path, check: bool = True) -> subprocess.CompletedP
     return out
 
 
+def vllm_command(tiny_model: Path, prompts_file: Path) -> list[str]:
+    """The one vLLM generate command the fixture runs and the cache-hit test repeats verbatim."""
+    return ["generate", "--teacher", str(tiny_model), "--prompts", str(prompts_file), "--mapping", "gsm8k", *GEN_ARGS]
+
+
 @pytest.fixture(scope="module")
 def vllm_cache(tiny_model: Path, prompts_file: Path, home: Path) -> Path:
-    out = distill(
-        "generate",
-        "--teacher",
-        str(tiny_model),
-        "--prompts",
-        str(prompts_file),
-        "--mapping",
-        "gsm8k",
-        *GEN_ARGS,
-        home=home,
-    )
+    out = distill(*vllm_command(tiny_model, prompts_file), home=home)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -129,17 +124,7 @@ def test_identical_rerun_is_a_cache_hit_without_an_engine(
     vllm_cache: Path, tiny_model: Path, prompts_file: Path, home: Path
 ) -> None:
     t0 = time.perf_counter()
-    out = distill(
-        "generate",
-        "--teacher",
-        str(tiny_model),
-        "--prompts",
-        str(prompts_file),
-        "--mapping",
-        "gsm8k",
-        *GEN_ARGS,
-        home=home,
-    )
+    out = distill(*vllm_command(tiny_model, prompts_file), home=home)
     elapsed = time.perf_counter() - t0
     assert "cache hit" in out.stdout and out.stdout.strip().splitlines()[-1] == str(vllm_cache)
     assert "vllm" not in out.stderr.lower()  # no engine was started
