@@ -12,8 +12,10 @@ line, in the order a person would, inside `<think>…</think>`, then boxes the r
     The answer is \\boxed{52}.
 
 Splits are disjoint by construction: an expression belongs to `test` when a hash of its text falls
-in the first tenth of the hash space, else to `train`, so no test problem can appear in train.
-Generation is seeded and deterministic: `arith:train` is the same list on every machine.
+in the first tenth of the hash space, so no test problem can appear elsewhere. The others form one
+seeded stream: its first 4,000 problems are `train` (what the bundled teacher was trained on), the
+next 4,000 are `distill` (prompts the teacher never saw: the teacher stage answers them, and gets
+some wrong, so the filter has real work to do). Every split is the same list on every machine.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-SIZES = {"train": 4000, "test": 200}
+SIZES = {"train": 4000, "distill": 4000, "test": 200}
 OPS = ("+", "-", "*")
 
 
@@ -74,13 +76,17 @@ def problems(split: str, count: int | None = None, seed: int = 0) -> list[dict[s
     if split not in SIZES:
         raise KeyError(split)
     count = count or SIZES[split]
+    skip = SIZES["train"] if split == "distill" else 0  # distill continues the stream train starts
     rng, seen, out = random.Random(seed), set(), []
     while len(out) < count:
         tree = _random_tree(rng, rng.choice((3, 3, 4)))
         text = tree.text()
-        if text in seen or split_of(text) != split:
+        if text in seen or split_of(text) != ("test" if split == "test" else "train"):
             continue
         seen.add(text)
+        if skip:
+            skip -= 1
+            continue
         reasoning = "\n".join(steps(tree))
         out.append(
             {

@@ -12,10 +12,11 @@ STEP = re.compile(r"^(-?\d+) ([+*-]) (-?\d+) = (-?\d+)$")
 
 
 def test_splits_are_deterministic_and_disjoint() -> None:
-    train, test = arith.problems("train"), arith.problems("test")
-    assert len(train) == 4000 and len(test) == 200
-    assert arith.problems("train")[:50] == train[:50]
-    assert not {p["prompt"] for p in train} & {p["prompt"] for p in test}
+    train, distill, test = arith.problems("train"), arith.problems("distill"), arith.problems("test")
+    assert len(train) == 4000 and len(distill) == 4000 and len(test) == 200
+    assert arith.problems("train")[:50] == train[:50] and arith.problems("distill", 50) == distill[:50]
+    prompts = [{p["prompt"] for p in split} for split in (train, distill, test)]
+    assert sum(map(len, prompts)) == len(set.union(*prompts)) == 8200  # no prompt in two splits
     assert all(arith.split_of(p["prompt"][len("Compute ") : -1]) == "test" for p in test)
 
 
