@@ -363,7 +363,7 @@ class Trainer:
                 n = out.num_tokens
                 # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
                 (out.loss * n / max(step_tokens, 1) * self.world).backward()
-                sums = [sums[0] + float(out.loss) * n, sums[1] + float(out.ce) * n, sums[2] + float(out.kd) * n]
+                sums = [s + float(v.detach()) * n for s, v in zip(sums, (out.loss, out.ce, out.kd), strict=True)]
             loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
             if not math.isfinite(loss):
                 raise DistillError(
