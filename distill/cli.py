@@ -207,14 +207,17 @@ def demo(
         "demo-out"
     ),
     seed: Annotated[int, typer.Option(help="Seed for generation, training and evaluation.")] = 0,
-    prompts: Annotated[int, typer.Option(help="arith:train prompts the teacher answers (2 samples each).")] = 1000,
-    steps: Annotated[int, typer.Option(help="Training steps of each student.")] = 600,
+    prompts: Annotated[int, typer.Option(help="arith:distill prompts the teacher answers (one sample each).")] = 4000,
+    steps: Annotated[int, typer.Option(help="Training steps of each student.")] = 1500,
     eval_problems: Annotated[int, typer.Option(help="arith:test problems to evaluate on (4 samples each).")] = 200,
+    kd_temperature: Annotated[
+        float, typer.Option(help="KD temperature τ of the KD student (1 makes KD nearly SFT with this teacher).")
+    ] = 4.0,
 ) -> None:
     """The whole pipeline on the embedded default."""
     from distill.demo import run_demo
 
-    run_demo(out, seed, prompts=prompts, steps=steps, eval_problems=eval_problems)
+    run_demo(out, seed, prompts=prompts, steps=steps, eval_problems=eval_problems, kd_temperature=kd_temperature)
 
 
 # ---------------------------------------------------------------------------------------------
