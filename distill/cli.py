@@ -33,17 +33,6 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(help="Inspect and maintain teacher caches.", no_args_is_help=True)
 
-_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def _not_built(stage: str, issue: str) -> None:
-    typer.echo(f"distill {stage}: not implemented yet ({issue}).", err=True)
-    raise typer.Exit(2)
-
-
-# ---------------------------------------------------------------------------------------------
-# stages not built yet: they say so and exit 2, never a fake result
-
 
 def generate(
     teacher: Annotated[str, typer.Option(help="Teacher preset name, preset YAML, model directory or hub id.")],
@@ -172,9 +161,70 @@ def train(
     run_train(TrainConfig(**{k: v for k, v in locals().items() if k not in ("TrainConfig", "run_train")}))
 
 
-def grpo() -> None:
-    """Polish a student with GRPO on verifier rewards."""
-    _not_built("grpo", "the GRPO stage is not built yet")
+def grpo(
+    policy: Annotated[
+        str, typer.Option(help="Model to polish: a `distill train` OUT/model directory, a preset name or a hub id.")
+    ],
+    prompts: Annotated[
+        str, typer.Option(help="Prompts with gold answers: file, gsm8k, math500, arith:train, ... (as for eval).")
+    ],
+    group_size: Annotated[int, typer.Option(help="G: completions per prompt, compared with each other (≥ 2).")] = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Completions per step, a multiple of G (prompts per step = batch size / G).")
+    ] = 64,
+    micro_batch: Annotated[int, typer.Option(help="Completions per forward/backward (the rest accumulates).")] = 16,
+    beta: Annotated[
+        float, typer.Option(help="Weight of the k3 KL to the initial policy (0: no reference model).")
+    ] = 0.04,
+    epsilon: Annotated[
+        float, typer.Option(help="Clip range of the ratio π/π_old below 1 (and above, by default).")
+    ] = 0.2,
+    epsilon_high: Annotated[
+        float | None, typer.Option(help="Clip range above 1 (DAPO clip-higher, e.g. 0.28) [--epsilon].")
+    ] = None,
+    iterations: Annotated[int, typer.Option(help="μ: optimiser steps per batch of rollouts (1 = on-policy).")] = 1,
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="Token aggregation: grpo (mean per sequence, then over sequences), dapo (mean over all tokens), "
+            "dr_grpo (sum / (batch size × max new tokens))."
+        ),
+    ] = "grpo",
+    scale_rewards: Annotated[
+        str | None,
+        typer.Option(
+            help="group: divide advantages by the group's reward std; none: mean-only [group; dr_grpo: none]."
+        ),
+    ] = None,
+    rewards: Annotated[
+        str, typer.Option(help="Comma-separated verifiers that make the reward: math, code, format, lang, repetition.")
+    ] = "math,format",
+    reward_weights: Annotated[
+        str | None, typer.Option(help="Comma-separated weight per reward, e.g. 1,0.2 [all 1].")
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Completion length limit [preset].")] = None,
+    temperature: Annotated[float, typer.Option(help="Rollout sampling temperature (top-p is 1).")] = 1.0,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate (constant).")] = 1e-6,
+    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
+    steps: Annotated[
+        int, typer.Option(help="Rollout steps; each samples one batch and makes μ optimiser steps.")
+    ] = 100,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end).")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of prompt order and sampling.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics.jsonl, model/).")] = Path("runs/grpo"),
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    backend: Annotated[str, typer.Option(help="Rollout engine: vllm, or hf (transformers generation).")] = "vllm",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    mapping: Annotated[str | None, typer.Option(help="Built-in mapping (e.g. gsm8k) for a local file.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="Engine dtype [preset].")] = None,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(help="Share of the GPU the colocated vLLM engine takes; the trainer needs the rest.")
+    ] = 0.3,
+) -> None:
+    """Polish a policy with GRPO on verifier rewards."""
+    from distill.grpo import GRPOConfig, run_grpo
+
+    run_grpo(GRPOConfig(**{k: v for k, v in locals().items() if k not in ("GRPOConfig", "run_grpo")}))
 
 
 def eval_(
@@ -345,18 +395,18 @@ def _human_bytes(n: int) -> str:
 
 # name → (function, takes arbitrary arguments); the order is the order of `distill --help`
 COMMANDS = {
-    "generate": (generate, False),
-    "score": (score, False),
-    "filter": (filter_, False),
-    "train": (train, False),
-    "grpo": (grpo, True),
-    "eval": (eval_, False),
-    "demo": (demo, False),
+    "generate": generate,
+    "score": score,
+    "filter": filter_,
+    "train": train,
+    "grpo": grpo,
+    "eval": eval_,
+    "demo": demo,
 }
 CACHE_COMMANDS = {"ls": cache_ls, "info": cache_info, "verify": cache_verify, "gc": cache_gc, "merge": cache_merge}
 
-for name, (fn, passthrough) in COMMANDS.items():
-    app.command(name, context_settings=_PASSTHROUGH if passthrough else None)(fn)
+for name, fn in COMMANDS.items():
+    app.command(name)(fn)
 for name, fn in CACHE_COMMANDS.items():
     cache_app.command(name)(fn)
 app.add_typer(cache_app, name="cache")

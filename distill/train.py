@@ -26,7 +26,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,16 +35,24 @@ import numpy as np
 import torch
 import typer
 
-from distill.atomic import TMP_SUFFIX, write_json_atomic
 from distill.cache import Record, TeacherCache, view_indices
+from distill.checkpoints import (
+    CHECKPOINTS,
+    METRICS,
+    export_model,
+    jsonable,
+    latest_checkpoint,
+    restore_rng,
+    rng_state,
+    truncate_metrics,
+    write_checkpoint,
+)
 from distill.data import IGNORE_INDEX, PackedLoader
 from distill.errors import DistillError
 from distill.losses import KD_KINDS, TAILS, distill_loss
 from distill.presets import resolve_preset
 from distill.vocab import reconcile
 
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 TRAIN_CONFIG = "distill_train.json"
 
 
@@ -349,7 +356,7 @@ class Trainer:
         metrics_path = self.out / METRICS
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._truncate_metrics(metrics_path)
+            truncate_metrics(metrics_path, self.step)
         tb = self._tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
         start, tokens_seen = time.perf_counter(), 0
@@ -403,13 +410,6 @@ class Trainer:
         if tb is not None:
             tb.close()
 
-    def _truncate_metrics(self, path: Path) -> None:
-        """On resume, drop metric rows past the checkpoint (they will be recomputed)."""
-        if not path.exists():
-            return
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= self.step]
-        path.write_text("".join(r + "\n" for r in rows))
-
     def _tensorboard(self) -> Any:
         if self.rank != 0:
             return None
@@ -433,35 +433,21 @@ class Trainer:
             "optimizer": optim_sd,
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            "rng": rng_state(),
         }
 
     def _save_checkpoint(self) -> None:
         state = self._state()  # collective under FSDP: every rank takes part
-        if self.rank != 0:
-            return
-        root = self.out / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
-        final = root / f"step-{self.step:08d}"
-        tmp = root / (final.name + TMP_SUFFIX)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        torch.save(state, tmp / "state.pt")
-        with open(tmp / "state.pt", "rb") as f:
-            os.fsync(f.fileno())
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(TMP_SUFFIX))[:-2]:
-            shutil.rmtree(old)  # keep the last two
+        if self.rank == 0:
+            write_checkpoint(self.out / CHECKPOINTS, self.step, state)  # keeps the last two
 
     def _load_checkpoint(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        root = self.out / CHECKPOINTS
-        done = sorted(p for p in root.glob("step-*") if not p.name.endswith(TMP_SUFFIX)) if root.exists() else []
-        if not done:
+        last = latest_checkpoint(self.out / CHECKPOINTS)
+        if last is None:
             raise DistillError(f"--resume: {self.out} has no checkpoint to resume from; run without --resume.")
-        state = torch.load(done[-1] / "state.pt", weights_only=False)
+        state = torch.load(last / "state.pt", weights_only=False)
         set_state_dict(
             self.module,
             self.optimizer,
@@ -471,10 +457,8 @@ class Trainer:
         )
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.log(f"resumed from {done[-1]} (step {self.step})")
+        restore_rng(state["rng"])
+        self.log(f"resumed from {last} (step {self.step})")
 
     # -----------------------------------------------------------------------------------------
     # save
@@ -490,32 +474,13 @@ class Trainer:
         model = self.model if self.world == 1 else self._build_model()
         model.load_state_dict({k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")})
         model = model.merge_and_unload() if self.cfg.lora else model
-        final = self.out / "model"
-        tmp = self.out / ("model" + TMP_SUFFIX)
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        self.tokenizer.save_pretrained(tmp)
-        from transformers import GenerationConfig
-
-        GenerationConfig(
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            do_sample=True,
-            temperature=0.6,
-            top_p=0.95,
-        ).save_pretrained(tmp)
-        write_json_atomic(
-            tmp / TRAIN_CONFIG,
-            {
-                "config": _jsonable(asdict(self.cfg)),
-                "source": self.source,
-                "student": asdict(self.preset),
-                "steps": self.step,
-            },
-        )
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        return final
+        record = {
+            "config": jsonable(asdict(self.cfg)),
+            "source": self.source,
+            "student": asdict(self.preset),
+            "steps": self.step,
+        }
+        return export_model(model, self.tokenizer, self.out / "model", TRAIN_CONFIG, record)
 
     def cleanup(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
@@ -527,10 +492,6 @@ def _to(batch: Any, device: Any) -> Any:
         if isinstance(value, torch.Tensor):
             setattr(batch, name, value.to(device))
     return batch
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
 def traces_to_records(path: str, tokenizer: Any) -> list[Record]:

@@ -31,6 +31,15 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings
 
+    @torch.no_grad()
+    def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Replace the model's weights with `state_dict` (same architecture and names), in place."""
+        missing, unexpected = self.model.load_state_dict(state_dict, strict=False)
+        # tied output embeddings may be absent from one side's state dict; anything else is a mismatch
+        missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise ValueError(f"load_weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
     def _topk(self, logits: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
         """logits (T, V) → top-k ids, top-k logprobs and the targets' logprobs, as numpy."""
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # (T, V)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +88,20 @@ class VLLMEngine:
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.max_inflight = max_inflight
         self._counter = 0
+
+    def load_weights(self, state_dict: dict[str, Any]) -> None:
+        """Replace the engine's weights with `state_dict` (Hugging Face names and layout), in place.
+
+        Goes through the worker's `reload_weights` (vLLM's layer-wise reload), not straight into
+        `model.load_weights`: after loading, vLLM post-processes layers — on CPU every linear layer's
+        weight is repacked for oneDNN and the original parameter is dropped, so writing into the
+        model's parameters would fail or change nothing — and the reload repeats that processing.
+        The prefix cache is cleared: its KV blocks were computed with the old weights. In-process
+        (VLLM_ENABLE_V1_MULTIPROCESSING=0) the tensors are handed over by reference, not copied.
+        """
+        weights = [(name, t.detach()) for name, t in state_dict.items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+        self.llm.reset_prefix_cache()
 
     def _params(self, **kwargs):
         from vllm import SamplingParams

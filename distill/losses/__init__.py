@@ -18,7 +18,8 @@ log q = log_softmax(z / τ). Per position t:
 
 Modules: `kd` (per-position partitions and divergences), `chunked` (the loss over the output layer
 in chunks of positions, never materialising (N, V) logits, and its naive reference), `memory`
-(peak-memory measurement used by the tests and scripts/bench_train.py).
+(peak-memory measurement used by the tests and scripts/bench_train.py), `grpo` (the GRPO stage's
+clipped objective, k3 KL and group advantages).
 
     out = distill_loss(hidden, lm_head.weight, targets, topk_ids, topk_logprobs, alpha=0.5)
     out.loss.backward()
@@ -32,6 +33,7 @@ from distill.losses.chunked import (
     distill_loss,
     naive_distill_loss,
 )
+from distill.losses.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_objective, k3_kl, zero_spread_groups
 from distill.losses.kd import KD_KINDS, TAILS, divergence, student_partition, teacher_partition
 from distill.losses.memory import measure_peak_memory
 
@@ -39,13 +41,19 @@ __all__ = [
     "CHUNK_ELEMENTS",
     "IGNORE_INDEX",
     "KD_KINDS",
+    "LOSS_TYPES",
+    "SCALE_REWARDS",
     "TAILS",
     "LossOutput",
     "auto_chunk_size",
     "distill_loss",
     "divergence",
+    "group_advantages",
+    "grpo_objective",
+    "k3_kl",
     "measure_peak_memory",
     "naive_distill_loss",
     "student_partition",
     "teacher_partition",
+    "zero_spread_groups",
 ]

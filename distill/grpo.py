@@ -1,0 +1,637 @@
+"""`distill grpo`: polish a policy with GRPO on verifier rewards (DeepSeekMath / R1).
+
+    distill grpo --policy runs/student/model --prompts arith:train --group-size 8 --steps 200
+
+One recipe that reads top to bottom: setup → loop (rollout → reward → advantages → μ updates →
+log → checkpoint) → save. Each step:
+
+- rollout: `batch_size / G` prompts, G completions each, sampled by the engine (vLLM, or
+  transformers with `--backend hf`) from the current policy at `--temperature`, top-p 1 (so the
+  sampling distribution is exactly softmax(logits / T), the π the ratio is taken of). Prompts are
+  rendered exactly as `distill eval` renders them (the policy preset's R1 prompt style);
+- reward: Σ_v w_v · [verifier v passes] with the filter's and eval's verifiers (distill.verify), the
+  gold answer as reference (format: the finish reason; lang: the prompt text). A verdict that could
+  not be computed (timeout, no gold answer, sandbox failure) drops that sample, counted in metrics;
+- advantages: normalised within each group (`--scale-rewards group`) or mean-only (`none`, the
+  default of `--loss dr_grpo`); a group with zero reward spread gets exactly 0;
+- π_θold: the sampled tokens' logprobs under the trainer's own policy, computed right after the
+  rollout and before the first update — exactly π_θold, with the trainer's numerics. The engine's
+  own logprobs of the same tokens are only compared with them (`logprob_mismatch`), which is how a
+  broken weight sync or an engine/trainer numerics gap shows up;
+- μ = `--iterations` optimisation passes over the batch, one AdamW step each, micro-batched with
+  gradient accumulation; the loss is distill.losses.grpo_objective (clipped ratio, k3 KL to the
+  frozen initial policy weighted by β — β = 0 loads no reference model);
+- weight sync: after the updates the policy's weights go into the engine in place
+  (`engine.load_weights`), so the next rollout samples from π_θ.
+
+Weight sync in vLLM 0.32 (V1 engine), CPU and GPU alike: the engine runs in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0, as TRL's "colocate" mode does), and `VLLMEngine.load_weights`
+calls the worker's `reload_weights` through `LLM.collective_rpc` with the HF-named tensors, then
+resets the prefix cache. `model.load_weights` alone is not enough on CPU: vLLM repacks every linear
+weight for oneDNN after loading and drops the original parameter; the reload repeats that step.
+On one GPU the trainer and the engine share the device: the engine takes
+`--gpu-memory-utilization` of it (default 0.3) for weights and KV cache, the trainer the rest, and
+tensors pass by reference, with no copy through a server. (Tensor-parallel engines would need
+vLLM's external_launcher executor, one engine shard per training rank; not built here.)
+
+Output and resume as `distill train`: checkpoints under OUT/checkpoints written under a temp name
+and renamed; `--resume` restores policy, optimiser, RNG and step (prompt order and sampling seeds
+derive from seed and step, so a resumed run draws the same prompts); OUT/metrics.jsonl one row per
+step; OUT/model a Hugging Face directory with tokenizer that transformers and vLLM load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+from distill.checkpoints import (
+    CHECKPOINTS,
+    METRICS,
+    export_model,
+    jsonable,
+    latest_checkpoint,
+    restore_rng,
+    rng_state,
+    truncate_metrics,
+    write_checkpoint,
+)
+from distill.engines import ENGINES, Completion, Request, SamplingSpec, open_engine, request_seed
+from distill.errors import DistillError
+from distill.losses import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_objective, zero_spread_groups
+from distill.presets import EngineArgs, PromptStyle, preset_names, resolve_preset
+from distill.prompts import load_prompts, render_prompt
+from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
+from distill.verify import VERIFIERS, Verdict, verify_batch
+
+GRPO_CONFIG = "distill_grpo.json"
+# verdict reasons that mean "no reward could be computed", not "the completion is wrong"
+UNCOMPUTABLE = ("timeout after", "could not check", "no gold answer", "no tests to run", "the sandbox failed")
+
+
+@dataclass
+class GRPOConfig:
+    """Everything `distill grpo` takes."""
+
+    policy: str
+    """Policy to polish: a model directory (a `distill train` OUT/model), a preset name or a hub id."""
+    prompts: str
+    """Prompt source with gold answers, as for generate/eval (file, gsm8k, arith:train, ...)."""
+    group_size: int = 8
+    """G: completions per prompt; advantages compare the completions of one prompt."""
+    batch_size: int = 64
+    """Completions per step; a multiple of G (prompts per step = batch_size / G)."""
+    micro_batch: int = 16
+    """Completions per forward/backward pass (the rest of the batch accumulates)."""
+    beta: float = 0.04
+    """Weight of the k3 KL to the frozen initial policy (0: no reference model is loaded)."""
+    epsilon: float = 0.2
+    """Clip range below 1 of the ratio π_θ/π_θold (and above, unless --epsilon-high)."""
+    epsilon_high: float | None = None
+    """Clip range above 1 (DAPO's clip-higher, e.g. 0.28) [--epsilon]."""
+    iterations: int = 1
+    """μ: optimisation passes (AdamW steps) per batch of rollouts; 1 is on-policy (ratio 1)."""
+    loss: str = "grpo"
+    """Token aggregation: grpo (sequence mean, then mean), dapo (token mean), dr_grpo (sum / (B·max_new_tokens))."""
+    scale_rewards: str | None = None
+    """group: divide advantages by the group's reward std; none: mean-only [group; none for dr_grpo]."""
+    rewards: str = "math,format"
+    """Comma-separated verifiers whose verdicts make the reward: math, code, format, lang, repetition."""
+    reward_weights: str | None = None
+    """Comma-separated weights, one per reward [all 1]."""
+    max_new_tokens: int | None = None
+    """Completion length limit [preset]; longer completions end with finish reason 'length'."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (top-p is 1); the policy's logprobs are taken at it too."""
+    lr: float = 1e-6
+    """AdamW learning rate (constant)."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+    steps: int = 100
+    """Rollout steps (each: one batch, μ optimiser steps)."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end)."""
+    seed: int = 0
+    """Seed of prompt order and sampling."""
+    out: Path = Path("runs/grpo")
+    """Run directory (checkpoints, metrics.jsonl, model/)."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    backend: str = "vllm"
+    """Rollout engine: vllm, or hf (transformers generation)."""
+    limit: int | None = None
+    """Use only the first N prompts."""
+    mapping: str | None = None
+    """Built-in mapping (e.g. gsm8k) for a local prompt file."""
+    dtype: str | None = None
+    """Engine dtype [preset]."""
+    gpu_memory_utilization: float = 0.3
+    """Share of the GPU the colocated vLLM engine may take (the trainer needs the rest)."""
+    weights: list[float] = field(default_factory=list, init=False)
+    names: list[str] = field(default_factory=list, init=False)
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
+        out = []
+        if self.group_size < 2:
+            out.append(
+                f"--group-size must be at least 2, got {self.group_size}: GRPO scores each completion against "
+                "the other completions of the same prompt"
+            )
+        elif self.batch_size < self.group_size or self.batch_size % self.group_size:
+            lo = max(self.group_size, self.batch_size // self.group_size * self.group_size)
+            out.append(
+                f"--batch-size {self.batch_size} is not a multiple of --group-size {self.group_size}: a batch is whole "
+                f"groups (prompts per step × G); use e.g. {lo} or {lo + self.group_size}"
+            )
+        if self.micro_batch < 1:
+            out.append(f"--micro-batch must be ≥ 1, got {self.micro_batch}")
+        if self.beta < 0:
+            out.append(f"--beta must be ≥ 0, got {self.beta}")
+        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
+        if self.iterations < 1 or self.steps < 1 or self.save_every < 1:
+            out.append("--iterations, --steps and --save-every must be ≥ 1")
+        if self.loss not in LOSS_TYPES:
+            out.append(f"--loss must be one of {', '.join(LOSS_TYPES)}, got {self.loss!r}")
+        if self.scale_rewards is not None and self.scale_rewards not in SCALE_REWARDS:
+            out.append(f"--scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
+        if self.temperature <= 0:
+            out.append(
+                f"--temperature must be > 0 (GRPO needs different completions per prompt), got {self.temperature}"
+            )
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            out.append(f"--max-new-tokens must be ≥ 1, got {self.max_new_tokens}")
+        if self.backend not in ENGINES:
+            out.append(f"--backend must be one of {', '.join(ENGINES)}, got {self.backend!r}")
+        self.names = [r.strip() for r in self.rewards.split(",") if r.strip()]
+        unknown = [r for r in self.names if r not in VERIFIERS]
+        if unknown or not self.names:
+            out.append(
+                f"unknown reward(s) {', '.join(unknown) or '(none given)'} in --rewards; known: {', '.join(VERIFIERS)}"
+            )
+        try:
+            ws = [float(w) for w in self.reward_weights.split(",")] if self.reward_weights else [1.0] * len(self.names)
+        except ValueError:
+            ws = []
+            out.append(f"--reward-weights must be comma-separated numbers, got {self.reward_weights!r}")
+        if ws and len(ws) != len(self.names):
+            out.append(f"--reward-weights gives {len(ws)} weights for {len(self.names)} rewards; give one per reward")
+        self.weights = ws
+        return out
+
+    @property
+    def scale(self) -> str:
+        return self.scale_rewards or ("none" if self.loss == "dr_grpo" else "group")
+
+
+# ---------------------------------------------------------------------------------------------
+# pieces of a step
+
+
+@dataclass
+class Rollout:
+    """One step's completions, in group order (G consecutive rows per prompt)."""
+
+    completions: list[Completion]
+    texts: list[str]
+    prompts: list[dict[str, Any]]
+    """The prompt of each row."""
+
+
+def resolve_policy(spec: str) -> Any:
+    """The policy's preset, looked up like eval's model (teacher presets), then student presets."""
+    try:
+        preset = resolve_preset(spec, "teacher")
+    except DistillError:
+        if spec not in preset_names("student"):
+            raise
+        preset = resolve_preset(spec, "student")
+    path = Path(preset.hub_id)
+    if path.is_dir() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise DistillError(
+            f"Policy {spec!r} has no weights in {path} (a random-init preset); GRPO polishes a trained model: "
+            "pass a `distill train` output directory (OUT/model) as --policy."
+        )
+    return preset
+
+
+def prompt_order(num_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Prompt indices of `step`: consecutive slices of a fresh seeded permutation per epoch."""
+    out, perms = [], {}
+    for k in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(k, num_prompts)
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_prompts)
+        out.append(int(perms[epoch][pos]))
+    return out
+
+
+def reward_references(name: str, prompts: list[dict[str, Any]], completions: list[Completion]) -> list[Any]:
+    """What verifier `name` checks each completion against."""
+    if name == "format":
+        return [{"finish_reason": c.finish_reason} for c in completions]
+    if name == "lang":
+        return [q["prompt"] for q in prompts]
+    return [q.get("answer") for q in prompts]
+
+
+def compute_rewards(
+    names: list[str], weights: list[float], rollout: Rollout
+) -> tuple[torch.Tensor, dict[str, list[Verdict]]]:
+    """(N,) weighted rewards, NaN where a verdict could not be computed, and every verdict."""
+    verdicts: dict[str, list[Verdict]] = {}
+    for name in names:
+        refs = reward_references(name, rollout.prompts, rollout.completions)
+        try:
+            verdicts[name] = verify_batch(name, rollout.texts, refs)
+        except Exception:  # one bad item must not sink the batch: check one by one, failures uncomputable
+            verdicts[name] = []
+            for text, ref in zip(rollout.texts, refs, strict=True):
+                try:
+                    verdicts[name] += verify_batch(name, [text], [ref], workers=1)
+                except Exception as e:
+                    verdicts[name].append(Verdict(False, f"could not check: {type(e).__name__}: {e}"))
+    rewards = []
+    for i in range(len(rollout.texts)):
+        vs = [verdicts[n][i] for n in names]
+        if any(not v.passed and v.reason.startswith(UNCOMPUTABLE) for v in vs):
+            rewards.append(math.nan)
+        else:
+            rewards.append(sum(w * float(v.passed) for w, v in zip(weights, vs, strict=True)))
+    return torch.tensor(rewards, dtype=torch.float32), verdicts
+
+
+@dataclass
+class MicroBatch:
+    """Padded rows: prompts left-padded to a common length, completions right-padded after them."""
+
+    input_ids: torch.Tensor
+    """(b, P + T) int64"""
+    attention_mask: torch.Tensor
+    """(b, P + T)"""
+    position_ids: torch.Tensor
+    """(b, P + T)"""
+    completion_ids: torch.Tensor
+    """(b, T) int64"""
+    mask: torch.Tensor
+    """(b, T) float: 1 on completion tokens"""
+    rows: list[int]
+    """Rows of the step's batch."""
+
+
+def micro_batches(completions: list[Completion], rows: list[int], size: int, pad: int) -> list[MicroBatch]:
+    """`rows` of `completions` in micro-batches of `size`, padded as `MicroBatch` describes."""
+    out = []
+    for start in range(0, len(rows), size):
+        part = rows[start : start + size]
+        ps = [list(completions[i].prompt_ids) for i in part]
+        cs = [[int(t) for t in completions[i].completion_ids] for i in part]
+        p, t = max(map(len, ps)), max(map(len, cs))
+        ids = torch.full((len(part), p + t), pad, dtype=torch.long)
+        att = torch.zeros((len(part), p + t), dtype=torch.long)
+        comp = torch.full((len(part), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(part), t))
+        for j, (pi, ci) in enumerate(zip(ps, cs, strict=True)):
+            ids[j, p - len(pi) : p] = torch.tensor(pi)
+            ids[j, p : p + len(ci)] = torch.tensor(ci)
+            att[j, p - len(pi) : p + len(ci)] = 1
+            comp[j, : len(ci)] = torch.tensor(ci)
+            mask[j, : len(ci)] = 1
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        out.append(MicroBatch(ids, att, pos, comp, mask, part))
+    return out
+
+
+def completion_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float, device: Any) -> tuple[Any, Any]:
+    """(b, T) logprobs of the completion tokens at `temperature` and at 1 (raw, comparable with the engine's)."""
+    t = mb.completion_ids.shape[1]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
+        # only the T + 1 last positions through the output layer; the last one predicts past the end
+        logits = model(
+            input_ids=mb.input_ids.to(device),
+            attention_mask=mb.attention_mask.to(device),
+            position_ids=mb.position_ids.to(device),
+            use_cache=False,
+            logits_to_keep=t + 1,
+        ).logits[:, :-1]  # (b, T, V): memory hot spot
+    logits = logits.float()
+    target = mb.completion_ids.to(device)[..., None]
+    logp = torch.log_softmax(logits / temperature, -1).gather(-1, target)[..., 0]
+    raw = logp if temperature == 1.0 else torch.log_softmax(logits, -1).gather(-1, target)[..., 0]
+    return logp, raw
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+
+class GRPORecipe:
+    """setup → loop (rollout → reward → advantages → μ updates → log → checkpoint) → save."""
+
+    def __init__(self, cfg: GRPOConfig) -> None:
+        problems = cfg.problems()
+        if problems:
+            raise DistillError("Invalid grpo settings: " + "; ".join(problems) + ".")
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+    def log(self, msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    # -----------------------------------------------------------------------------------------
+    # setup
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if not cfg.resume and (self.out / CHECKPOINTS).exists():
+            raise DistillError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
+        torch.manual_seed(cfg.seed)
+        self.preset = resolve_policy(cfg.policy)
+        self.tokenizer = load_tokenizer(self.preset.hub_id, self.preset.revision)
+        self._setup_prompts()
+        self._setup_models()
+        self.step = 0
+        if cfg.resume:
+            self._load_checkpoint()
+        self._setup_engine()
+
+    def _setup_prompts(self) -> None:
+        cfg = self.cfg
+        prompts, self.where = load_prompts(cfg.prompts, mapping=cfg.mapping, limit=cfg.limit)
+        if "math" in cfg.names and all(q.get("answer") is None for q in prompts):
+            raise DistillError(
+                f"Prompt source {self.where} has no gold answers; the math reward needs them (an answer column)."
+            )
+        style: PromptStyle = getattr(self.preset, "prompt", PromptStyle())
+        self.engine_args: EngineArgs = getattr(self.preset, "engine", EngineArgs())
+        sampling = getattr(self.preset, "sampling", None)
+        self.max_new_tokens = cfg.max_new_tokens or (sampling.max_new_tokens if sampling else 1024)
+        # rendered exactly as `distill eval` renders them
+        for q in prompts:
+            text = render_prompt(
+                self.tokenizer, q["prompt"], style.instruction, style.system_prompt, style.think_prefix
+            )
+            q["ids"] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self.prompts = prompts
+
+    def _load_policy(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        p = self.preset
+        return AutoModelForCausalLM.from_pretrained(p.hub_id, revision=p.revision, dtype=torch.float32).to(self.device)
+
+    def _setup_models(self) -> None:
+        self.policy = self._load_policy().train()
+        self.reference = None
+        if self.cfg.beta > 0:  # the frozen initial policy
+            self.reference = self._load_policy().eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=self.cfg.lr,
+            betas=(0.9, 0.99),
+            weight_decay=0.0,
+        )
+
+    def _setup_engine(self) -> None:
+        cfg = self.cfg
+        # colocated: the engine lives in this process, so weights pass by reference (see the module docstring)
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        self.engine = open_engine(
+            cfg.backend,
+            self.preset.hub_id,
+            dtype=cfg.dtype or self.engine_args.dtype,
+            max_model_len=self.engine_args.max_model_len,
+            max_logprobs=1,
+            seed=cfg.seed,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+        )
+        if self.step > 0:  # resumed: the engine starts from the checkpoint's weights, not the preset's
+            self.engine.load_weights(self.policy.state_dict())
+        room = [self.engine.max_model_len - len(q["ids"]) for q in self.prompts]
+        too_long = sum(r < 1 for r in room)
+        if too_long == len(self.prompts):
+            raise DistillError(f"Every prompt of {self.where} fills the model's context ({self.engine.max_model_len}).")
+        if too_long:
+            self.log(f"note: {too_long} prompts fill the model's context and are skipped")
+            self.prompts = [q for q, r in zip(self.prompts, room, strict=True) if r >= 1]
+        self.spec = SamplingSpec(
+            cfg.temperature,
+            1.0,
+            self.max_new_tokens,
+            top_k=0,
+            stop_token_ids=stop_token_ids(self.tokenizer, self.preset.hub_id),
+        )
+        self.log(
+            f"grpo: {self.preset.name} on {len(self.prompts)} prompts of {self.where}, "
+            f"{cfg.batch_size // cfg.group_size} prompts × G={cfg.group_size} per step, {cfg.steps} steps, "
+            f"loss {cfg.loss}, scale-rewards {cfg.scale}, β={cfg.beta}, μ={cfg.iterations}, engine {self.engine.name}"
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # one step
+
+    def rollout(self) -> Rollout:
+        cfg, g = self.cfg, self.cfg.group_size
+        chosen = [self.prompts[i] for i in prompt_order(len(self.prompts), cfg.batch_size // g, self.step, cfg.seed)]
+        requests = [
+            Request(
+                (str(slot), i),
+                q["ids"],
+                request_seed(cfg.seed, f"{self.step}:{slot}:{q['id']}", i),
+                max_new_tokens=min(self.max_new_tokens, self.engine.max_model_len - len(q["ids"])),
+            )
+            for slot, q in enumerate(chosen)
+            for i in range(g)
+        ]
+        done = {c.key: c for c in self.engine.generate(iter(requests), self.spec)}
+        completions = [done[r.key] for r in requests]
+        texts = [decode_completion(self.tokenizer, c.completion_ids, c.prompt_ids) for c in completions]
+        return Rollout(completions, texts, [q for q in chosen for _ in range(g)])
+
+    def update(
+        self, batches: list[MicroBatch], advantages: torch.Tensor, engine_logprobs: list[np.ndarray]
+    ) -> dict[str, float]:
+        """π_θold, π_ref, then μ passes of the clipped objective; the pass statistics, averaged."""
+        cfg = self.cfg
+        old, ref, raw = [], [], []
+        with torch.no_grad():  # before the first update: exactly π_θold
+            for mb in batches:
+                logp, raw_logp = completion_logprobs(self.policy, mb, cfg.temperature, self.device)
+                old.append(logp)
+                raw.append(raw_logp)
+                if self.reference is not None:
+                    ref.append(completion_logprobs(self.reference, mb, cfg.temperature, self.device)[0])
+        seqs = sum(len(mb.rows) for mb in batches)
+        toks = int(sum(mb.mask.sum() for mb in batches))
+        passes = []
+        for _ in range(cfg.iterations):
+            sums: dict[str, float] = {}
+            lo, hi = math.inf, -math.inf
+            for k, mb in enumerate(batches):
+                logp, _ = completion_logprobs(self.policy, mb, cfg.temperature, self.device)
+                loss, stats = grpo_objective(
+                    logp,
+                    old[k],
+                    ref[k] if ref else None,
+                    advantages[mb.rows].to(self.device),
+                    mb.mask.to(self.device),
+                    cfg.epsilon,
+                    cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon,
+                    cfg.beta,
+                    cfg.loss,
+                    self.max_new_tokens,
+                    batch_sequences=seqs,
+                    batch_tokens=toks,
+                )
+                loss.backward()
+                n = float(stats["tokens"])
+                for key in ("kl", "clip_low", "clip_high", "ratio_mean"):
+                    sums[key] = sums.get(key, 0.0) + float(stats[key]) * n / max(toks, 1)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                lo, hi = min(lo, float(stats["ratio_min"])), max(hi, float(stats["ratio_max"]))
+            if not math.isfinite(sums["loss"]):
+                raise DistillError(
+                    f"The loss became {sums['loss']} at step {self.step + 1}; training stopped. The last good "
+                    f"checkpoint is kept in {self.out / CHECKPOINTS}; lower --lr, then --resume."
+                )
+            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            passes.append({**sums, "ratio_min": lo, "ratio_max": hi, "grad_norm": float(norm)})
+        row = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
+        row["ratio_min"] = min(p["ratio_min"] for p in passes)
+        row["ratio_max"] = max(p["ratio_max"] for p in passes)
+        row["kl"] = row["kl"] if self.reference is not None else 0.0
+        # the engine's logprobs of its own samples against the trainer's π_θold (both at temperature 1)
+        diffs = [
+            (r.cpu() - torch.from_numpy(np.stack(_padded([engine_logprobs[i] for i in mb.rows], r.shape[1])))).abs()[
+                mb.mask.bool()
+            ]
+            for mb, r in zip(batches, raw, strict=True)
+        ]
+        d = torch.cat(diffs) if diffs else torch.zeros(1)
+        row["logprob_mismatch_mean"], row["logprob_mismatch_max"] = float(d.mean()), float(d.max())
+        return row
+
+    def train(self) -> None:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.out / METRICS
+        truncate_metrics(metrics_path, self.step)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
+        while self.step < cfg.steps:
+            start = time.perf_counter()
+            rollout = self.rollout()
+            rollout_s = time.perf_counter() - start
+            rewards, verdicts = compute_rewards(cfg.names, cfg.weights, rollout)
+            reward_s = time.perf_counter() - start - rollout_s
+            advantages = group_advantages(rewards, cfg.group_size, cfg.scale)
+            keep = [i for i in range(len(rewards)) if not math.isnan(float(rewards[i]))]
+            row: dict[str, Any] = {"step": self.step + 1}
+            row.update(self._rollout_metrics(rollout, rewards, verdicts))
+            if keep:
+                batches = micro_batches(rollout.completions, keep, cfg.micro_batch, pad)
+                row.update(self.update(batches, advantages, [c.sampled_logprobs for c in rollout.completions]))
+                synced = time.perf_counter()
+                self.engine.load_weights(self.policy.state_dict())
+                row["sync_s"] = time.perf_counter() - synced
+            else:
+                self.log(f"warning: step {self.step + 1}: no sample had a computable reward; nothing to learn from")
+            self.step += 1
+            row["rollout_s"], row["reward_s"], row["seconds"] = rollout_s, reward_s, time.perf_counter() - start
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if row["reward_std"] == 0.0:
+                bar.write(
+                    f"warning: step {row['step']}: every reward is {row['reward_mean']:g}, so every advantage is 0 "
+                    "and only the KL term moves the policy (zero_spread_frac in metrics.jsonl tracks this); use "
+                    "a larger --group-size, prompts nearer the policy's ability or a higher --temperature.",
+                    file=sys.stderr,
+                )
+            bar.set_postfix_str(
+                f"reward {row['reward_mean']:.3f} zero-spread {row['zero_spread_frac']:.2f} "
+                f"kl {row.get('kl', 0.0):.4f} {row['seconds']:.1f}s",
+                refresh=False,
+            )
+            bar.update(1)
+            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                self._save_checkpoint()
+        bar.close()
+
+    def _rollout_metrics(self, rollout: Rollout, rewards: torch.Tensor, verdicts: dict) -> dict[str, Any]:
+        ok = ~torch.isnan(rewards)
+        r = rewards[ok]
+        row = {
+            "reward_mean": float(r.mean()) if len(r) else math.nan,
+            "reward_std": float(r.std(unbiased=False)) if len(r) else math.nan,
+            "reward_skipped": int((~ok).sum()),
+            "zero_spread_frac": float(zero_spread_groups(rewards, self.cfg.group_size).float().mean()),
+            "truncated_frac": float(np.mean([c.finish_reason == "length" for c in rollout.completions])),
+            "completion_len_mean": float(np.mean([len(c.completion_ids) for c in rollout.completions])),
+        }
+        for name, vs in verdicts.items():
+            passed = torch.tensor([float(v.passed) for v in vs])[ok]
+            row[f"reward_{name}_mean"] = float(passed.mean()) if len(passed) else math.nan
+            row[f"reward_{name}_std"] = float(passed.std(unbiased=False)) if len(passed) else math.nan
+        return row
+
+    # -----------------------------------------------------------------------------------------
+    # checkpoints and save
+
+    def _save_checkpoint(self) -> None:
+        state = {
+            "model": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rng": rng_state(),
+        }
+        write_checkpoint(self.out / CHECKPOINTS, self.step, state)
+
+    def _load_checkpoint(self) -> None:
+        last = latest_checkpoint(self.out / CHECKPOINTS)
+        if last is None:
+            raise DistillError(f"--resume: {self.out} has no checkpoint to resume from; run without --resume.")
+        state = torch.load(last / "state.pt", weights_only=False, map_location=self.device)
+        self.policy.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        restore_rng(state["rng"])
+        self.log(f"resumed from {last} (step {self.step})")
+
+    def save(self) -> Path:
+        record = {
+            "config": jsonable(asdict(self.cfg)),
+            "policy": self.preset.hub_id,
+            "prompts": self.where,
+            "steps": self.step,
+        }
+        return export_model(self.policy, self.tokenizer, self.out / "model", GRPO_CONFIG, record)
+
+
+def _padded(arrays: list[np.ndarray], length: int) -> list[np.ndarray]:
+    return [np.pad(np.asarray(a, np.float32), (0, length - len(a))) for a in arrays]
+
+
+def run_grpo(cfg: GRPOConfig) -> Path:
+    """Run GRPO and export; prints the output model directory as the last line of stdout."""
+    recipe = GRPORecipe(cfg)
+    recipe.setup()
+    recipe.train()
+    path = recipe.save()
+    typer.echo(str(path))
+    return path

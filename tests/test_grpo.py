@@ -1,0 +1,215 @@
+"""`distill grpo` end to end on the bundled arith teacher: real vLLM (in subprocesses), real verifiers.
+
+- a 3-step run writes every metric, checkpoints and a model directory transformers loads;
+- `--resume` from its step-2 checkpoint recomputes step 3 exactly (same prompts, same samples);
+- after `load_weights`, vLLM's logprobs of a perturbed policy match the trainer's (weight sync),
+  and the transformers engine's do too;
+- bad input exits 1 with one sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.checkpoints import latest_checkpoint
+from distill.presets import resolve_preset
+
+TEACHER = Path(resolve_preset("arith-teacher", "teacher").hub_id)
+RUN_ARGS = [
+    "--policy",
+    "arith-teacher",
+    "--prompts",
+    "arith:train",
+    "--group-size",
+    "4",
+    "--batch-size",
+    "8",
+    "--micro-batch",
+    "4",
+    "--max-new-tokens",
+    "48",
+    "--temperature",
+    "1.5",  # the teacher is near-perfect at 1: hotter sampling gives groups a reward spread
+    "--lr",
+    "1e-3",
+    "--save-every",
+    "1",
+    "--seed",
+    "5",
+]
+FIELDS = {
+    "step",
+    "reward_mean",
+    "reward_std",
+    "reward_math_mean",
+    "reward_math_std",
+    "reward_format_mean",
+    "reward_format_std",
+    "reward_skipped",
+    "zero_spread_frac",
+    "truncated_frac",
+    "completion_len_mean",
+    "kl",
+    "clip_low",
+    "clip_high",
+    "ratio_mean",
+    "ratio_min",
+    "ratio_max",
+    "logprob_mismatch_mean",
+    "logprob_mismatch_max",
+    "loss",
+    "grad_norm",
+    "seconds",
+}
+
+
+def distill(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    return subprocess.run([sys.executable, "-m", "distill", "grpo", *args], capture_output=True, text=True, env=env)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("grpo") / "run"
+    proc = distill(*RUN_ARGS, "--steps", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "model")
+    (out.parent / "stderr.txt").write_text(proc.stderr)
+    return out
+
+
+def test_a_run_logs_every_metric_and_exports_a_model(run: Path) -> None:
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert FIELDS <= set(r), FIELDS - set(r)
+        assert 0 <= r["reward_mean"] <= 2 and 0 <= r["zero_spread_frac"] <= 1 and 0 <= r["truncated_frac"] <= 1
+        assert r["kl"] >= 0 and r["ratio_min"] <= r["ratio_mean"] <= r["ratio_max"]
+        # μ = 1: π_θold is the policy itself, so the ratio is exactly 1 and nothing clips
+        assert r["ratio_min"] == r["ratio_max"] == 1.0 and r["clip_low"] == r["clip_high"] == 0.0
+        # the engine samples from the weights the trainer holds (synced after every update)
+        assert r["logprob_mismatch_mean"] < 1e-3
+    assert any(r["zero_spread_frac"] < 1 and r["grad_norm"] > 0 for r in rows), "no step had a learning signal"
+    assert rows[-1]["kl"] > 0  # the policy moved away from the reference
+    stderr = (run.parent / "stderr.txt").read_text()
+    for r in rows:  # a step where every reward is the same says so, pointing at the metric
+        warned = f"warning: step {r['step']}: every reward is" in stderr
+        assert warned == (r["reward_std"] == 0), r
+    assert "zero_spread_frac" in stderr or all(r["reward_std"] > 0 for r in rows)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(run / "model")
+    tok = AutoTokenizer.from_pretrained(run / "model")
+    assert tok.decode(tok("12 + 7 = 19")["input_ids"]) == "12 + 7 = 19"
+    start = AutoModelForCausalLM.from_pretrained(TEACHER)
+    new, old = model.state_dict(), start.state_dict()
+    moved = [not torch.equal(new[k], old[k]) for k in old]
+    assert any(moved)
+    assert json.loads((run / "model" / "distill_grpo.json").read_text())["steps"] == 3
+    assert latest_checkpoint(run / "checkpoints").name == "step-00000003"
+
+
+def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    shutil.copytree(run, out)
+    shutil.rmtree(out / "checkpoints" / "step-00000003")
+    shutil.rmtree(out / "model")
+    proc = distill(*RUN_ARGS, "--steps", "3", "--out", str(out), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from" in proc.stderr and "(step 2)" in proc.stderr
+    before, after = metrics(run), metrics(out)
+    assert [r["step"] for r in after] == [1, 2, 3]
+    for key in ("reward_mean", "completion_len_mean", "zero_spread_frac", "loss", "grad_norm", "kl"):
+        assert after[2][key] == pytest.approx(before[2][key], rel=1e-5, abs=1e-7), key
+    # without --resume an existing run is refused
+    again = distill(*RUN_ARGS, "--steps", "3", "--out", str(out))
+    assert again.returncode == 1 and "pass --resume" in again.stderr
+
+
+SYNC_CHECK = """
+import sys, torch
+from transformers import AutoModelForCausalLM
+from distill.engines import Request, SamplingSpec
+from distill.engines.vllm_engine import VLLMEngine
+
+model_dir = sys.argv[1]
+engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, max_logprobs=1)
+policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+torch.manual_seed(0)
+with torch.no_grad():
+    for p in policy.parameters():
+        p.add_(0.05 * torch.randn_like(p))
+
+def gap(seed):
+    spec = SamplingSpec(1.0, 1.0, 24, 0, [])
+    c = next(engine.generate([Request(("p", seed), [5, 9, 14, 20, 31, 7], seed)], spec))
+    ids = torch.tensor([list(c.prompt_ids) + list(c.completion_ids)])
+    with torch.no_grad():
+        lp = torch.log_softmax(policy(ids).logits[0, len(c.prompt_ids) - 1 : -1], -1)
+    mine = lp.gather(-1, torch.tensor(c.completion_ids).long()[:, None])[:, 0]
+    return (mine - torch.tensor(c.sampled_logprobs)).abs().max().item()
+
+before = gap(1)
+engine.load_weights(policy.state_dict())
+print(before, gap(2))
+"""
+
+
+def test_vllm_logprobs_match_the_trainer_after_load_weights() -> None:
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.run([sys.executable, "-c", SYNC_CHECK, str(TEACHER)], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after = map(float, proc.stdout.split()[-2:])
+    assert before > 0.1  # the perturbation is visible to the engine's old weights...
+    assert after < 1e-4  # ...and gone once the new ones are loaded
+
+
+def test_hf_engine_load_weights() -> None:
+    from transformers import AutoModelForCausalLM
+
+    from distill.engines import Request
+    from distill.engines.hf_engine import HFEngine
+
+    engine = HFEngine(str(TEACHER))
+    policy = AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(1.1)
+    req = Request(("p", 0), [5, 9, 14, 20], completion_ids=[31, 7, 40, 12])
+    before = next(engine.score([req], 0)).sampled_logprobs
+    engine.load_weights(policy.state_dict())
+    after = next(engine.score([req], 0)).sampled_logprobs
+    with torch.no_grad():
+        lp = torch.log_softmax(policy(torch.tensor([[5, 9, 14, 20, 31, 7, 40, 12]])).logits[0, 3:7], -1)
+    mine = lp.gather(-1, torch.tensor([[31], [7], [40], [12]]))[:, 0].numpy()
+    assert abs(before - mine).max() > 1e-3
+    assert abs(after - mine).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (["--group-size", "1", "--batch-size", "8"], "--group-size must be at least 2, got 1"),
+        (["--group-size", "4", "--batch-size", "10"], "--batch-size 10 is not a multiple of --group-size 4"),
+        (["--rewards", "math,vibes"], "unknown reward(s) vibes in --rewards"),
+    ],
+)
+def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_path: Path) -> None:
+    proc = distill("--policy", "arith-teacher", "--prompts", "arith:train", *args, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: Invalid grpo settings:") and sentence in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
