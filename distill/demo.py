@@ -3,7 +3,7 @@
 generate (the bundled arith teacher through real vLLM, top-20 logprobs into a cache, on the
 `arith:distill` prompts it was never trained on, so it gets some wrong) → filter
 (math + format verifiers: a view of the correct traces) → train two students from the same cache
-with the same steps and seed, KD (α=0.5) and SFT (α=1) → eval teacher and both students on
+with the same steps and seed, KD (α=0.5, τ=4) and SFT (α=1) → eval teacher and both students on
 `arith:test` → a table, `summary.json` and `report.md` with plots (CE and KL curves, accuracy
 bars, filter pass rates).
 
