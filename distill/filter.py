@@ -56,6 +56,8 @@ def references(name: str, metas: list[dict[str, Any]]) -> list[Any]:
     """What verifier `name` checks each record against, from the record metadata."""
     if name == "format":
         return [{"finish_reason": m.get("finish_reason")} for m in metas]
+    if name == "lang":  # judged against the question's script; a record without one is judged as latin
+        return [m.get("question") for m in metas]
     return [m.get("answer") for m in metas]
 
 

@@ -203,8 +203,12 @@ def run_generate(cfg: GenerateConfig) -> Path:
             for q, s in todo
             if q["id"] not in skip
         ]
-        answers = {q["id"]: q.get("answer") for q in p.prompts}
-        metas = {r.key: {"answer": answers[r.key[0]], "seed": r.seed} for r in requests}
+        by_id = {q["id"]: q for q in p.prompts}
+        # the question is kept for verifiers that judge against it (lang: the script it is written in)
+        metas = {
+            r.key: {"answer": by_id[r.key[0]].get("answer"), "question": by_id[r.key[0]]["prompt"], "seed": r.seed}
+            for r in requests
+        }
         sampling = SamplingSpec(
             temperature=p.sampling["temperature"],
             top_p=p.sampling["top_p"],

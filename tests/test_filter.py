@@ -30,35 +30,37 @@ EXPECTED_MATH = [True, False, True, True, False, False, False, True]  # p2/1: no
 EXPECTED_FORMAT = [True, True, True, True, False, True, False, True]
 
 
-@pytest.fixture
-def cache(tiny_model: Path, tmp_path: Path) -> Path:
+def write_cache(model: Path, path: Path, traces: list[tuple], question: dict[str, str] | None = None) -> Path:
+    """A cache of `traces` (as TRACES) with a chat-rendered prompt each; `question` adds meta["question"]."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(model)
     writer = CacheWriter(
-        tmp_path / "cache", CacheSpec(top_k=2, vocab_size=len(tok)), key="filter-test", provenance={"teacher": "tiny"}
+        path, CacheSpec(top_k=2, vocab_size=len(tok)), key="filter-test", provenance={"teacher": "tiny"}
     )
     rng = np.random.default_rng(0)
-    for pid, s, text, gold, finish in TRACES:
-        prompt = (
-            tok.apply_chat_template(
-                [{"role": "user", "content": f"question {pid}"}], tokenize=False, add_generation_prompt=True
-            )
-            + "<think>\n"
-        )
+    for pid, s, text, gold, finish in traces:
+        q = (question or {}).get(pid, f"question {pid}")
+        prompt = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
         ids = tok(text, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if finish == "stop" else [])
         t = len(ids)
+        meta = {"prompt_id": pid, "sample_index": s, "answer": gold, "finish_reason": finish}
         writer.append(
             Record(
-                prompt_ids=np.asarray(tok(prompt, add_special_tokens=False)["input_ids"], np.int32),
+                prompt_ids=np.asarray(tok(prompt + "<think>\n", add_special_tokens=False)["input_ids"], np.int32),
                 completion_ids=np.asarray(ids, np.int32),
                 topk_ids=np.stack([ids, [(i + 1) % len(tok) for i in ids]], axis=1).astype(np.int32),
                 topk_logprobs=np.tile([-0.1, -2.5], (t, 1)).astype(np.float32),
                 sampled_logprobs=rng.uniform(-2, 0, t).astype(np.float32),
-                meta={"prompt_id": pid, "sample_index": s, "answer": gold, "finish_reason": finish},
+                meta=meta | ({"question": q} if question else {}),
             )
         )
     return writer.finish(tokenizer=tok)
+
+
+@pytest.fixture
+def cache(tiny_model: Path, tmp_path: Path) -> Path:
+    return write_cache(tiny_model, tmp_path / "cache", TRACES)
 
 
 def test_view_holds_exactly_the_passing_records_and_the_report_agrees(cache: Path) -> None:
@@ -97,3 +99,26 @@ def test_cli_and_bad_input(cache: Path) -> None:
         run_filter(FilterConfig(cache=str(cache), verifiers="math,vibes"))
     with pytest.raises(DistillError, match="--keep must be one of"):
         run_filter(FilterConfig(cache=str(cache), keep="some"))
+
+
+def test_lang_judges_the_reasoning_against_the_question_script(tiny_model: Path, tmp_path: Path) -> None:
+    zh = "一个数加上它自己的一半等于十五，这个数是多少？"
+    reasoning_zh = "设这个数为未知数，它加上自己的一半就是它的一点五倍，一点五倍等于十五，所以这个数等于十"
+    reasoning_mixed = (
+        "Let the number be unknown. Adding half of the number to the number itself gives three halves of "
+        "the number, and three halves of the number equals fifteen, therefore the number equals fifteen "
+        "divided by three halves which gives exactly ten, 所以"
+    )
+    traces = [
+        ("zh", 0, f"{reasoning_zh}</think> \\boxed{{10}}", "10", "stop"),
+        ("zh", 1, f"{reasoning_mixed}</think> \\boxed{{10}}", "10", "stop"),
+        ("en", 0, f"{reasoning_mixed}</think> \\boxed{{10}}", "10", "stop"),
+    ]
+    path = write_cache(
+        tiny_model, tmp_path / "zh", traces, question={"zh": zh, "en": "What number plus half itself is 15?"}
+    )
+    report = run_filter(FilterConfig(cache=str(path), verifiers="lang", name="lang", workers=1))
+    view = load_view(open_cache(path), "lang")
+    # the gold answer "10" has no script: judged against it, the Chinese reasoning would fail as "not latin"
+    assert view["kept"] == [0, 2] and report["passed"] == 2
+    assert "not cjk" in view["verdicts"]["1"]["lang"][1]

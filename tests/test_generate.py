@@ -97,6 +97,7 @@ def test_vllm_generate_matches_transformers_forward(vllm_cache: Path, tiny_model
     cache = open_cache(vllm_cache)
     assert len(cache) == 12 and sorted(cache.keys()) == sorted((str(i), s) for i in range(6) for s in range(2))
     assert cache[0].meta["answer"] == "18"  # the gold of GSM8K test row 0, parsed from '#### 18'
+    assert cache[0].meta["question"].startswith("Janet’s ducks lay 16 eggs per day.")  # for the lang verifier
     assert cache.provenance["engine"] == "vllm"
     assert_matches_forward(vllm_cache, tiny_model)
 
