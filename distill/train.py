@@ -304,7 +304,8 @@ class Trainer:
                     task_type="CAUSAL_LM",
                 ),
             )
-        return model
+        # from_pretrained returns eval mode, in which gradient checkpointing and dropout are off
+        return model.train()
 
     def _setup_model(self) -> None:
         self.model = self._build_model().to(self.device)

@@ -220,6 +220,30 @@ def AutoModel(path: Path) -> dict[str, torch.Tensor]:  # noqa: N802 - reads like
     return load_file(path / "model.safetensors")
 
 
+def test_gradient_checkpointing_recomputes_the_same_training(
+    student: Path, teacher_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers.models.qwen2 import modeling_qwen2
+
+    calls = {"n": 0}
+    forward = modeling_qwen2.Qwen2DecoderLayer.forward
+
+    def counted(self, *args, **kwargs):
+        calls["n"] += 1
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_qwen2.Qwen2DecoderLayer, "forward", counted)
+    run_train(config(student, teacher_cache, tmp_path / "plain", max_steps=3))
+    plain, calls["n"] = calls["n"], 0
+    run_train(config(student, teacher_cache, tmp_path / "ckpt", max_steps=3, gradient_checkpointing=True))
+    assert calls["n"] == 2 * plain  # every layer runs again in the backward pass
+    for a, b in zip(metrics(tmp_path / "ckpt"), metrics(tmp_path / "plain"), strict=True):
+        for key in ("loss", "ce", "kd", "grad_norm"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), (a["step"], key)
+    w1, w2 = AutoModel(tmp_path / "plain" / "model"), AutoModel(tmp_path / "ckpt" / "model")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-5
+
+
 def test_lora_trains_adapters_and_merges_them(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
     out = run_train(config(student, teacher_cache, tmp_path / "lora", max_steps=3, lora=True, lr=1e-2))
     merged, base = AutoModel(out), AutoModel(student)
