@@ -14,6 +14,7 @@ Choices:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -99,9 +100,18 @@ class VLLMEngine:
         The prefix cache is cleared: its KV blocks were computed with the old weights. In-process
         (VLLM_ENABLE_V1_MULTIPROCESSING=0) the tensors are handed over by reference, not copied.
         """
-        weights = [(name, t.detach()) for name, t in state_dict.items()]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
-        self.llm.reset_prefix_cache()
+        dtype = self.llm.llm_engine.model_config.dtype  # cast here: vLLM warns once per tensor otherwise
+        weights = [(name, t.detach().to(dtype)) for name, t in state_dict.items()]
+        # every sync logs a reload, a cache reset and "RotaryEmbedding: Failed to load weights" (it has
+        # none); once per GRPO step that buries the progress bar, so vLLM says only errors meanwhile
+        log = logging.getLogger("vllm")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights)})
+            self.llm.reset_prefix_cache()
+        finally:
+            log.setLevel(level)
 
     def _params(self, **kwargs):
         from vllm import SamplingParams
