@@ -4,7 +4,8 @@
 - `--resume` from its step-2 checkpoint recomputes step 3 exactly (same prompts, same samples);
 - after `load_weights`, vLLM's logprobs of a perturbed policy match the trainer's (weight sync),
   and the transformers engine's do too;
-- bad input exits 1 with one sentence.
+- bad input exits 1 with one sentence (a policy without weights too);
+- a reward that cannot be computed (no gold answer) is NaN, not 0, and gets advantage 0.
 """
 
 from __future__ import annotations
@@ -214,3 +215,32 @@ def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_p
     assert proc.stderr.startswith("error: Invalid grpo settings:") and sentence in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_policy_without_weights_is_refused(tmp_path: Path) -> None:
+    proc = distill("--policy", "arith-student", "--prompts", "arith:train", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "has no weights" in proc.stderr and "pass a `distill train` output directory" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_reward_that_cannot_be_computed_is_skipped_and_counted() -> None:
+    import numpy as np
+
+    from distill.engines import Completion
+    from distill.grpo import Rollout, compute_rewards
+    from distill.losses import group_advantages
+
+    texts = ["<think>\n2 + 2 = 4</think> \\boxed{4}", "<think>\n2 + 2 = 5</think> \\boxed{5}"] * 2
+    prompts = [{"prompt": "2 + 2?", "answer": "4"}] * 2 + [{"prompt": "no gold here", "answer": None}] * 2
+    completions = [
+        Completion((str(i // 2), i % 2), [1, 2], np.zeros(3, np.int32), np.zeros((3, 1), np.int32),
+                   np.zeros((3, 1), np.float32), np.zeros(3, np.float32), "stop")
+        for i in range(4)
+    ]  # fmt: skip
+    rewards, verdicts = compute_rewards(["math", "format"], [1.0, 0.5], Rollout(completions, texts, prompts))
+    assert rewards[:2].tolist() == [1.5, 0.5]  # math 1 + format 0.5; math 0 + format 0.5
+    assert torch.isnan(rewards[2:]).all()  # no gold answer: no reward, rather than a wrong 0
+    assert verdicts["math"][2].reason.startswith("no gold answer")
+    advantages = group_advantages(rewards, 2)
+    assert advantages[0] > 0 > advantages[1] and advantages[2:].tolist() == [0.0, 0.0]
