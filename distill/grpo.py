@@ -31,7 +31,7 @@ resets the prefix cache. `model.load_weights` alone is not enough on CPU: vLLM r
 weight for oneDNN after loading and drops the original parameter; the reload repeats that step.
 On one GPU the trainer and the engine share the device: the engine takes
 `--gpu-memory-utilization` of it (default 0.3) for weights and KV cache, the trainer the rest, and
-tensors pass by reference, with no copy through a server. (Tensor-parallel engines would need
+tensors pass in-process, with no serialisation through a server. (Tensor-parallel engines would need
 vLLM's external_launcher executor, one engine shard per training rank; not built here.)
 
 Output and resume as `distill train`: checkpoints under OUT/checkpoints written under a temp name
@@ -406,7 +406,7 @@ class GRPORecipe:
 
     def _setup_engine(self) -> None:
         cfg = self.cfg
-        # colocated: the engine lives in this process, so weights pass by reference (see the module docstring)
+        # colocated: the engine lives in this process, so weights pass without serialisation (module docstring)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         self.engine = open_engine(
             cfg.backend,

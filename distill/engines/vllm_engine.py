@@ -98,7 +98,8 @@ class VLLMEngine:
         weight is repacked for oneDNN and the original parameter is dropped, so writing into the
         model's parameters would fail or change nothing — and the reload repeats that processing.
         The prefix cache is cleared: its KV blocks were computed with the old weights. In-process
-        (VLLM_ENABLE_V1_MULTIPROCESSING=0) the tensors are handed over by reference, not copied.
+        (VLLM_ENABLE_V1_MULTIPROCESSING=0) the tensors are handed over directly, with no
+        serialisation; a tensor is copied only to cast it to the engine's dtype (fp32 → bf16).
         """
         dtype = self.llm.llm_engine.model_config.dtype  # cast here: vLLM warns once per tensor otherwise
         weights = [(name, t.detach().to(dtype)) for name, t in state_dict.items()]
