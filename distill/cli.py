@@ -72,7 +72,9 @@ def generate(
 
 def score(
     teacher: Annotated[str, typer.Option(help="Teacher preset name, preset YAML, model directory or hub id.")],
-    traces: Annotated[str, typer.Option(help="A cache (path or key), or a file with prompt + completion columns.")],
+    traces: Annotated[
+        str, typer.Option(help="A cache (path or key), or a file: prompt + completion columns, or chat rows.")
+    ],
     view: Annotated[str | None, typer.Option(help="Score only the records of this view of the cache.")] = None,
     top_k: Annotated[int | None, typer.Option(help="Teacher logprobs kept per position [preset].")] = None,
     backend: Annotated[str, typer.Option(help="vllm (prompt-logprobs path) or hf (forward pass).")] = "vllm",
@@ -122,7 +124,7 @@ def train(
         str | None, typer.Option(help="Train only on the records of this view (from distill filter).")
     ] = None,
     traces: Annotated[
-        str | None, typer.Option(help="Plain trace file (prompt + completion) for SFT without a cache.")
+        str | None, typer.Option(help="Plain trace file (prompt + completion, or chat rows) for SFT without a cache.")
     ] = None,
     alpha: Annotated[
         float, typer.Option(help="Weight of cross-entropy; 1 - alpha weighs the KD term (1 = SFT).")

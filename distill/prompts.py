@@ -29,6 +29,9 @@ from distill.tasks import load_task_prompts
 PROMPT_FIELDS = ("prompt", "problem", "question", "input")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
 ID_FIELDS = ("id", "unique_id", "uuid", "problem_id")
+COMPLETION_FIELDS = ("completion", "response", "generation", "output")
+CHAT_FIELDS = ("messages", "conversations")
+ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
@@ -155,6 +158,18 @@ def load_prompts(
             raise DistillError(f"Unknown mapping {mapping!r}; known: {', '.join(BUILTIN)}.")
         mapped = BUILTIN.get(mapping) if mapping else BUILTIN.get(source.partition(":")[0])
         rows, where = load_rows(source)
+    return prompts_from_rows(rows, where, prompt_field, answer_field, mapped, limit), where
+
+
+def prompts_from_rows(
+    rows: list[dict[str, Any]],
+    where: str,
+    prompt_field: str | None = None,
+    answer_field: str | None = None,
+    mapped: Mapping | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """`load_prompts` on rows already read: {id, prompt, answer} each."""
     if not rows:
         raise DistillError(f"Prompt source {where} is empty; nothing to generate.")
     columns = list(rows[0].keys())
@@ -173,7 +188,58 @@ def load_prompts(
         if gold is not None:
             gold = parse(str(gold)) if parse else str(gold)
         prompts.append({"id": str(row[idf]) if idf else str(i), "prompt": str(row[pf]), "answer": gold})
-    return prompts, where
+    return prompts
+
+
+def load_traces(
+    source: str, prompt_field: str | None = None, completion_field: str | None = None, limit: int | None = None
+) -> tuple[list[dict[str, Any]], str]:
+    """Existing traces as dicts {id, prompt, answer, completion}, and a description of the source.
+
+    A row has a prompt and a completion column, or is a chat: a `messages` list of {role, content}
+    or a ShareGPT `conversations` list of {from, value}, whose last assistant turn is the completion
+    and the user turn before it the prompt.
+    """
+    rows, where = load_rows(source)
+    rows = rows[:limit] if limit else rows
+    if not rows:
+        raise DistillError(f"Trace source {where} is empty; nothing to train on or score.")
+    columns = list(rows[0])
+    chat = next((c for c in CHAT_FIELDS if c in columns), None)
+    field = completion_field or next((c for c in COMPLETION_FIELDS if c in columns), None)
+    if chat and field is None:
+        rows = [{**row, **chat_turns(row[chat], f"row {i} of {where}")} for i, row in enumerate(rows)]
+        field = "completion"
+    elif field is None or field not in columns:
+        raise DistillError(
+            f"No completion field in {where} (looked for {completion_field or ', '.join(COMPLETION_FIELDS)}, "
+            f"or chat rows in {' or '.join(CHAT_FIELDS)}); columns found: {', '.join(columns)}. "
+            "Rename the column to 'completion' (or pass --completion-field to distill score)."
+        )
+    traces = prompts_from_rows(rows, where, prompt_field)
+    for q, row in zip(traces, rows, strict=True):
+        q["completion"] = str(row[field])
+    return traces, where
+
+
+def chat_turns(messages: Any, where: str) -> dict[str, str]:
+    """{prompt, completion} of a chat: the last assistant turn and the user turn before it.
+
+    System turns are dropped: the teacher preset's own system prompt and instruction apply.
+    """
+    turns = []
+    for m in messages if isinstance(messages, list) else []:
+        if isinstance(m, dict):
+            role = ROLES.get(str(m.get("role", m.get("from", ""))).lower())
+            turns.append((role, str(m.get("content", m.get("value", "")))))
+    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=0)  # 0: none
+    user = max((i for i, (role, _) in enumerate(turns[:last]) if role == "user"), default=None)
+    if user is None:
+        raise DistillError(
+            f"The chat in {where} has no user turn followed by an assistant turn; give each row a list of "
+            '{"role": "user" | "assistant", "content": ...} messages.'
+        )
+    return {"prompt": turns[user][1], "completion": turns[last][1]}
 
 
 def shard_slice(prompts: list[dict[str, Any]], shard_index: int, num_shards: int) -> list[dict[str, Any]]:

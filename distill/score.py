@@ -1,7 +1,9 @@
 """`distill score`: teacher-forced top-k logprobs over traces that already exist, as a cache.
 
 Two uses:
-- distil from an existing trace dataset (JSONL/Parquet/... with a prompt and a completion column);
+- distil from an existing trace dataset (JSONL/Parquet/... with a prompt and a completion column,
+  or chat rows: a `messages` list of {role, content} or a ShareGPT `conversations` list of
+  {from, value}: the last assistant turn is the completion, the user turn before it the prompt);
 - `generate --top-k 0` (cheap) → `filter` → `score --traces CACHE --view NAME` pays the teacher's
   logprob cost only for the traces that survived.
 
@@ -27,10 +29,8 @@ from distill.errors import DistillError
 from distill.fingerprint import cache_key, canonical_hash, tokenizer_fingerprint, weights_fingerprint
 from distill.paths import cache_root
 from distill.presets import resolve_preset
-from distill.prompts import load_prompts, load_rows, render_prompt
+from distill.prompts import load_traces, render_prompt
 from distill.teacher import TOKENIZER_FILES, load_tokenizer, stream_into_cache, summary_lines
-
-COMPLETION_FIELDS = ("completion", "response", "generation", "output")
 
 
 @dataclass
@@ -91,34 +91,19 @@ def traces_from_cache(cfg: ScoreConfig, tokenizer_fp: str) -> tuple[list[Trace],
 
 
 def traces_from_file(cfg: ScoreConfig, tokenizer: Any, style: Any) -> tuple[list[Trace], str]:
-    """Traces of a dataset with a prompt column and a completion column, rendered for the teacher."""
-    rows, _ = load_prompts(cfg.traces, cfg.prompt_field, None, None, cfg.limit)
-    raw, _ = _completions(cfg)
+    """Traces of a dataset with a prompt and a completion column (or chat rows), rendered for the teacher."""
+    rows, _ = load_traces(cfg.traces, cfg.prompt_field, cfg.completion_field, cfg.limit)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     traces = []
-    for q, completion in zip(rows, raw, strict=True):
+    for q in rows:
         # a trace that opens its own think block must not get the primed "<think>" twice
-        prefix = "" if completion.lstrip().startswith(style.think_prefix.strip()) else style.think_prefix
+        prefix = "" if q["completion"].lstrip().startswith(style.think_prefix.strip()) else style.think_prefix
         prompt = render_prompt(tokenizer, q["prompt"], style.instruction, style.system_prompt, prefix)
-        ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + eos  # the student must learn to stop
-        traces.append(
-            Trace((q["id"], 0), tokenizer(prompt, add_special_tokens=False)["input_ids"], ids, {"answer": q["answer"]})
-        )
+        ids = tokenizer(q["completion"], add_special_tokens=False)["input_ids"] + eos  # the student must learn to stop
+        meta = {"answer": q["answer"], "question": q["prompt"]}
+        traces.append(Trace((q["id"], 0), tokenizer(prompt, add_special_tokens=False)["input_ids"], ids, meta))
     fingerprint = canonical_hash([[t.key, t.prompt_ids, t.completion_ids] for t in traces])
     return traces, fingerprint[:16]
-
-
-def _completions(cfg: ScoreConfig) -> tuple[list[str], str]:
-    rows, _ = load_rows(cfg.traces)
-    rows = rows[: cfg.limit] if cfg.limit else rows
-    columns = list(rows[0]) if rows else []
-    field = cfg.completion_field or next((c for c in COMPLETION_FIELDS if c in columns), None)
-    if field is None or field not in columns:
-        raise DistillError(
-            f"No completion field in {cfg.traces} (looked for {cfg.completion_field or ', '.join(COMPLETION_FIELDS)}); "
-            f"columns found: {', '.join(columns)}. Name it with --completion-field."
-        )
-    return [str(r[field]) for r in rows], field
 
 
 def run_score(cfg: ScoreConfig) -> Path:

@@ -498,19 +498,15 @@ def _to(batch: Any, device: Any) -> Any:
 def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
     """Plain traces (prompt + completion text, no teacher logprobs) as records, for SFT (α = 1)."""
     from distill.presets import R1_INSTRUCTION
-    from distill.prompts import load_prompts, load_rows, render_prompt
+    from distill.prompts import load_traces, render_prompt
 
-    prompts, _ = load_prompts(path)
-    rows, _ = load_rows(path)
-    field = next((c for c in ("completion", "response", "generation", "output") if c in rows[0]), None)
-    if field is None:
-        raise DistillError(f"No completion field in {path}; columns found: {', '.join(rows[0])}.")
+    traces, _ = load_traces(path)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     out = []
-    for q, row in zip(prompts, rows, strict=True):
+    for q in traces:
         text = render_prompt(tokenizer, q["prompt"], R1_INSTRUCTION, None, "")
         prompt_ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
-        completion = np.asarray(tokenizer(str(row[field]), add_special_tokens=False)["input_ids"] + eos, np.int32)
+        completion = np.asarray(tokenizer(q["completion"], add_special_tokens=False)["input_ids"] + eos, np.int32)
         t = len(completion)
         out.append(
             Record(
@@ -519,7 +515,7 @@ def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
                 np.zeros((t, 0), np.int32),
                 np.zeros((t, 0), np.float32),
                 np.full(t, np.nan, np.float32),
-                {"prompt_id": q["id"], "sample_index": 0, "answer": q["answer"]},
+                {"prompt_id": q["id"], "sample_index": 0, "answer": q["answer"], "question": q["prompt"]},
             )
         )
     return out

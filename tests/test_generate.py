@@ -407,6 +407,22 @@ def test_score_a_trace_file(tiny_model: Path, tmp_path: Path) -> None:
     assert tok.decode(rec.completion_ids) == "<think>\nadd 2 and 3</think> \\boxed{5}<|im_end|>"
     assert tok.decode(rec.prompt_ids).endswith("<|im_start|>assistant\n")  # the trace opens its own <think>
     assert rec.meta["answer"] == "5" and rec.topk_ids.shape == (len(rec.completion_ids), 3)
+    # the same trace as a chat (a system turn, an earlier exchange): the same record
+    chat = tmp_path / "chat.jsonl"
+    messages = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is 2 + 3?"},
+        {"role": "assistant", "content": "<think>\nadd 2 and 3</think> \\boxed{5}"},
+    ]
+    chat.write_text(json.dumps({"messages": messages, "answer": "5"}) + "\n")
+    twin = open_cache(
+        run_score(ScoreConfig(teacher=str(tiny_model), traces=str(chat), top_k=3, backend="hf", dtype="float32"))
+    )[0]
+    np.testing.assert_array_equal(twin.prompt_ids, rec.prompt_ids)
+    np.testing.assert_array_equal(twin.completion_ids, rec.completion_ids)
+    assert twin.meta["question"] == "What is 2 + 3?" and twin.meta["answer"] == "5"
     missing = tmp_path / "nocompletion.jsonl"
     missing.write_text(json.dumps({"problem": "x", "text": "y"}) + "\n")
     with pytest.raises(DistillError, match="No completion field.*columns found: problem, text"):

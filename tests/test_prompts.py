@@ -11,7 +11,7 @@ import pytest
 
 from distill.errors import DistillError
 from distill.presets import R1_INSTRUCTION
-from distill.prompts import last_boxed, load_prompts, render_prompt, shard_slice
+from distill.prompts import last_boxed, load_prompts, load_traces, render_prompt, shard_slice
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -56,6 +56,41 @@ def test_bad_sources_are_one_sentence(tmp_path: Path) -> None:
         load_prompts(str(DATA / "aime24.jsonl"), mapping="gsm9k")
     with pytest.raises(DistillError, match="Cannot load dataset openai/gsm8k"):
         load_prompts("gsm8k")  # the real hub loader, offline here: fails at once with the fix
+
+
+def test_traces_from_columns_and_from_chats(tmp_path: Path) -> None:
+    rows = [
+        {"problem": "1 + 1?", "answer": "2", "response": "<think>\n1 + 1</think> \\boxed{2}"},
+        {"problem": "2 + 2?", "answer": "4", "response": "<think>\n2 + 2</think> \\boxed{4}"},
+    ]
+    (tmp_path / "flat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def openai(r: dict) -> dict:
+        turns = [{"role": "user", "content": r["problem"]}, {"role": "assistant", "content": r["response"]}]
+        return {"messages": turns, "answer": r["answer"]}
+
+    def sharegpt(r: dict) -> dict:
+        turns = [("system", "Be brief."), ("human", r["problem"]), ("gpt", r["response"])]
+        return {"conversations": [{"from": f, "value": v} for f, v in turns], "answer": r["answer"]}
+
+    (tmp_path / "openai.jsonl").write_text("".join(json.dumps(openai(r)) + "\n" for r in rows))
+    (tmp_path / "sharegpt.jsonl").write_text("".join(json.dumps(sharegpt(r)) + "\n" for r in rows))
+    want = [
+        {"id": str(i), "prompt": r["problem"], "answer": r["answer"], "completion": r["response"]}
+        for i, r in enumerate(rows)
+    ]
+    for name in ("flat", "openai", "sharegpt"):
+        assert load_traces(str(tmp_path / f"{name}.jsonl"))[0] == want, name
+    assert load_traces(str(tmp_path / "openai.jsonl"), limit=1)[0] == want[:1]
+
+    (tmp_path / "unanswered.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(DistillError, match="The chat in row 0 of .*unanswered.jsonl has no user turn followed by"):
+        load_traces(str(tmp_path / "unanswered.jsonl"))
+    with pytest.raises(DistillError, match="No completion field .*columns found: problem, answer, response"):
+        load_traces(str(tmp_path / "flat.jsonl"), completion_field="output")
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(DistillError, match="Trace source .*empty.jsonl is empty"):
+        load_traces(str(tmp_path / "empty.jsonl"))
 
 
 def test_shards_are_disjoint_and_cover_everything() -> None:
