@@ -26,7 +26,7 @@ import typer
 from distill.cache import TeacherCache, write_view
 from distill.errors import DistillError
 from distill.teacher import decode_completion
-from distill.verify import VERIFIERS, verify_batch
+from distill.verify import VERIFIERS, reference_for, verify_batch
 
 KEEP = ("all", "first", "best-of-n")
 
@@ -53,12 +53,9 @@ def completion_texts(cache: TeacherCache) -> list[str]:
 
 
 def references(name: str, metas: list[dict[str, Any]]) -> list[Any]:
-    """What verifier `name` checks each record against, from the record metadata."""
-    if name == "format":
-        return [{"finish_reason": m.get("finish_reason")} for m in metas]
-    if name == "lang":  # judged against the question's script; a record without one is judged as latin
-        return [m.get("question") for m in metas]
-    return [m.get("answer") for m in metas]
+    """What verifier `name` checks each record against, from the record metadata (a record without a
+    question, from an older cache, is judged as latin by lang)."""
+    return [reference_for(name, m.get("answer"), m.get("question"), m.get("finish_reason")) for m in metas]
 
 
 def select(metas: list[dict[str, Any]], passed: list[bool], keep: str, confidence: np.ndarray) -> list[int]:

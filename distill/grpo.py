@@ -72,7 +72,7 @@ from distill.losses import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_obj
 from distill.presets import EngineArgs, PromptStyle, preset_names, resolve_preset
 from distill.prompts import load_prompts, render_prompt
 from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
-from distill.verify import VERIFIERS, Verdict, verify_batch
+from distill.verify import VERIFIERS, Verdict, reference_for, verify_batch
 
 GRPO_CONFIG = "distill_grpo.json"
 # verdict reasons that mean "no reward could be computed", not "the completion is wrong"
@@ -239,11 +239,8 @@ def prompt_order(num_prompts: int, per_step: int, step: int, seed: int) -> list[
 
 def reward_references(name: str, prompts: list[dict[str, Any]], completions: list[Completion]) -> list[Any]:
     """What verifier `name` checks each completion against."""
-    if name == "format":
-        return [{"finish_reason": c.finish_reason} for c in completions]
-    if name == "lang":
-        return [q["prompt"] for q in prompts]
-    return [q.get("answer") for q in prompts]
+    pairs = zip(prompts, completions, strict=True)
+    return [reference_for(name, q.get("answer"), q["prompt"], c.finish_reason) for q, c in pairs]
 
 
 def compute_rewards(

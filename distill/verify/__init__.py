@@ -16,6 +16,9 @@ Every verifier is `(completion: str, reference, **options) -> Verdict`; VERIFIER
   reasoning is in that script.
 - repetition: reference ignored; passes when the completion does not loop.
 
+`reference_for(name, answer, question, finish_reason)` picks a verifier's reference; the filter,
+GRPO and eval all use it.
+
 Where the work runs: math in a persistent pool of worker processes with a hard per-item timeout
 (`timeout=`, default 5 s; sympy can hang); code in the sandbox (`sandbox_isolation()` says what
 isolation this machine gives); format, lang and repetition in-process (plain string work).
@@ -44,6 +47,16 @@ VERIFIERS: dict[str, Verifier] = {
     "lang": verify_lang,
     "repetition": verify_repetition,
 }
+
+
+def reference_for(name: str, answer: Any, question: str | None, finish_reason: str | None) -> Any:
+    """What verifier `name` checks a completion against: the gold answer (math, code), the finish
+    reason (format), the question, whose script the reasoning should keep (lang)."""
+    if name == "format":
+        return {"finish_reason": finish_reason}
+    if name == "lang":
+        return question
+    return answer
 
 
 def _progress_bar(total: int, name: str, enabled: bool) -> Any:
@@ -111,6 +124,7 @@ __all__ = [
     "extract_program",
     "final_answer",
     "normalise_answer",
+    "reference_for",
     "sandbox_isolation",
     "verify_batch",
     "verify_code",
