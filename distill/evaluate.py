@@ -25,7 +25,7 @@ from distill.errors import DistillError
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, render_prompt
 from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
-from distill.verify import VERIFIERS, final_answer, verify_batch
+from distill.verify import VERIFIERS, final_answer, reference_for, verify_batch
 
 
 @dataclass
@@ -142,12 +142,16 @@ def run_eval(cfg: EvalConfig) -> dict:
     )
     from tqdm import tqdm
 
-    done: dict[tuple[str, int], str] = {}
+    done: dict[tuple[str, int], tuple[str, str]] = {}
     for c in tqdm(engine.generate(iter(requests), spec), total=len(requests), desc="eval", unit="sample"):
-        done[c.key] = decode_completion(tokenizer, c.completion_ids, c.prompt_ids)
-    texts = [[done[(q["id"], s)] for s in range(cfg.samples)] for q in prompts]
+        done[c.key] = decode_completion(tokenizer, c.completion_ids, c.prompt_ids), c.finish_reason
+    texts = [[done[(q["id"], s)][0] for s in range(cfg.samples)] for q in prompts]
     flat = [t for ts in texts for t in ts]
-    refs = [q.get("answer") for q in prompts for _ in range(cfg.samples)]
+    refs = [
+        reference_for(cfg.verifier, q.get("answer"), q["prompt"], done[(q["id"], s)][1])
+        for q in prompts
+        for s in range(cfg.samples)
+    ]
     flat_verdicts = verify_batch(cfg.verifier, flat, refs)
     verdicts = [flat_verdicts[i * cfg.samples : (i + 1) * cfg.samples] for i in range(len(prompts))]
     result = score_problems(prompts, texts, verdicts)

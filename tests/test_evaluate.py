@@ -77,3 +77,15 @@ def test_completions_keep_their_think_block_for_the_verifiers(tiny_model: Path) 
     text = decode_completion(tok, completion, prompt)
     assert text == "<think>\n2 + 2 = 4\n</think>\nso \\boxed{4}"  # </think> is a special token: kept
     assert VERIFIERS["format"](text, None).passed and VERIFIERS["math"](text, "4").passed
+
+
+def test_eval_with_the_format_verifier_judges_the_finish_reason(tmp_path: Path) -> None:
+    def run(max_new_tokens: int) -> dict:
+        cfg = EvalConfig(model="arith-teacher", prompts="arith:test", samples=1, max_new_tokens=max_new_tokens,
+                         backend="hf", limit=3, verifier="format", dtype="float32")  # fmt: skip
+        return run_eval(cfg)
+
+    cut = run(4)  # the bundled teacher's traces are longer: every completion is cut at the limit
+    assert cut["summary"]["pass@1"] == 0
+    assert all(p["samples"][0]["reason"].startswith("truncated at the length limit") for p in cut["problems"])
+    assert run(200)["summary"]["pass@1"] == 1  # room to finish: the teacher's traces are well formed
