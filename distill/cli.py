@@ -16,9 +16,10 @@ Heavy imports (torch, vllm, transformers) happen inside the command that needs t
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -418,6 +419,28 @@ def main() -> None:
     """Entry point of the `distill` console script."""
     try:
         app()
+        code: int | str | None = 0
     except DistillError as e:
         typer.echo(f"error: {e}", err=True)
-        sys.exit(e.exit_code)
+        code = e.exit_code
+    except SystemExit as e:  # click ends every run with one
+        code = e.code
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_rank(code)
+    sys.exit(code)
+
+
+def _leave_rank(code: int | str | None) -> NoReturn:
+    """End a torchrun rank without interpreter teardown.
+
+    FSDP2's process group outlives `destroy_process_group` (DTensor's caches hold its device
+    mesh), so its gloo worker threads still run while Python shuts down. A worker that then frees
+    a collective's buffer needs the GIL, and the rank dies with SIGABRT ("terminate called without
+    an active exception") after all its work is done. Every file is closed by now: flush the
+    streams and leave.
+    """
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)

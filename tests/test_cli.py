@@ -79,3 +79,48 @@ def test_bad_cache_path_is_one_sentence_and_exit_1(tmp_path: Path) -> None:
     out = distill("cache", "info", str(tmp_path / "nope"))
     assert out.returncode == 1
     assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr and "not a teacher cache" in out.stderr
+
+
+RANK_SCRIPT = """
+import sys
+import torch
+import torch.distributed as dist
+from distill.cli import app, main
+
+held = []
+
+
+@app.command("gather")
+def gather() -> None:
+    dist.init_process_group("gloo")
+    held.append(dist.group.WORLD)  # as DTensor's caches hold FSDP2's mesh: the group outlives destroy
+    for _ in range(20):
+        out = [torch.empty(100_000) for _ in range(2)]
+        dist.all_gather(out, torch.ones(100_000))
+        del out  # the gloo worker thread frees these buffers whenever it gets round to it
+    dist.destroy_process_group()
+    print("gathered")
+
+
+sys.argv = ["distill", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_torchrun_rank_leaves_without_tearing_down_live_gloo_workers(tmp_path: Path) -> None:
+    """Without `main` skipping interpreter teardown on ranks, most of these runs died with SIGABRT."""
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run([*cmd, str(script), *args], capture_output=True, text=True, env=env)
+
+    for _ in range(6):  # each run alone died about half the time
+        out = torchrun("gather")
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.count("gathered") == 2  # each rank's output is flushed before it leaves
+    bad = torchrun("cache", "info", str(tmp_path / "missing"))
+    assert bad.returncode == 1 and "terminate called" not in bad.stderr
+    assert bad.stderr.count("error:") == 2
