@@ -417,14 +417,16 @@ app.add_typer(cache_app, name="cache")
 
 def main() -> None:
     """Entry point of the `distill` console script."""
+    code: int | str | None
     try:
         app()
-        code: int | str | None = 0
     except DistillError as e:
         typer.echo(f"error: {e}", err=True)
         code = e.exit_code
     except SystemExit as e:  # click ends every run with one
         code = e.code
+    else:
+        code = 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         _leave_rank(code)
     sys.exit(code)

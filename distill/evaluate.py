@@ -142,15 +142,15 @@ def run_eval(cfg: EvalConfig) -> dict:
     )
     from tqdm import tqdm
 
-    done: dict[tuple[str, int], tuple[str, str]] = {}
-    for c in tqdm(engine.generate(iter(requests), spec), total=len(requests), desc="eval", unit="sample"):
-        done[c.key] = decode_completion(tokenizer, c.completion_ids, c.prompt_ids), c.finish_reason
-    texts = [[done[(q["id"], s)][0] for s in range(cfg.samples)] for q in prompts]
+    generated = tqdm(engine.generate(iter(requests), spec), total=len(requests), desc="eval", unit="sample")
+    done = {c.key: c for c in generated}
+    samples = [[done[(q["id"], s)] for s in range(cfg.samples)] for q in prompts]
+    texts = [[decode_completion(tokenizer, c.completion_ids, c.prompt_ids) for c in cs] for cs in samples]
     flat = [t for ts in texts for t in ts]
     refs = [
-        reference_for(cfg.verifier, q.get("answer"), q["prompt"], done[(q["id"], s)][1])
-        for q in prompts
-        for s in range(cfg.samples)
+        reference_for(cfg.verifier, q.get("answer"), q["prompt"], c.finish_reason)
+        for q, cs in zip(prompts, samples, strict=True)
+        for c in cs
     ]
     flat_verdicts = verify_batch(cfg.verifier, flat, refs)
     verdicts = [flat_verdicts[i * cfg.samples : (i + 1) * cfg.samples] for i in range(len(prompts))]

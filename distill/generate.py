@@ -32,7 +32,7 @@ from distill.errors import DistillError
 from distill.fingerprint import cache_key, prompt_set_fingerprint, tokenizer_fingerprint, weights_fingerprint
 from distill.paths import cache_root
 from distill.presets import TeacherPreset, resolve_preset
-from distill.prompts import load_prompts, render_prompt, shard_slice
+from distill.prompts import load_prompts, record_meta, render_prompt, shard_slice
 from distill.teacher import TOKENIZER_FILES, load_tokenizer, stop_token_ids, stream_into_cache, summary_lines
 
 
@@ -204,11 +204,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
             if q["id"] not in skip
         ]
         by_id = {q["id"]: q for q in p.prompts}
-        # the question is kept for verifiers that judge against it (lang: the script it is written in)
-        metas = {
-            r.key: {"answer": by_id[r.key[0]].get("answer"), "question": by_id[r.key[0]]["prompt"], "seed": r.seed}
-            for r in requests
-        }
+        metas = {r.key: {**record_meta(by_id[r.key[0]]), "seed": r.seed} for r in requests}
         sampling = SamplingSpec(
             temperature=p.sampling["temperature"],
             top_p=p.sampling["top_p"],

@@ -242,6 +242,12 @@ def chat_turns(messages: Any, where: str) -> dict[str, str]:
     return {"prompt": turns[user][1], "completion": turns[last][1]}
 
 
+def record_meta(q: dict[str, Any]) -> dict[str, Any]:
+    """What a trace record keeps of its prompt for the verifiers: the gold answer, and the question
+    (lang judges the reasoning against the question's script)."""
+    return {"answer": q.get("answer"), "question": q["prompt"]}
+
+
 def shard_slice(prompts: list[dict[str, Any]], shard_index: int, num_shards: int) -> list[dict[str, Any]]:
     """The disjoint part of `prompts` that worker `shard_index` of `num_shards` handles (round robin)."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:

@@ -29,7 +29,7 @@ from distill.errors import DistillError
 from distill.fingerprint import cache_key, canonical_hash, tokenizer_fingerprint, weights_fingerprint
 from distill.paths import cache_root
 from distill.presets import resolve_preset
-from distill.prompts import load_traces, render_prompt
+from distill.prompts import load_traces, record_meta, render_prompt
 from distill.teacher import TOKENIZER_FILES, load_tokenizer, stream_into_cache, summary_lines
 
 
@@ -100,8 +100,8 @@ def traces_from_file(cfg: ScoreConfig, tokenizer: Any, style: Any) -> tuple[list
         prefix = "" if q["completion"].lstrip().startswith(style.think_prefix.strip()) else style.think_prefix
         prompt = render_prompt(tokenizer, q["prompt"], style.instruction, style.system_prompt, prefix)
         ids = tokenizer(q["completion"], add_special_tokens=False)["input_ids"] + eos  # the student must learn to stop
-        meta = {"answer": q["answer"], "question": q["prompt"]}
-        traces.append(Trace((q["id"], 0), tokenizer(prompt, add_special_tokens=False)["input_ids"], ids, meta))
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        traces.append(Trace((q["id"], 0), prompt_ids, ids, record_meta(q)))
     fingerprint = canonical_hash([[t.key, t.prompt_ids, t.completion_ids] for t in traces])
     return traces, fingerprint[:16]
 

@@ -498,7 +498,7 @@ def _to(batch: Any, device: Any) -> Any:
 def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
     """Plain traces (prompt + completion text, no teacher logprobs) as records, for SFT (α = 1)."""
     from distill.presets import R1_INSTRUCTION
-    from distill.prompts import load_traces, render_prompt
+    from distill.prompts import load_traces, record_meta, render_prompt
 
     traces, _ = load_traces(path)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
@@ -515,7 +515,7 @@ def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
                 np.zeros((t, 0), np.int32),
                 np.zeros((t, 0), np.float32),
                 np.full(t, np.nan, np.float32),
-                {"prompt_id": q["id"], "sample_index": 0, "answer": q["answer"], "question": q["prompt"]},
+                {"prompt_id": q["id"], "sample_index": 0, **record_meta(q)},
             )
         )
     return out
