@@ -123,4 +123,6 @@ def test_a_torchrun_rank_leaves_without_tearing_down_live_gloo_workers(tmp_path:
         assert out.stdout.count("gathered") == 2  # each rank's output is flushed before it leaves
     bad = torchrun("cache", "info", str(tmp_path / "missing"))
     assert bad.returncode == 1 and "terminate called" not in bad.stderr
-    assert bad.stderr.count("error:") == 2
+    # the first rank out keeps its exit code and its sentence; torchrun may stop the other one first
+    assert "failed (exitcode: 1)" in bad.stderr and "exitcode: -6" not in bad.stderr
+    assert "error: " in bad.stderr and "not a teacher cache" in bad.stderr
