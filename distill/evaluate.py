@@ -5,8 +5,12 @@ N samples per problem — greedy decoding is not the default, R1-style models re
 Reported:
 - pass@1: mean correctness over the N samples, averaged over problems;
 - cons@N: majority vote of the extracted answers (ties: the answer seen first), then checked;
-- pass@k: the unbiased estimator 1 − C(n−c, k) / C(n, k) for k = 1, 2, 4, ... ≤ N.
-Per-problem results (every sample's text, extracted answer, verdict) go to `--out` as JSON.
+- pass@k: the unbiased estimator 1 − C(n−c, k) / C(n, k) for k = 1, 2, 4, ... ≤ N;
+- unknown: how many samples the verifier could not check (timeout, sandbox failure, no gold
+  answer), and their share. The metrics above count an unknown sample as not passed — a score
+  must not rise because a check broke — so a benchmark with unknowns reports a lower bound, and
+  says how loose it is.
+Per-problem results (every sample's text, extracted answer, verdict status and reason) go to `--out` as JSON.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from distill.errors import DistillError
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, render_prompt
 from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
-from distill.verify import VERIFIERS, final_answer, reference_for, verify_batch
+from distill.verify import VERIFIERS, Verdict, final_answer, reference_for, verify_batch
 
 
 @dataclass
@@ -63,8 +67,12 @@ def majority(answers: list[str | None]) -> str | None:
     return next(a for a in answers if a and counts[a] == best)
 
 
-def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdicts: list[list[Any]]) -> dict:
-    """Per-problem results and the summary, from each problem's sample texts and verdicts."""
+def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdicts: list[list[Verdict]]) -> dict:
+    """Per-problem results and the summary, from each problem's sample texts and verdicts.
+
+    An unknown verdict counts as not passed in pass@1, cons@N and pass@k, and is counted apart
+    (`unknown` per problem and in the summary, with `unknown_rate` the share of all samples).
+    """
     rows, n = [], len(texts[0]) if texts else 0
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
     for q, samples, vs in zip(problems, texts, verdicts, strict=True):
@@ -78,20 +86,24 @@ def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdi
                 "id": q["id"],
                 "answer": q.get("answer"),
                 "correct": correct,
+                "unknown": sum(v.unknown for v in vs),
                 "pass@1": correct / n,
                 "majority_answer": voted,
                 "cons": cons,
                 "samples": [
-                    {"text": t, "extracted": a, "passed": v.passed, "reason": v.reason}
+                    {"text": t, "extracted": a, "status": v.status, "passed": v.passed, "reason": v.reason}
                     for t, a, v in zip(samples, answers, vs, strict=True)
                 ],
             }
         )
+    unknown = sum(r["unknown"] for r in rows)
     summary = {
         "problems": len(rows),
         "samples": n,
         "pass@1": sum(r["pass@1"] for r in rows) / max(len(rows), 1),
         f"cons@{n}": sum(r["cons"] for r in rows) / max(len(rows), 1),
+        "unknown": unknown,
+        "unknown_rate": unknown / max(len(rows) * n, 1),
     }
     for k in ks:
         summary[f"pass@{k}"] = sum(pass_at_k(n, r["correct"], k) for r in rows) / max(len(rows), 1)
@@ -167,4 +179,6 @@ def run_eval(cfg: EvalConfig) -> dict:
     for key, value in s.items():
         if key.startswith(("pass@", "cons@")):
             typer.echo(f"{key:<10}{100 * value:6.1f}")
+    # not passed above, but not known to be wrong either: the scores are lower bounds by this much
+    typer.echo(f"{'unknown':<10}{100 * s['unknown_rate']:6.1f}  ({s['unknown']} samples could not be checked)")
     return result

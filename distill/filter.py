@@ -3,9 +3,14 @@
 The filter never copies or edits shards: it decodes every completion with the teacher's tokenizer
 (saved in the cache), runs the named verifiers (distill.verify — the same ones GRPO rewards and
 eval scores with) against the gold answers stored in record metadata, and writes
-`views/<name>.json`: the kept record indices, every record's verdicts, and a report (pass rates
-overall and per verifier, prompts with at least one correct sample, reason histogram, truncation
-rate), also printed. `distill train --view NAME` then reads through it.
+`views/<name>.json`: the kept record indices, every record's verdicts (`{verifier: [status,
+reason]}`, status "passed", "failed" or "unknown"), and a report (pass rates overall and per
+verifier, unknowns counted apart from failures, prompts with at least one correct sample, reason
+histogram, truncation rate), also printed. `distill train --view NAME` then reads through it.
+
+A record is kept only when every verifier passed it. One a verifier could not check (unknown: no
+gold answer, a timeout, a sandbox failure) is not kept, but the report counts it as unknown, not
+as failed, so that a broken gold column or sandbox shows as such rather than as a weak teacher.
 
 --keep all          every record that passes every verifier
 --keep first        per prompt, the passing sample with the lowest sample index
@@ -26,7 +31,7 @@ import typer
 from distill.cache import TeacherCache, write_view
 from distill.errors import DistillError
 from distill.teacher import decode_completion
-from distill.verify import VERIFIERS, reference_for, verify_batch
+from distill.verify import FAILED, PASSED, UNKNOWN, VERIFIERS, Verdict, VerdictStatus, reference_for, verify_batch
 
 KEEP = ("all", "first", "best-of-n")
 
@@ -56,6 +61,13 @@ def references(name: str, metas: list[dict[str, Any]]) -> list[Any]:
     """What verifier `name` checks each record against, from the record metadata (a record without a
     question, from an older cache, is judged as latin by lang)."""
     return [reference_for(name, m.get("answer"), m.get("question"), m.get("finish_reason")) for m in metas]
+
+
+def record_status(verdicts: list[Verdict]) -> VerdictStatus:
+    """A record's status under several verifiers: failed if any failed, else unknown if any could not
+    check it, else passed."""
+    statuses = {v.status for v in verdicts}
+    return FAILED if FAILED in statuses else UNKNOWN if UNKNOWN in statuses else PASSED
 
 
 def select(metas: list[dict[str, Any]], passed: list[bool], keep: str, confidence: np.ndarray) -> list[int]:
@@ -88,12 +100,13 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
     texts = completion_texts(cache)
     workers = cfg.workers or os.cpu_count() or 1
     verdicts = {n: verify_batch(n, texts, references(n, metas), workers=workers, progress=True) for n in names}
-    passed = [all(verdicts[n][i].passed for n in names) for i in range(len(texts))]
+    statuses = [record_status([verdicts[n][i] for n in names]) for i in range(len(texts))]
+    passed = [status == PASSED for status in statuses]
     confidence = np.array([np.nanmean(r.sampled_logprobs) if r.num_tokens else -np.inf for r in cache])
     kept = select(metas, passed, cfg.keep, confidence)
-    report = _report(names, metas, verdicts, passed, kept)
+    report = _report(names, metas, verdicts, statuses, kept)
     name = cfg.name or "+".join(names)
-    per_record = {str(i): {n: [verdicts[n][i].passed, verdicts[n][i].reason] for n in names} for i in range(len(texts))}
+    per_record = {str(i): {n: [verdicts[n][i].status, verdicts[n][i].reason] for n in names} for i in range(len(texts))}
     path = write_view(
         cache, name, kept, extra={"verifiers": names, "keep": cfg.keep, "report": report, "verdicts": per_record}
     )
@@ -103,28 +116,51 @@ def run_filter(cfg: FilterConfig) -> dict[str, Any]:
     return report
 
 
-def _report(names: list[str], metas: list[dict], verdicts: dict, passed: list[bool], kept: list[int]) -> dict:
-    n = len(passed)
+def _report(
+    names: list[str],
+    metas: list[dict],
+    verdicts: dict[str, list[Verdict]],
+    statuses: list[VerdictStatus],
+    kept: list[int],
+) -> dict:
+    """The filter's report: records by status, per-verifier pass and unknown rates, prompts, reasons."""
+    n = len(statuses)
+
+    def rate(count: int) -> float:
+        return count / n if n else 0.0
+
     prompts = {str(m["prompt_id"]) for m in metas}
-    solved = {str(metas[i]["prompt_id"]) for i, ok in enumerate(passed) if ok}
-    reasons = Counter(f"{v}: {verdicts[v][i].reason}" for v in names for i in range(n) if not verdicts[v][i].passed)
+    solved = {str(metas[i]["prompt_id"]) for i, status in enumerate(statuses) if status == PASSED}
+    reasons = Counter(
+        f"{v}: {x.reason}" if x.status == FAILED else f"{v} (unknown): {x.reason}"
+        for v in names
+        for x in verdicts[v]
+        if not x.passed
+    )
+    counts = Counter(statuses)
     return {
         "records": n,
-        "passed": sum(passed),
-        "pass_rate": sum(passed) / n if n else 0.0,
-        "per_verifier": {v: sum(x.passed for x in verdicts[v]) / n if n else 0.0 for v in names},
+        "passed": counts[PASSED],
+        "pass_rate": rate(counts[PASSED]),
+        "failed": counts[FAILED],
+        "unknown": counts[UNKNOWN],  # no verifier failed the record, but at least one could not check it
+        "unknown_rate": rate(counts[UNKNOWN]),
+        "per_verifier": {v: rate(sum(x.passed for x in verdicts[v])) for v in names},
+        "per_verifier_unknown": {v: rate(sum(x.unknown for x in verdicts[v])) for v in names},
         "prompts": len(prompts),
         "prompts_with_a_correct_sample": len(solved),
-        "truncation_rate": sum(m.get("finish_reason") == "length" for m in metas) / n if n else 0.0,
+        "truncation_rate": rate(sum(m.get("finish_reason") == "length" for m in metas)),
         "kept": len(kept),
         "reasons": dict(reasons.most_common(20)),
     }
 
 
 def _report_lines(r: dict) -> list[str]:
+    per_verifier = (f"{k} {v:.1%} (unknown {r['per_verifier_unknown'][k]:.1%})" for k, v in r["per_verifier"].items())
     lines = [
-        f"records {r['records']}, passed {r['passed']} ({r['pass_rate']:.1%}), kept {r['kept']}",
-        "per verifier: " + ", ".join(f"{k} {v:.1%}" for k, v in r["per_verifier"].items()),
+        f"records {r['records']}, passed {r['passed']} ({r['pass_rate']:.1%}), failed {r['failed']}, "
+        f"unknown {r['unknown']} ({r['unknown_rate']:.1%}, could not be checked), kept {r['kept']}",
+        "per verifier passed: " + ", ".join(per_verifier),
         f"prompts with a correct sample: {r['prompts_with_a_correct_sample']} of {r['prompts']}",
         f"truncated (finish reason 'length'): {r['truncation_rate']:.1%}",
     ]

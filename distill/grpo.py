@@ -10,8 +10,8 @@ log → checkpoint) → save. Each step:
   sampling distribution is exactly softmax(logits / T), the π the ratio is taken of). Prompts are
   rendered exactly as `distill eval` renders them (the policy preset's R1 prompt style);
 - reward: Σ_v w_v · [verifier v passes] with the filter's and eval's verifiers (distill.verify), the
-  gold answer as reference (format: the finish reason; lang: the prompt text). A verdict that could
-  not be computed (timeout, no gold answer, sandbox failure) drops that sample, counted in metrics;
+  gold answer as reference (format: the finish reason; lang: the prompt text). A verdict whose status
+  is "unknown" (timeout, no gold answer, sandbox failure) drops that sample, counted in metrics;
 - advantages: normalised within each group (`--scale-rewards group`) or mean-only (`none`, the
   default of `--loss dr_grpo`); a group with zero reward spread gets exactly 0;
 - π_θold: the sampled tokens' logprobs under the trainer's own policy, computed right after the
@@ -72,11 +72,9 @@ from distill.losses import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_obj
 from distill.presets import EngineArgs, PromptStyle, preset_names, resolve_preset
 from distill.prompts import load_prompts, render_prompt
 from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
-from distill.verify import VERIFIERS, Verdict, reference_for, verify_batch
+from distill.verify import UNKNOWN, VERIFIERS, Verdict, reference_for, verify_batch
 
 GRPO_CONFIG = "distill_grpo.json"
-# verdict reasons that mean "no reward could be computed", not "the completion is wrong"
-UNCOMPUTABLE = ("timeout after", "could not check", "no gold answer", "no tests to run", "the sandbox failed")
 
 
 @dataclass
@@ -246,23 +244,27 @@ def reward_references(name: str, prompts: list[dict[str, Any]], completions: lis
 def compute_rewards(
     names: list[str], weights: list[float], rollout: Rollout
 ) -> tuple[torch.Tensor, dict[str, list[Verdict]]]:
-    """(N,) weighted rewards, NaN where a verdict could not be computed, and every verdict."""
+    """(N,) weighted rewards, NaN where any verdict is unknown (could not be computed), and every verdict.
+
+    An unknown verdict says nothing about the completion, so scoring it 0 would punish a right answer
+    whose check timed out; the NaN drops the sample instead (counted as `reward_skipped`).
+    """
     verdicts: dict[str, list[Verdict]] = {}
     for name in names:
         refs = reward_references(name, rollout.prompts, rollout.completions)
         try:
             verdicts[name] = verify_batch(name, rollout.texts, refs)
-        except Exception:  # one bad item must not sink the batch: check one by one, failures uncomputable
+        except Exception:  # one bad item must not sink the batch: check one by one, failures unknown
             verdicts[name] = []
             for text, ref in zip(rollout.texts, refs, strict=True):
                 try:
                     verdicts[name] += verify_batch(name, [text], [ref], workers=1)
                 except Exception as e:
-                    verdicts[name].append(Verdict(False, f"could not check: {type(e).__name__}: {e}"))
+                    verdicts[name].append(Verdict(UNKNOWN, f"could not check: {type(e).__name__}: {e}"))
     rewards = []
     for i in range(len(rollout.texts)):
         vs = [verdicts[n][i] for n in names]
-        if any(not v.passed and v.reason.startswith(UNCOMPUTABLE) for v in vs):
+        if any(v.unknown for v in vs):
             rewards.append(math.nan)
         else:
             rewards.append(sum(w * float(v.passed) for w, v in zip(weights, vs, strict=True)))
@@ -585,6 +587,7 @@ class GRPORecipe:
             passed = torch.tensor([float(v.passed) for v in vs])[ok]
             row[f"reward_{name}_mean"] = float(passed.mean()) if len(passed) else math.nan
             row[f"reward_{name}_std"] = float(passed.std(unbiased=False)) if len(passed) else math.nan
+            row[f"reward_{name}_unknown"] = sum(v.unknown for v in vs)  # which verifier the skipped samples owe to
         return row
 
     # -----------------------------------------------------------------------------------------

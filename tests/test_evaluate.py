@@ -37,6 +37,24 @@ def test_metrics_agree_with_a_hand_count() -> None:
     assert rows["a"]["samples"][3]["extracted"] is None
 
 
+def test_unknown_samples_are_reported_apart_and_count_as_not_passed() -> None:
+    problems = [{"id": "a", "answer": "4"}, {"id": "no-gold", "answer": None}]
+    texts = [[box("4"), box("5")], [box("4"), box("4")]]
+    verdicts = [verify_batch("math", ts, [q["answer"]] * 2, workers=1) for q, ts in zip(problems, texts, strict=True)]
+    result = score_problems(problems, texts, verdicts)
+    s = result["summary"]
+    assert s["unknown"] == 2 and s["unknown_rate"] == 2 / 4
+    assert s["pass@1"] == pytest.approx((1 / 2 + 0) / 2) and s["cons@2"] == pytest.approx(1 / 2)  # unknown: not passed
+    rows = {r["id"]: r for r in result["problems"]}
+    assert (rows["a"]["unknown"], rows["no-gold"]["unknown"], rows["no-gold"]["correct"]) == (0, 2, 0)
+    assert [x["status"] for x in rows["a"]["samples"] + rows["no-gold"]["samples"]] == [
+        "passed",
+        "failed",
+        "unknown",
+        "unknown",
+    ]
+
+
 def test_pass_at_k_and_majority() -> None:
     assert pass_at_k(10, 0, 1) == 0 and pass_at_k(10, 10, 5) == 1 and pass_at_k(10, 3, 1) == pytest.approx(0.3)
     assert pass_at_k(5, 2, 2) == pytest.approx(1 - math.comb(3, 2) / math.comb(5, 2))
@@ -63,6 +81,7 @@ def test_eval_runs_end_to_end_on_the_arith_task(tiny_model: Path, tmp_path: Path
         len(saved["problems"][0]["samples"]) == 2 and saved["problems"][0]["answer"] == result["problems"][0]["answer"]
     )
     assert saved["summary"]["pass@1"] == pytest.approx(sum(p["pass@1"] for p in saved["problems"]) / 3)
+    assert saved["summary"]["unknown"] == 0 and saved["summary"]["unknown_rate"] == 0  # every arith problem has a gold
 
 
 def test_completions_keep_their_think_block_for_the_verifiers(tiny_model: Path) -> None:
@@ -89,3 +108,13 @@ def test_eval_with_the_format_verifier_judges_the_finish_reason(tmp_path: Path) 
     assert cut["summary"]["pass@1"] == 0
     assert all(p["samples"][0]["reason"].startswith("truncated at the length limit") for p in cut["problems"])
     assert run(200)["summary"]["pass@1"] == 1  # room to finish: the teacher's traces are well formed
+
+
+def test_the_printed_table_reports_unknown_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "no_gold.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"What is {i} + {i}?"}) + "\n" for i in range(2)))
+    cfg = EvalConfig(model="arith-teacher", prompts=str(prompts), samples=1, max_new_tokens=8, backend="hf",
+                     dtype="float32")  # fmt: skip
+    summary = run_eval(cfg)["summary"]
+    assert summary["unknown"] == 2 and summary["pass@1"] == 0  # no gold answers: nothing could be checked
+    assert "unknown    100.0  (2 samples could not be checked)" in capsys.readouterr().out

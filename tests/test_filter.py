@@ -69,12 +69,39 @@ def test_view_holds_exactly_the_passing_records_and_the_report_agrees(cache: Pat
     passing = [i for i, (m, f) in enumerate(zip(EXPECTED_MATH, EXPECTED_FORMAT, strict=True)) if m and f]
     assert view["kept"] == passing == [0, 2, 3, 7]
     assert report["passed"] == report["kept"] == len(passing) and report["records"] == len(TRACES)
+    assert report["failed"] == len(TRACES) - len(passing) and report["unknown"] == 0
     assert report["per_verifier"] == {"math": sum(EXPECTED_MATH) / 8, "format": sum(EXPECTED_FORMAT) / 8}
+    assert report["per_verifier_unknown"] == {"math": 0.0, "format": 0.0}
     assert report["prompts_with_a_correct_sample"] == 3 and report["prompts"] == 4
     assert report["truncation_rate"] == 1 / 8
-    assert view["verdicts"]["1"]["math"][0] is False and "wrong answer" in view["verdicts"]["1"]["math"][1]
+    assert view["verdicts"]["1"]["math"][0] == "failed" and "wrong answer" in view["verdicts"]["1"]["math"][1]
+    assert view["verdicts"]["0"] == {"math": ["passed", "correct"], "format": ["passed", "well formed"]}
     assert sum(report["reasons"].values()) == (8 - sum(EXPECTED_MATH)) + (8 - sum(EXPECTED_FORMAT))
     assert list_views(cache) == {"ok": 4}
+
+
+def test_records_without_a_gold_answer_are_counted_unknown_not_failed(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    traces = [
+        ("p0", 0, "2 + 2 = 4</think> \\boxed{4}", "4", "stop"),  # passed
+        ("p0", 1, "2 + 2 = 5</think> \\boxed{5}", "4", "stop"),  # failed
+        ("p1", 0, "3 + 3 = 6</think> \\boxed{6}", None, "stop"),  # unknown: nothing to compare with
+        ("p1", 1, "3 + 3 = 6, and on and on", None, "length"),  # failed (format), though math is unknown
+    ]
+    path = write_cache(tiny_model, tmp_path / "gold", traces)
+    report = run_filter(FilterConfig(cache=str(path), verifiers="math,format", name="g", workers=1))
+    view = load_view(open_cache(path), "g")
+    assert view["kept"] == [0]  # an unknown record is not kept
+    assert (report["passed"], report["failed"], report["unknown"]) == (1, 2, 1)
+    assert report["pass_rate"] == 1 / 4 and report["unknown_rate"] == 1 / 4
+    assert report["per_verifier"] == {"math": 1 / 4, "format": 3 / 4}
+    assert report["per_verifier_unknown"] == {"math": 2 / 4, "format": 0.0}
+    assert [view["verdicts"][str(i)]["math"][0] for i in range(4)] == ["passed", "failed", "unknown", "unknown"]
+    assert report["reasons"]["math (unknown): no gold answer to compare with"] == 2
+    printed = capsys.readouterr().out
+    assert "passed 1 (25.0%), failed 2, unknown 1 (25.0%, could not be checked), kept 1" in printed
+    assert "math 25.0% (unknown 50.0%)" in printed
 
 
 def test_keep_first_and_best_of_n(cache: Path) -> None:

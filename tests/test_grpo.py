@@ -5,7 +5,8 @@
 - after `load_weights`, vLLM's logprobs of a perturbed policy match the trainer's (weight sync),
   and the transformers engine's do too;
 - bad input exits 1 with one sentence (a policy without weights too);
-- a reward that cannot be computed (no gold answer) is NaN, not 0, and gets advantage 0.
+- a sample with an unknown verdict (no gold answer, a sandbox that failed to build, a verifier
+  that raised) gets reward NaN, not 0, and advantage 0.
 """
 
 from __future__ import annotations
@@ -16,12 +17,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from distill.checkpoints import latest_checkpoint
 from distill.presets import resolve_preset
+
+if TYPE_CHECKING:
+    from distill.grpo import Rollout
 
 TEACHER = Path(resolve_preset("arith-teacher", "teacher").hub_id)
 RUN_ARGS = [
@@ -54,6 +59,8 @@ FIELDS = {
     "reward_math_std",
     "reward_format_mean",
     "reward_format_std",
+    "reward_math_unknown",
+    "reward_format_unknown",
     "reward_skipped",
     "zero_spread_frac",
     "truncated_frac",
@@ -224,23 +231,69 @@ def test_a_policy_without_weights_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
-def test_a_reward_that_cannot_be_computed_is_skipped_and_counted() -> None:
+def rollout_of(texts: list[str], prompts: list[dict]) -> Rollout:
+    """A Rollout of `texts`, in groups of two, made without an engine: rewards read only texts and prompts."""
     import numpy as np
 
     from distill.engines import Completion
-    from distill.grpo import Rollout, compute_rewards
-    from distill.losses import group_advantages
+    from distill.grpo import Rollout
 
-    texts = ["<think>\n2 + 2 = 4</think> \\boxed{4}", "<think>\n2 + 2 = 5</think> \\boxed{5}"] * 2
-    prompts = [{"prompt": "2 + 2?", "answer": "4"}] * 2 + [{"prompt": "no gold here", "answer": None}] * 2
     completions = [
         Completion((str(i // 2), i % 2), [1, 2], np.zeros(3, np.int32), np.zeros((3, 1), np.int32),
                    np.zeros((3, 1), np.float32), np.zeros(3, np.float32), "stop")
-        for i in range(4)
+        for i in range(len(texts))
     ]  # fmt: skip
-    rewards, verdicts = compute_rewards(["math", "format"], [1.0, 0.5], Rollout(completions, texts, prompts))
+    return Rollout(completions, texts, prompts)
+
+
+def test_a_reward_that_cannot_be_computed_is_skipped_and_counted() -> None:
+    from distill.grpo import compute_rewards
+    from distill.losses import group_advantages
+    from distill.verify import UNKNOWN
+
+    texts = ["<think>\n2 + 2 = 4</think> \\boxed{4}", "<think>\n2 + 2 = 5</think> \\boxed{5}"] * 2
+    prompts = [{"prompt": "2 + 2?", "answer": "4"}] * 2 + [{"prompt": "no gold here", "answer": None}] * 2
+    rewards, verdicts = compute_rewards(["math", "format"], [1.0, 0.5], rollout_of(texts, prompts))
     assert rewards[:2].tolist() == [1.5, 0.5]  # math 1 + format 0.5; math 0 + format 0.5
     assert torch.isnan(rewards[2:]).all()  # no gold answer: no reward, rather than a wrong 0
-    assert verdicts["math"][2].reason.startswith("no gold answer")
+    assert [v.status for v in verdicts["math"][2:]] == [UNKNOWN, UNKNOWN]
     advantages = group_advantages(rewards, 2)
     assert advantages[0] > 0 > advantages[1] and advantages[2:].tolist() == [0.0, 0.0]
+
+
+def test_a_sandbox_failure_drops_the_sample_instead_of_scoring_it_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The code verifier's sandbox failure used to slip past a match on reason text and score 0."""
+    import dataclasses
+
+    from distill.grpo import compute_rewards
+    from distill.verify import code_check
+
+    ref = {"io": [{"stdin": "1 2\n", "stdout": "3\n"}], "time_limit_s": 2}
+    programs = ["print(sum(map(int, input().split())))", "print(0)"]  # right, wrong
+    texts = [f"<think>\nadd them\n</think>\n```python\n{p}\n```" for p in programs]
+    rollout = rollout_of(texts, [{"prompt": "Add two ints.", "answer": ref}] * 2)
+    assert compute_rewards(["code"], [1.0], rollout)[0].tolist() == [1.0, 0.0]  # a working sandbox
+    # No process may raise its open-files limit past fs.nr_open, root included: every sandbox set-up fails.
+    limits = code_check._limits
+    monkeypatch.setattr(code_check, "_limits", lambda r: dataclasses.replace(limits(r), open_files=1 << 40))
+    rewards, verdicts = compute_rewards(["code"], [1.0], rollout)
+    assert torch.isnan(rewards).all(), (rewards, verdicts)
+    assert all("the sandbox failed" in v.reason for v in verdicts["code"])
+
+
+def test_a_verifier_that_raises_gives_unknown_verdicts_for_its_items_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from distill.grpo import compute_rewards
+    from distill.verify import FAILED, PASSED, UNKNOWN, VERIFIERS, Verdict
+
+    def picky(completion: str, reference: object, **options: object) -> Verdict:
+        if "boom" in completion:
+            raise RuntimeError("cannot read this")
+        return Verdict(PASSED if "good" in completion else FAILED, "checked")
+
+    monkeypatch.setitem(VERIFIERS, "repetition", picky)
+    rewards, verdicts = compute_rewards(
+        ["repetition"], [1.0], rollout_of(["good", "boom", "bad", "good"], [{"prompt": "p"}] * 4)
+    )
+    assert [v.status for v in verdicts["repetition"]] == [PASSED, UNKNOWN, FAILED, PASSED]
+    assert verdicts["repetition"][1].reason == "could not check: RuntimeError: cannot read this"
+    assert rewards[[0, 2, 3]].tolist() == [1.0, 0.0, 1.0] and torch.isnan(rewards[1])

@@ -1,20 +1,31 @@
 """Verifiers: one grader for the filter, the GRPO reward and evaluation.
 
     from distill.verify import VERIFIERS, Verdict, verify_batch
-    v = VERIFIERS["math"](completion, "\\frac{1}{2}")   # Verdict(passed, reason, answer)
+    v = VERIFIERS["math"](completion, "\\frac{1}{2}")   # Verdict(status, reason, answer)
+    v.status, v.passed                                 # "passed" | "failed" | "unknown", bool
     vs = verify_batch("math", completions, golds, workers=8, progress=True)
+
+A verdict's status (PASSED, FAILED, UNKNOWN; the type is VerdictStatus) says whether the check
+could be made: "unknown" means it could not — a timeout, a crashed worker, a sandbox failure, no
+gold answer or one that cannot be parsed, no tests — and says nothing about the completion. GRPO
+drops such samples instead of rewarding them 0; the filter keeps only passed records and, like
+eval, counts unknowns apart from failures. `reason` is prose for people; no code reads it.
 
 Every verifier is `(completion: str, reference, **options) -> Verdict`; VERIFIERS maps names to them:
 
 - math: reference = the gold answer (LaTeX str, int, or a GSM8K solution ending `#### 72`);
-  passes when the last `\\boxed{}` after `</think>` equals it (math-verify).
+  passes when the last `\\boxed{}` after `</think>` equals it (math-verify); unknown on a
+  timeout, a crashed worker, a missing gold (`VERIFIERS["math"](completion, None)`) or an unparsable one.
 - code: reference = `{"io": [{"stdin", "stdout"}, ...], "asserts": str, "time_limit_s": float}`;
-  passes when the last fenced code block passes every test in the sandbox.
+  passes when the last fenced code block passes every test in the sandbox; unknown when there
+  are no tests or the sandbox itself fails (a program's own crash or time-out fails).
 - format: reference = the finish reason ("stop", "length") or `{"finish_reason": ...}`;
   passes with one think block, reasoning in it, an answer after it, and no truncation.
 - lang: reference = a script name ("latin", "cjk", ...) or the prompt text; passes when the
-  reasoning is in that script.
+  reasoning is in that script (no reference, or one without letters, means latin).
 - repetition: reference ignored; passes when the completion does not loop.
+
+format, lang and repetition are plain string checks: always passed or failed, never unknown.
 
 `reference_for(name, answer, question, finish_reason)` picks a verifier's reference; the filter,
 GRPO and eval all use it.
@@ -31,7 +42,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from distill.verify.answers import Verdict, extract_boxed_answer, extract_program, final_answer, normalise_answer
+from distill.verify.answers import (
+    FAILED,
+    PASSED,
+    STATUSES,
+    UNKNOWN,
+    Verdict,
+    VerdictStatus,
+    extract_boxed_answer,
+    extract_program,
+    final_answer,
+    normalise_answer,
+)
 from distill.verify.code_check import verify_code
 from distill.verify.math_check import DEFAULT_TIMEOUT_S, verify_math, verify_math_batch
 from distill.verify.sandbox import sandbox_isolation
@@ -118,8 +140,13 @@ def verify_batch(
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "FAILED",
+    "PASSED",
+    "STATUSES",
+    "UNKNOWN",
     "VERIFIERS",
     "Verdict",
+    "VerdictStatus",
     "extract_boxed_answer",
     "extract_program",
     "final_answer",

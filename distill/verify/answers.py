@@ -17,6 +17,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
+
+VerdictStatus = Literal["passed", "failed", "unknown"]
+PASSED: VerdictStatus = "passed"
+FAILED: VerdictStatus = "failed"
+UNKNOWN: VerdictStatus = "unknown"
+STATUSES: tuple[VerdictStatus, ...] = (PASSED, FAILED, UNKNOWN)
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -31,15 +38,32 @@ _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)^[ \t]*```", re.DO
 class Verdict:
     """The result of one check.
 
-    passed: whether the completion passed.
+    status: "passed", "failed" (the completion is wrong), or "unknown" (the check could not be made:
+        a timeout, a sandbox failure, no gold answer). Callers branch on it, never on `reason`:
+        GRPO drops unknown samples instead of rewarding them 0, the filter and eval count them apart.
     reason: a short sentence for reports and logs ("correct", "wrong answer: got 7, expected 8").
     answer: the answer the verifier extracted (math: the boxed text), or None; eval's majority
         vote groups samples by it.
     """
 
-    passed: bool
+    status: VerdictStatus
     reason: str
     answer: str | None = None
+
+    def __post_init__(self) -> None:
+        # A status is a string on purpose: the old `Verdict(True, ...)` must fail loudly, not mean something else.
+        if self.status not in STATUSES:
+            raise ValueError(f"A verdict's status must be one of {', '.join(STATUSES)}, got {self.status!r}.")
+
+    @property
+    def passed(self) -> bool:
+        """Whether the completion passed (an unknown verdict did not)."""
+        return self.status == PASSED
+
+    @property
+    def unknown(self) -> bool:
+        """Whether the check could not be made, so the verdict says nothing about the completion."""
+        return self.status == UNKNOWN
 
 
 def reasoning_and_answer(completion: str) -> tuple[str | None, str]:

@@ -1,5 +1,8 @@
 """Verifiers of form rather than content: `format`, `lang` and `repetition`. Pure string checks, in-process.
 
+Each always reaches a verdict, "passed" or "failed", never "unknown": there is nothing that can time
+out, and a missing reference has a documented default (format: not truncated; lang: latin).
+
 format — exactly one `<think>…</think>` block (nothing but whitespace before it, some reasoning
     inside) followed by a non-empty answer. A completion cut off by the length limit fails whatever
     it contains. The finish reason comes as the `finish_reason` keyword, or as the reference: the
@@ -9,8 +12,10 @@ format — exactly one `<think>…</think>` block (nothing but whitespace before
 lang — the reasoning is written in the script of the prompt (the R1 report penalised language
     mixing). Reference: a script name (`latin`, `cjk`, `cyrillic`, `greek`, `arabic`, `hebrew`,
     `devanagari`, `thai`, `hangul`), a dict with `script` or `prompt`, or the prompt text itself
-    (its dominant script is expected); none means `latin`. The reasoning (the think block, or the
-    whole completion without one) is stripped of math (`$…$`, `\\(…\\)`, `\\[…\\]`), LaTeX commands
+    (its dominant script is expected); none, or a prompt without letters (`2 + 3 = ?`), means
+    `latin` — the script R1-style models reason in — rather than "unknown", which would drop every
+    such sample from GRPO and the filter. The reasoning (the think block, or the whole completion
+    without one) is stripped of math (`$…$`, `\\(…\\)`, `\\[…\\]`), LaTeX commands
     and code, then counted in units: a word of 3+ letters in an alphabetic script, or one CJK
     character (CJK has no spaces, and one character is about one word). Short words are skipped
     because `x`, `cm`, `π` are notation in any language. Passes when at least `threshold` (0.9) of
@@ -35,7 +40,7 @@ from functools import lru_cache
 from itertools import groupby
 from typing import Any
 
-from distill.verify.answers import THINK_CLOSE, THINK_OPEN, Verdict, reasoning_and_answer
+from distill.verify.answers import FAILED, PASSED, THINK_CLOSE, THINK_OPEN, Verdict, reasoning_and_answer
 
 # ---- format -------------------------------------------------------------------------------------
 
@@ -52,21 +57,21 @@ def verify_format(completion: str, reference: Any = None, finish_reason: str | N
     """One think block, reasoning in it, an answer after it, and not truncated."""
     finish = _finish_reason(reference, finish_reason)
     if finish == "length":
-        return Verdict(False, "truncated at the length limit (finish reason 'length')")
+        return Verdict(FAILED, "truncated at the length limit (finish reason 'length')")
     opens, closes = completion.count(THINK_OPEN), completion.count(THINK_CLOSE)
     if (opens, closes) != (1, 1):
-        return Verdict(False, f"expected one <think>…</think> block, found {opens} <think> and {closes} </think>")
+        return Verdict(FAILED, f"expected one <think>…</think> block, found {opens} <think> and {closes} </think>")
     before, _, rest = completion.partition(THINK_OPEN)
     if THINK_CLOSE not in rest:
-        return Verdict(False, "</think> comes before <think>")
+        return Verdict(FAILED, "</think> comes before <think>")
     if before.strip():
-        return Verdict(False, "text before <think>")
+        return Verdict(FAILED, "text before <think>")
     reasoning, answer = reasoning_and_answer(completion)
     if not (reasoning or "").strip():
-        return Verdict(False, "empty think block")
+        return Verdict(FAILED, "empty think block")
     if not answer.strip():
-        return Verdict(False, "no answer after </think>")
-    return Verdict(True, "well formed")
+        return Verdict(FAILED, "no answer after </think>")
+    return Verdict(PASSED, "well formed")
 
 
 # ---- lang ---------------------------------------------------------------------------------------
@@ -125,12 +130,12 @@ def verify_lang(completion: str, reference: Any = None, threshold: float = 0.9, 
     units = script_units(completion if reasoning is None else reasoning)
     total = sum(units.values())
     if total < min_units:
-        return Verdict(True, f"too little text to judge ({total} words)")
+        return Verdict(PASSED, f"too little text to judge ({total} words)")
     share = units[expected] / total
     if share >= threshold:
-        return Verdict(True, f"{share:.0%} of the reasoning is {expected}")
+        return Verdict(PASSED, f"{share:.0%} of the reasoning is {expected}")
     other, _ = next((s, n) for s, n in units.most_common() if s != expected)
-    return Verdict(False, f"language mixing: {1 - share:.0%} of the reasoning is not {expected} (mostly {other})")
+    return Verdict(FAILED, f"language mixing: {1 - share:.0%} of the reasoning is not {expected} (mostly {other})")
 
 
 # ---- repetition ---------------------------------------------------------------------------------
@@ -153,15 +158,15 @@ def verify_repetition(
         if repeated > max_repeated_share:
             top, count = Counter(grams).most_common(1)[0]
             return Verdict(
-                False, f"loops: {repeated:.0%} of the last {len(words)} words repeat ({' '.join(top)[:50]!r} ×{count})"
+                FAILED, f"loops: {repeated:.0%} of the last {len(words)} words repeat ({' '.join(top)[:50]!r} ×{count})"
             )
     for line, group in groupby(line.strip() for line in completion.splitlines()):
         run = sum(1 for _ in group)
         if run >= line_run and len(line) >= 8:
-            return Verdict(False, f"loops: the line {line[:50]!r} repeats {run} times in a row")
+            return Verdict(FAILED, f"loops: the line {line[:50]!r} repeats {run} times in a row")
     tail = completion[-4000:].encode()
     if len(tail) >= 1000:
         ratio = len(zlib.compress(tail)) / len(tail)
         if ratio < min_compression:
-            return Verdict(False, f"loops: the last {len(tail)} characters compress to {ratio:.0%} of their size")
-    return Verdict(True, "no looping")
+            return Verdict(FAILED, f"loops: the last {len(tail)} characters compress to {ratio:.0%} of their size")
+    return Verdict(PASSED, "no looping")

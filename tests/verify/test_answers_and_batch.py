@@ -6,7 +6,17 @@ import dataclasses
 
 import pytest
 
-from distill.verify import VERIFIERS, Verdict, extract_boxed_answer, final_answer, normalise_answer, verify_batch
+from distill.verify import (
+    FAILED,
+    PASSED,
+    UNKNOWN,
+    VERIFIERS,
+    Verdict,
+    extract_boxed_answer,
+    final_answer,
+    normalise_answer,
+    verify_batch,
+)
 
 
 @pytest.mark.parametrize(
@@ -42,10 +52,25 @@ def test_normalised_answers_group_for_majority_votes() -> None:
 
 
 def test_verdict_is_frozen_with_an_optional_answer() -> None:
-    v = Verdict(True, "correct")
+    v = Verdict(PASSED, "correct")
     assert v.answer is None
     with pytest.raises(dataclasses.FrozenInstanceError):
-        v.passed = False  # type: ignore[misc]
+        v.status = FAILED  # type: ignore[misc]
+
+
+def test_only_a_passed_verdict_passes_and_only_an_unknown_one_is_unknown() -> None:
+    assert [(Verdict(s, "r").passed, Verdict(s, "r").unknown) for s in (PASSED, FAILED, UNKNOWN)] == [
+        (True, False),
+        (False, False),
+        (False, True),
+    ]
+
+
+@pytest.mark.parametrize("status", [True, False, "ok", None])
+def test_a_boolean_or_made_up_status_is_refused(status: object) -> None:
+    """`Verdict(True, ...)` was the old spelling: it must fail loudly, not mean something else."""
+    with pytest.raises(ValueError, match="status must be one of passed, failed, unknown"):
+        Verdict(status, "correct")  # type: ignore[arg-type]
 
 
 def test_registry_has_the_named_verifiers() -> None:
@@ -68,7 +93,7 @@ def test_batch_matches_single_calls_and_shows_progress(capsys: pytest.CaptureFix
     golds = ["2", "2", "2"]
     batch = verify_batch("math", completions, golds, workers=2, progress=True)
     assert batch == [VERIFIERS["math"](c, g) for c, g in zip(completions, golds, strict=True)]
-    assert [v.passed for v in batch] == [True, False, False]
+    assert [v.status for v in batch] == [PASSED, FAILED, FAILED]
     assert "verify math" in capsys.readouterr().err
     lang = verify_batch("lang", ["<think>" + "word " * 30 + "</think>"], ["latin"], threshold=0.99)
     assert lang[0].passed

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
 
-from distill.verify import VERIFIERS, extract_program, verify_batch
+from distill.verify import FAILED, PASSED, UNKNOWN, VERIFIERS, code_check, extract_program, verify_batch
 from distill.verify.sandbox import Limits, run_python
 
 ADD = "a, b = map(int, input().split())\nprint(a + b)"
@@ -19,7 +20,7 @@ def fenced(program: str, reasoning: str = "Read two ints and add them.", tag: st
 
 def test_correct_program_passes_io_tests() -> None:
     verdict = VERIFIERS["code"](fenced(ADD), IO)
-    assert verdict.passed and verdict.reason == "all 2 tests passed"
+    assert verdict.status == PASSED and verdict.reason == "all 2 tests passed"
 
 
 def test_trailing_whitespace_is_forgiven_but_nothing_else() -> None:
@@ -31,13 +32,13 @@ def test_trailing_whitespace_is_forgiven_but_nothing_else() -> None:
 
 def test_wrong_program_fails_with_the_outputs_in_the_reason() -> None:
     verdict = VERIFIERS["code"](fenced("a, b = map(int, input().split())\nprint(a - b)"), IO)
-    assert not verdict.passed
+    assert verdict.status == FAILED
     assert verdict.reason == "test 1 of 2: wrong output: got '-1', expected '3'"
 
 
 def test_crashing_program_fails_with_its_error() -> None:
     verdict = VERIFIERS["code"](fenced("raise ValueError('bad input')"), IO)
-    assert not verdict.passed and verdict.reason == "test 1 of 2: exited with code 1: ValueError: bad input"
+    assert verdict.status == FAILED and verdict.reason == "test 1 of 2: exited with code 1: ValueError: bad input"
 
 
 def test_asserts_run_after_the_definitions() -> None:
@@ -70,16 +71,40 @@ def test_the_program_is_the_last_block_after_the_reasoning() -> None:
 
 
 @pytest.mark.parametrize(
-    ("completion", "reference", "reason"),
+    ("completion", "reference", "status", "reason"),
     [
-        ("<think>hmm</think> I cannot solve it.", IO, "no fenced code block after the reasoning"),
-        (fenced(ADD), {"time_limit_s": 1}, "no tests to run"),
-        (fenced(ADD), None, "no tests to run"),
+        ("<think>hmm</think> I cannot solve it.", IO, FAILED, "no fenced code block after the reasoning"),
+        (fenced(ADD), {"time_limit_s": 1}, UNKNOWN, "no tests to run"),  # the reference's fault, not the program's
+        (fenced(ADD), None, UNKNOWN, "no tests to run"),
     ],
 )
-def test_nothing_to_run_fails_with_a_reason(completion: str, reference: object, reason: str) -> None:
+def test_nothing_to_run_gives_a_reason(completion: str, reference: object, status: str, reason: str) -> None:
     verdict = VERIFIERS["code"](completion, reference)
-    assert not verdict.passed and reason in verdict.reason
+    assert verdict.status == status and reason in verdict.reason
+
+
+def impossible_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every sandbox set-up fail for real: no process may raise its open-files limit past fs.nr_open
+    (root included), so the launcher's setrlimit fails before the program runs."""
+    limits = code_check._limits
+    monkeypatch.setattr(code_check, "_limits", lambda ref: dataclasses.replace(limits(ref), open_files=1 << 40))
+
+
+def test_a_sandbox_that_fails_to_build_gives_unknown_not_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+    impossible_limits(monkeypatch)
+    for program in (ADD, "print(0)"):  # right or wrong, the program never ran: nothing is known about it
+        verdict = VERIFIERS["code"](fenced(program), IO)
+        assert verdict.status == UNKNOWN, verdict
+        assert verdict.reason.startswith("test 1 of 2: the sandbox failed, not the program (sandbox setup failed")
+    asserts = VERIFIERS["code"](fenced("def f():\n    return 1"), {"asserts": "assert f() == 1"})
+    assert asserts.status == UNKNOWN and asserts.reason.startswith("asserts: the sandbox failed")
+
+
+def test_a_program_over_its_time_limit_fails_rather_than_being_unknown() -> None:
+    verdict = VERIFIERS["code"](fenced("while True:\n    pass"), {"io": [{"stdout": "1"}], "time_limit_s": 1})
+    assert verdict.status == FAILED and "time limit" in verdict.reason, (
+        verdict
+    )  # CPU or wall clock: the program's fault
 
 
 def test_bad_time_limit_is_a_sentence() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.verify import VERIFIERS, verify_batch
+from distill.verify import FAILED, PASSED, VERIFIERS, verify_batch
 from distill.verify.text_checks import expected_script, script_units
 
 # shared/ sits beside the checkout (as in CI); DISTILL_SHARED_DATA points elsewhere
@@ -85,6 +85,14 @@ def test_lang(reasoning: str, reference: object, passes: bool) -> None:
     completion = f"<think>\n{reasoning}\n</think>\n\nThe answer is \\boxed{{7}}."
     verdict = VERIFIERS["lang"](completion, reference)
     assert verdict.passed is passes, verdict
+
+
+def test_lang_without_a_usable_reference_expects_latin_rather_than_unknown() -> None:
+    """No reference, or a prompt with no letters to read a script from, is a verdict, never unknown:
+    unknown would drop every such sample from GRPO and the filter."""
+    for reference in (None, "2 + 3 * 4 = ?", {"prompt": ""}):
+        assert VERIFIERS["lang"](f"<think>\n{ENGLISH}\n</think> 7", reference).status == PASSED
+        assert VERIFIERS["lang"](f"<think>\n{CHINESE}\n</think> 7", reference).status == FAILED
 
 
 def test_lang_judges_only_the_reasoning() -> None:
