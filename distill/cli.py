@@ -35,6 +35,19 @@ app = typer.Typer(
 cache_app = typer.Typer(help="Inspect and maintain teacher caches.", no_args_is_help=True)
 
 
+# options the teacher-side commands (generate, score) share
+ExtraSamples = Annotated[
+    int,
+    typer.Option(
+        help="Tokens drawn per position from the teacher's full distribution, with their logprobs, for "
+        "`train --kd sampled` (--backend hf: vLLM returns the top-k alone)."
+    ),
+]
+ExtraTemperature = Annotated[
+    float, typer.Option(help="Temperature the extra tokens are drawn at (= the training --temperature).")
+]
+
+
 def generate(
     teacher: Annotated[str, typer.Option(help="Teacher preset name, preset YAML, model directory or hub id.")],
     prompts: Annotated[
@@ -62,6 +75,8 @@ def generate(
     tensor_parallel_size: Annotated[int | None, typer.Option(help="GPUs per engine (vLLM) [preset].")] = None,
     precision: Annotated[str, typer.Option(help="Logprob storage: compact (quantised) or fp32 (exact).")] = "compact",
     long_prompts: Annotated[str, typer.Option(help="Prompts over the context: skip (counted) or fail.")] = "skip",
+    extra_samples: ExtraSamples = 0,
+    extra_temperature: ExtraTemperature = 1.0,
     shard_size_mb: Annotated[float, typer.Option(help="Cache shard size in MiB.")] = 64.0,
     flush_every_s: Annotated[float, typer.Option(help="Also flush a shard this often (bounds loss on kill).")] = 300.0,
 ) -> None:
@@ -86,6 +101,8 @@ def score(
     precision: Annotated[str, typer.Option(help="Logprob storage: compact (quantised) or fp32 (exact).")] = "compact",
     prompt_field: Annotated[str | None, typer.Option(help="Trace file: column holding the problem [auto].")] = None,
     completion_field: Annotated[str | None, typer.Option(help="Trace file: completion column [auto].")] = None,
+    extra_samples: ExtraSamples = 0,
+    extra_temperature: ExtraTemperature = 1.0,
     limit: Annotated[int | None, typer.Option(help="Score only the first N traces.")] = None,
     shard_size_mb: Annotated[float, typer.Option(help="Cache shard size in MiB.")] = 64.0,
     flush_every_s: Annotated[float, typer.Option(help="Also flush a shard this often.")] = 300.0,
@@ -130,12 +147,26 @@ def train(
     alpha: Annotated[
         float, typer.Option(help="Weight of cross-entropy; 1 - alpha weighs the KD term (1 = SFT).")
     ] = 0.5,
-    kd: Annotated[str, typer.Option(help="KD divergence: forward, reverse, jsd or sampled.")] = "forward",
+    kd: Annotated[
+        str,
+        typer.Option(
+            help="KD divergence over the teacher's top-k: forward, reverse or jsd; or sampled (unbiased KL from "
+            "tokens drawn from the teacher: a cache made by `distill score --extra-samples M`)."
+        ),
+    ] = "forward",
     tail: Annotated[
-        str, typer.Option(help="Teacher mass outside the top-k: bucket (one extra class) or renorm.")
+        str,
+        typer.Option(
+            help="Teacher mass outside the top-k: bucket (one extra class, exact; τ = 1 only) or renorm (both "
+            "sides renormalised over the top-k; exact at any τ)."
+        ),
     ] = "bucket",
     temperature: Annotated[
-        float, typer.Option(help="Distillation temperature (teacher re-tempered from raw logprobs).")
+        float,
+        typer.Option(
+            help="Distillation temperature τ (both sides softened, KD weighted by τ²). τ ≠ 1 needs --tail renorm, "
+            "or --kd sampled from samples drawn at τ."
+        ),
     ] = 1.0,
     beta: Annotated[float, typer.Option(help="Mixing weight of the generalised JSD.")] = 0.5,
     lora: Annotated[bool, typer.Option(help="Train LoRA adapters (merged on export) instead of all weights.")] = False,
@@ -158,7 +189,16 @@ def train(
     save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
     init: Annotated[str | None, typer.Option(help="pretrained weights, or random (config only) [preset].")] = None,
 ) -> None:
-    """Train a student: CE + KL to the cached teacher."""
+    """Train a student: CE + KL to the cached teacher.
+
+    Loss: alpha·CE + (1 − alpha)·τ²·KD, per completion token. What is exact at which temperature:
+
+    \b
+    --kd forward|reverse|jsd --tail bucket   τ = 1 only (the tempered tail mass is unknown)
+    --kd forward|reverse|jsd --tail renorm   any τ (the top-k tempers exactly)
+    --kd sampled                             τ = the cache's --extra-temperature (unbiased KL)
+    --alpha 1                                SFT: any cache, or --traces without one
+    """
     from distill.train import TrainConfig, run_train
 
     run_train(TrainConfig(**{k: v for k, v in locals().items() if k not in ("TrainConfig", "run_train")}))

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from distill.cache import Record
+from distill.cache.format import topk_tail_logprobs
 
 IGNORE_INDEX = -100
 
@@ -40,8 +41,12 @@ class Batch:
     """(rows, length, k) long teacher top-k at each position (zeros where no loss), or None"""
     topk_logprobs: torch.Tensor | None
     """(rows, length, k) float32 teacher raw logprobs"""
-    sampled_ids: torch.Tensor | None
+    tail_logprobs: torch.Tensor | None
+    """(rows, length) float32 log of the teacher's mass outside its top-k (0 where no loss), or None"""
+    extra_ids: torch.Tensor | None
     """(rows, length, M) long tokens drawn from the teacher, or None"""
+    extra_logprobs: torch.Tensor | None
+    """(rows, length, M) float32 teacher logprobs of `extra_ids`, or None"""
 
     @property
     def num_tokens(self) -> int:
@@ -76,7 +81,9 @@ def collate(records: Sequence[Sequence[Record]], max_length: int, pad_id: int, t
     targets = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
     topk_ids = torch.zeros((n, width, top_k), dtype=torch.long) if top_k else None
     topk_lp = torch.zeros((n, width, top_k), dtype=torch.float32) if top_k else None
-    sampled = torch.zeros((n, width, extra_k), dtype=torch.long) if extra_k else None
+    tail_lp = torch.zeros((n, width), dtype=torch.float32) if top_k else None
+    extra_ids = torch.zeros((n, width, extra_k), dtype=torch.long) if extra_k else None
+    extra_lp = torch.zeros((n, width, extra_k), dtype=torch.float32) if extra_k else None
     for b, row in enumerate(records):
         at = 0
         for rec in row:
@@ -92,12 +99,15 @@ def collate(records: Sequence[Sequence[Record]], max_length: int, pad_id: int, t
                 if topk_ids is not None:
                     topk_ids[b, lo : lo + t] = torch.from_numpy(rec.topk_ids[:t].astype(np.int64))
                     topk_lp[b, lo : lo + t] = torch.from_numpy(rec.topk_logprobs[:t])
-                if sampled is not None and rec.extra_ids is not None:
-                    sampled[b, lo : lo + t] = torch.from_numpy(rec.extra_ids[:t].astype(np.int64))
+                    tail = rec.tail_logprobs if rec.tail_logprobs is not None else topk_tail_logprobs(rec.topk_logprobs)
+                    tail_lp[b, lo : lo + t] = torch.from_numpy(tail[:t])
+                if extra_ids is not None and rec.extra_ids is not None:
+                    extra_ids[b, lo : lo + t] = torch.from_numpy(rec.extra_ids[:t].astype(np.int64))
+                    extra_lp[b, lo : lo + t] = torch.from_numpy(rec.extra_logprobs[:t])
             at += length
         # padding is a "record" of its own (positions restart), so nothing attends to it
         position_ids[b, at:] = torch.arange(width - at)
-    return Batch(input_ids, position_ids, targets, topk_ids, topk_lp, sampled)
+    return Batch(input_ids, position_ids, targets, topk_ids, topk_lp, tail_lp, extra_ids, extra_lp)
 
 
 class PackedLoader:

@@ -3,7 +3,8 @@
 generate (the bundled arith teacher through real vLLM, top-20 logprobs into a cache, on the
 `arith:distill` prompts it was never trained on, so it gets some wrong) → filter
 (math + format verifiers: a view of the correct traces) → train two students from the same cache
-with the same steps and seed, KD (α=0.5, τ=4) and SFT (α=1) → eval teacher and both students on
+with the same steps and seed, KD (α=0.5, τ=4 on the renormalised top-20, which tempers exactly) and
+SFT (α=1) → eval teacher and both students on
 `arith:test` → a table, `summary.json` and `report.md` with plots (CE and KL curves, accuracy
 bars, filter pass rates).
 
@@ -32,6 +33,8 @@ STAGES = 7
 # top-1 probability 0.998 at τ = 1): there the KL target is the trace token itself and KD
 # degenerates into SFT. At τ = 4 its ranking of the alternatives (mean entropy 1.2 nats) is the
 # extra signal KD exists to pass on (Hinton et al. 2015). `--kd-temperature 1` shows the difference.
+# At τ ≠ 1 the target is the teacher's top-20 renormalised (`--tail renorm`), which tempers exactly;
+# the tail bucket is exact only at τ = 1 (the tempered tail mass is unknown).
 KD_TEMPERATURE = 4.0
 BATCH_ROWS = 4  # small steps: on 2 CPU cores the students are limited by optimiser steps, not data
 
@@ -100,6 +103,7 @@ def run_demo(
     typer.echo(f"[2/{STAGES}] filter: math + format verifiers")
     _distill("filter", cache, "--verifiers", "math,format", "--name", "correct")
     view = json.loads((Path(cache) / "views" / "correct.json").read_text())
+    tail = "bucket" if kd_temperature == 1 else "renorm"  # both students get it: they differ in α and τ only
     runs = {}
     for i, (name, alpha) in enumerate((("kd", "0.5"), ("sft", "1.0"))):
         how = f"alpha {alpha}" + (f", temperature {kd_temperature:g}" if name == "kd" else "")
@@ -122,6 +126,8 @@ def run_demo(
             str(steps),
             "--batch-rows",
             str(BATCH_ROWS),
+            "--tail",
+            tail,
         ]
         if name == "kd":
             args += ["--temperature", str(kd_temperature)]
@@ -168,6 +174,7 @@ def run_demo(
         "seed": seed,
         "steps": steps,
         "kd_temperature": kd_temperature,
+        "kd_tail": tail,
         "seconds": round(time.perf_counter() - start, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -196,7 +203,8 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]]) -> None:
     kd = metrics["kd"]
     axes[1].plot([r["step"] for r in kd], [r["kd"] for r in kd], color="C0", label="KD student")
     axes[1].set(
-        title=f"KL(teacher ‖ student) at τ = {summary['kd_temperature']:g}, top-20 + tail",
+        title=f"KL(teacher ‖ student) at τ = {summary['kd_temperature']:g}, "
+        + ("top-20 + tail" if summary["kd_tail"] == "bucket" else "top-20 renormalised"),
         xlabel="step",
         ylabel="nats / token",
     )
@@ -232,7 +240,8 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]]) -> None:
         "# distill demo report",
         "",
         f"Teacher: {who}; seed {summary['seed']}; {summary['steps']} training steps per student "
-        f"(KD: α = 0.5, τ = {summary['kd_temperature']:g}; SFT: α = 1); {summary['seconds']:.0f} s.",
+        f"(KD: α = 0.5, τ = {summary['kd_temperature']:g}, --tail {summary['kd_tail']}; SFT: α = 1); "
+        f"{summary['seconds']:.0f} s.",
         "",
         "| model | pass@1 | cons@4 |",
         "|---|---|---|",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.atomic import write_json_atomic
+from distill.cache.format import FORMAT_VERSION
 from distill.paths import distill_home
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -96,8 +97,9 @@ def prompt_set_fingerprint(prompts: Iterable[dict[str, Any]]) -> str:
 
 
 def cache_key(**parts: Any) -> str:
-    """The content key of a cache: a hash of everything that determines its records."""
-    return canonical_hash(parts)[:20]
+    """The content key of a cache: a hash of everything that determines its records, and of the format
+    version they are written in (a cache of an older version is never a "hit" for a newer writer)."""
+    return canonical_hash({"format_version": FORMAT_VERSION, **parts})[:20]
 
 
 def is_local_model(model: str | Path) -> bool:

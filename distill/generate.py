@@ -33,7 +33,14 @@ from distill.fingerprint import cache_key, prompt_set_fingerprint, tokenizer_fin
 from distill.paths import cache_root
 from distill.presets import TeacherPreset, resolve_preset
 from distill.prompts import load_prompts, record_meta, render_prompt, shard_slice
-from distill.teacher import TOKENIZER_FILES, load_tokenizer, stop_token_ids, stream_into_cache, summary_lines
+from distill.teacher import (
+    TOKENIZER_FILES,
+    extra_sample_problems,
+    load_tokenizer,
+    stop_token_ids,
+    stream_into_cache,
+    summary_lines,
+)
 
 
 @dataclass
@@ -61,6 +68,8 @@ class GenerateConfig:
     tensor_parallel_size: int | None = None
     precision: str = "compact"
     long_prompts: str = "skip"
+    extra_samples: int = 0
+    extra_temperature: float = 1.0
     shard_size_mb: float = 64.0
     flush_every_s: float = 300.0
 
@@ -97,6 +106,7 @@ def _problems(cfg: GenerateConfig, sampling: dict[str, Any], top_k: int) -> list
         out.append(f"--long-prompts must be skip or fail, got {cfg.long_prompts!r}")
     if cfg.limit is not None and cfg.limit < 1:
         out.append(f"--limit must be ≥ 1, got {cfg.limit}")
+    out += extra_sample_problems(cfg.extra_samples, cfg.extra_temperature, cfg.backend)
     return out
 
 
@@ -121,6 +131,7 @@ def plan(cfg: GenerateConfig) -> Plan:
         "backend": cfg.backend,
         "dtype": cfg.dtype or preset.engine.dtype,
         "precision": cfg.precision,
+        "extra": [cfg.extra_samples, cfg.extra_temperature] if cfg.extra_samples else None,
         "slice": None if cfg.num_shards == 1 else [cfg.shard_index, cfg.num_shards],
     }
     key = cache_key(**key_parts)
@@ -167,7 +178,13 @@ def run_generate(cfg: GenerateConfig) -> Path:
         "key_parts": p.key_parts,
         "stage": "generate",
     }
-    spec = CacheSpec(top_k=p.top_k, vocab_size=vocab_size, precision=cfg.precision)
+    spec = CacheSpec(
+        top_k=p.top_k,
+        vocab_size=vocab_size,
+        precision=cfg.precision,
+        extra_k=cfg.extra_samples,
+        extra_temperature=cfg.extra_temperature,
+    )
     with CacheWriter(p.path, spec, p.key, provenance, shard_bytes=int(cfg.shard_size_mb * 2**20)) as writer:
         if writer.discarded:
             typer.echo(f"resuming: discarded {len(writer.discarded)} unfinished files of an interrupted run", err=True)
@@ -211,6 +228,8 @@ def run_generate(cfg: GenerateConfig) -> Path:
             max_new_tokens=p.sampling["max_new_tokens"],
             top_k=p.top_k,
             stop_token_ids=stop_token_ids(tokenizer, preset.hub_id),
+            extra_samples=cfg.extra_samples,
+            extra_temperature=cfg.extra_temperature,
         )
         stats = stream_into_cache(
             writer, engine.generate(iter(requests), sampling), metas, len(requests), "generate", cfg.flush_every_s

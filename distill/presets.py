@@ -12,6 +12,7 @@ carries them as the packages `distill.teachers` / `distill.students`, so lookups
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -233,7 +234,8 @@ def preset_names(kind: str) -> list[str]:
 def resolve_preset(spec: str, kind: str) -> Any:
     """A preset from a short name, a YAML path, a local model directory or a hub id."""
     named = preset_dir(kind) / f"{spec}.yaml"
-    if named.is_file():
+    # only a bare name is a preset name: an absolute path joined onto preset_dir would find the YAML beside it
+    if "/" not in spec and os.sep not in spec and named.is_file():
         return load_preset_file(named, kind)
     path = Path(spec).expanduser()
     if path.suffix in (".yaml", ".yml") and path.is_file():

@@ -24,13 +24,13 @@ from distill.cache import CacheSpec, CacheWriter, TeacherCache, view_indices
 from distill.cache.admin import cache_info
 from distill.cache.format import INDEX_NAME
 from distill.cache.reader import load_index
-from distill.engines import ENGINES, Request, open_engine
+from distill.engines import ENGINES, Request, open_engine, request_seed
 from distill.errors import DistillError
 from distill.fingerprint import cache_key, canonical_hash, tokenizer_fingerprint, weights_fingerprint
 from distill.paths import cache_root
 from distill.presets import resolve_preset
 from distill.prompts import load_traces, record_meta, render_prompt
-from distill.teacher import TOKENIZER_FILES, load_tokenizer, stream_into_cache, summary_lines
+from distill.teacher import TOKENIZER_FILES, extra_sample_problems, load_tokenizer, stream_into_cache, summary_lines
 
 
 @dataclass
@@ -50,6 +50,8 @@ class ScoreConfig:
     prompt_field: str | None = None
     completion_field: str | None = None
     limit: int | None = None
+    extra_samples: int = 0
+    extra_temperature: float = 1.0
     shard_size_mb: float = 64.0
     flush_every_s: float = 300.0
 
@@ -108,8 +110,10 @@ def traces_from_file(cfg: ScoreConfig, tokenizer: Any, style: Any) -> tuple[list
 
 def run_score(cfg: ScoreConfig) -> Path:
     """Score the traces into a cache; prints a summary with the cache path last."""
-    if cfg.backend not in ENGINES:
-        raise DistillError(f"--backend must be one of {', '.join(ENGINES)}, got {cfg.backend!r}.")
+    problems = [] if cfg.backend in ENGINES else [f"--backend must be one of {', '.join(ENGINES)}, got {cfg.backend!r}"]
+    problems += extra_sample_problems(cfg.extra_samples, cfg.extra_temperature, cfg.backend)
+    if problems:
+        raise DistillError("Invalid score settings: " + "; ".join(problems) + ".")
     preset = resolve_preset(cfg.teacher, "teacher")
     top_k = cfg.top_k if cfg.top_k is not None else preset.top_k
     if top_k < 1:
@@ -131,6 +135,7 @@ def run_score(cfg: ScoreConfig) -> Path:
         "backend": cfg.backend,
         "dtype": cfg.dtype or preset.engine.dtype,
         "precision": cfg.precision,
+        "extra": [cfg.extra_samples, cfg.extra_temperature] if cfg.extra_samples else None,
     }
     key = cache_key(**key_parts)
     path = Path(cfg.out) if cfg.out else cache_root() / key
@@ -146,7 +151,13 @@ def run_score(cfg: ScoreConfig) -> Path:
         "key_parts": key_parts,
         "stage": "score",
     }
-    spec = CacheSpec(top_k=top_k, vocab_size=len(tokenizer), precision=cfg.precision)
+    spec = CacheSpec(
+        top_k=top_k,
+        vocab_size=len(tokenizer),
+        precision=cfg.precision,
+        extra_k=cfg.extra_samples,
+        extra_temperature=cfg.extra_temperature,
+    )
     with CacheWriter(path, spec, key, provenance, shard_bytes=int(cfg.shard_size_mb * 2**20)) as writer:
         done = writer.done_keys()
         todo = [t for t in traces if t.key not in done]
@@ -165,9 +176,13 @@ def run_score(cfg: ScoreConfig) -> Path:
                 f"{len(too_long)} traces (first: {too_long[0].key[0]}) are longer than the teacher's context "
                 f"({engine.max_model_len} tokens); raise --max-model-len or drop them."
             )
-        requests = (Request(t.key, t.prompt_ids, completion_ids=t.completion_ids) for t in todo)
+        # every trace its own seed for the extra draws, so a resumed run draws what it would have drawn
+        requests = (
+            Request(t.key, t.prompt_ids, seed=request_seed(0, *t.key), completion_ids=t.completion_ids) for t in todo
+        )
         metas = {t.key: t.meta for t in todo}
-        stats = stream_into_cache(writer, engine.score(requests, top_k), metas, len(todo), "score", cfg.flush_every_s)
+        scored = engine.score(requests, top_k, cfg.extra_samples, cfg.extra_temperature)
+        stats = stream_into_cache(writer, scored, metas, len(todo), "score", cfg.flush_every_s)
         writer.finish(tokenizer=tokenizer, provenance={"engine": engine.name, "engine_version": engine.version})
     for line in summary_lines(path, stats, cache_info(path)):
         typer.echo(line)

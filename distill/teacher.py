@@ -59,6 +59,21 @@ def stop_token_ids(tokenizer: Any, model: str) -> list[int]:
     return sorted(ids)
 
 
+def extra_sample_problems(extra_samples: int, extra_temperature: float, backend: str) -> list[str]:
+    """What is wrong with `--extra-samples` / `--extra-temperature` for this backend, as sentences."""
+    out = []
+    if extra_samples < 0:
+        out.append(f"--extra-samples must be ≥ 0, got {extra_samples}")
+    if not extra_temperature > 0:
+        out.append(f"--extra-temperature must be > 0, got {extra_temperature}")
+    if extra_samples > 0 and backend != "hf":
+        out.append(
+            "--extra-samples draws from the teacher's full distribution, which vLLM does not expose (it returns the "
+            "top-k only); use --backend hf"
+        )
+    return out
+
+
 def decode_completion(tokenizer: Any, completion_ids: Any, prompt_ids: Any = None) -> str:
     """A completion as text for the verifiers: special tokens kept (</think> is one), the trailing
     end-of-sequence token dropped, and the `<think>` the prompt primed put back in front."""
@@ -81,6 +96,9 @@ def to_record(c: Completion, meta: dict[str, Any]) -> Record:
         topk_ids=np.asarray(c.topk_ids, np.int32),
         topk_logprobs=np.asarray(c.topk_logprobs, np.float32),
         sampled_logprobs=np.asarray(c.sampled_logprobs, np.float32),
+        tail_logprobs=None if c.tail_logprobs is None else np.asarray(c.tail_logprobs, np.float32),
+        extra_ids=None if c.extra_ids is None else np.asarray(c.extra_ids, np.int32),
+        extra_logprobs=None if c.extra_logprobs is None else np.asarray(c.extra_logprobs, np.float32),
         # a scored trace keeps the finish reason it was generated with (meta), a new one gets the engine's
         meta={"finish_reason": c.finish_reason, **meta, "prompt_id": c.key[0], "sample_index": c.key[1]},
     )

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import typer
 
-from distill.cache import Record, TeacherCache, view_indices
+from distill.cache import FORMAT_VERSION, Record, TeacherCache, view_indices
+from distill.cache.format import V1_TAIL_NOTE
 from distill.checkpoints import (
     CHECKPOINTS,
     METRICS,
@@ -98,6 +99,11 @@ class TrainConfig:
             out.append(f"--kd must be one of {', '.join(KD_KINDS)}, got {self.kd!r}")
         if self.tail not in TAILS:
             out.append(f"--tail must be one of {', '.join(TAILS)}, got {self.tail!r}")
+        if self.alpha < 1 and self.kd != "sampled" and self.tail == "bucket" and self.temperature != 1:
+            out.append(
+                f"--tail bucket is exact only at --temperature 1 (the teacher's tempered tail mass is unknown), got "
+                f"{self.temperature}; use --tail renorm, which tempers the top-k exactly, or --kd sampled"
+            )
         if (self.cache is None) == (self.traces is None):
             out.append("give exactly one of --cache (teacher cache) or --traces (plain trace file)")
         if self.traces is not None and self.alpha != 1.0:
@@ -164,7 +170,9 @@ class StudentLoss(torch.nn.Module):
             batch.targets[keep],
             topk_ids=flat(batch.topk_ids) if self.cfg.alpha < 1 else None,
             topk_logprobs=flat(batch.topk_logprobs) if self.cfg.alpha < 1 else None,
-            sampled_ids=flat(batch.sampled_ids) if self.cfg.kd == "sampled" else None,
+            tail_logprobs=flat(batch.tail_logprobs) if self.cfg.alpha < 1 else None,
+            extra_ids=flat(batch.extra_ids) if self.cfg.kd == "sampled" else None,
+            extra_logprobs=flat(batch.extra_logprobs) if self.cfg.kd == "sampled" else None,
             alpha=self.cfg.alpha,
             kd=self.cfg.kd,
             tail=self.cfg.tail,
@@ -228,7 +236,18 @@ class Trainer:
                     f"Cache {cache.path} holds no teacher logprobs (top-k 0); use --alpha 1 or score it."
                 )
             if cfg.kd == "sampled" and cfg.alpha < 1 and cache.spec.extra_k == 0:
-                raise DistillError(f"--kd sampled needs extra sampled tokens, and cache {cache.path} has none.")
+                raise DistillError(
+                    f"--kd sampled needs tokens drawn from the teacher, and cache {cache.path} has none; make one "
+                    f"with `distill score --backend hf --extra-samples 8 --extra-temperature {cfg.temperature}`."
+                )
+            if cfg.kd == "sampled" and cfg.alpha < 1 and cache.spec.extra_temperature != cfg.temperature:
+                raise DistillError(
+                    f"Cache {cache.path} drew its extra samples at temperature {cache.spec.extra_temperature}, so "
+                    f"--kd sampled estimates the KL at that temperature only; pass --temperature "
+                    f"{cache.spec.extra_temperature} or score again with --extra-temperature {cfg.temperature}."
+                )
+            if cache.format_version < FORMAT_VERSION and cfg.alpha < 1:
+                self.log("note: " + V1_TAIL_NOTE.format(path=cache.path))
             indices = view_indices(cache, cfg.view) if cfg.view else np.arange(len(cache))
             if len(indices) == 0:
                 raise DistillError(f"View {cfg.view!r} of {cache.path} keeps no records; nothing to train on.")

@@ -91,6 +91,10 @@ def assert_matches_forward(cache_path: Path, model_dir: Path, tol: float = 1e-4)
         top = np.sort(ref, axis=1)[:, ::-1][:, : rec.topk_ids.shape[1]]
         np.testing.assert_allclose(rec.topk_logprobs, top, atol=tol, rtol=0)  # they are the top k, in order
         np.testing.assert_allclose(ref[np.arange(t), rec.completion_ids], rec.sampled_logprobs, atol=tol, rtol=0)
+        outside = ref.copy()
+        np.put_along_axis(outside, rec.topk_ids, -np.inf, axis=1)
+        exact_tail = np.logaddexp.reduce(outside.astype(np.float64), axis=1)  # the mass outside the top-k
+        np.testing.assert_allclose(rec.tail_logprobs, exact_tail, atol=tol, rtol=0)
 
 
 def test_vllm_generate_matches_transformers_forward(vllm_cache: Path, tiny_model: Path) -> None:
@@ -160,6 +164,35 @@ def test_score_reproduces_generate_logprobs(vllm_cache: Path, tiny_model: Path, 
         np.testing.assert_allclose(rec.topk_logprobs, ref.topk_logprobs, atol=1e-4, rtol=0)
         np.testing.assert_allclose(rec.sampled_logprobs, ref.sampled_logprobs, atol=1e-4, rtol=0)
         assert rec.meta["answer"] == ref.meta["answer"] and rec.meta["finish_reason"] == ref.meta["finish_reason"]
+
+
+def test_score_extra_samples_are_draws_from_the_tempered_teacher(
+    vllm_cache: Path, tiny_model: Path, home: Path
+) -> None:
+    """`score --extra-samples 64 --extra-temperature 2`: tokens drawn from softmax(logits / 2), their logprobs there."""
+    from transformers import AutoModelForCausalLM
+
+    args = ["score", "--teacher", str(tiny_model), "--traces", str(vllm_cache), "--top-k", "5", "--dtype", "float32"]
+    refused = distill(*args, "--extra-samples", "4", home=home, check=False)
+    assert refused.returncode == 1 and "vLLM does not expose" in refused.stderr and "--backend hf" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    out = distill(*args, "--backend", "hf", "--extra-samples", "64", "--extra-temperature", "2", home=home)
+    cache = open_cache(Path(out.stdout.strip().splitlines()[-1]))
+    assert (cache.spec.extra_k, cache.spec.extra_temperature) == (64, 2.0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    drawn, expected = [], []
+    for rec in cache:
+        ids = torch.from_numpy(np.concatenate([rec.prompt_ids, rec.completion_ids]).astype(np.int64))[None]
+        p, t = len(rec.prompt_ids), len(rec.completion_ids)
+        with torch.no_grad():
+            tempered = torch.log_softmax(model(ids).logits[0, p - 1 : p - 1 + t].float() / 2.0, -1).numpy()  # (T, V)
+        np.testing.assert_allclose(np.take_along_axis(tempered, rec.extra_ids, 1), rec.extra_logprobs, atol=1e-4)
+        drawn.append(rec.extra_logprobs.mean(1))  # E_{x~p_τ}[log p_τ(x)] = −H(p_τ) if the draws come from p_τ
+        expected.append((np.exp(tempered) * tempered).sum(1))
+    drawn, expected = np.concatenate(drawn), np.concatenate(expected)
+    # drawn at τ = 1 instead, the mean log p_2 of the draws would sit well above −H(p_2): 4 standard errors
+    err = drawn.std() / np.sqrt(64 * len(drawn))
+    assert abs(drawn.mean() - expected.mean()) < 4 * err + 1e-3
 
 
 def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(

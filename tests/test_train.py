@@ -374,13 +374,14 @@ def test_sampled_kd_reads_extra_teacher_samples_from_the_cache(
         probs = np.exp(rec.topk_logprobs) / np.exp(rec.topk_logprobs).sum(1, keepdims=True)
         picks = np.stack([rng.choice(rec.topk_ids.shape[1], 4, p=p) for p in probs])
         rec.extra_ids = np.take_along_axis(rec.topk_ids, picks, axis=1)  # (T, 4) draws from the teacher
+        rec.extra_logprobs = np.take_along_axis(rec.topk_logprobs, picks, axis=1)  # their teacher logprobs
         writer.append(rec)
     shutil.copytree(source.tokenizer_path, tmp_path / "tok")
     writer.finish(tokenizer=_Saved(tmp_path / "tok"))
     run_train(config(student, tmp_path / "sampled", tmp_path / "run", max_steps=2, kd="sampled"))
     rows = metrics(tmp_path / "run")
     assert all(np.isfinite(r["kd"]) and r["kd"] > 0 for r in rows)
-    with pytest.raises(DistillError, match="needs extra sampled tokens"):
+    with pytest.raises(DistillError, match="needs tokens drawn from the teacher"):
         run_train(config(student, teacher_cache, tmp_path / "x", kd="sampled"))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.atomic import TMP_SUFFIX
-from distill.cache.format import FORMAT_VERSION, INDEX_NAME, SHARD_GLOB
+from distill.cache.format import INDEX_NAME, SHARD_GLOB
 from distill.cache.lock import LOCK_NAME, WriterLock
 from distill.cache.reader import TeacherCache, load_index
 from distill.cache.views import list_views
@@ -31,12 +31,13 @@ def cache_info(path: str | Path) -> dict[str, Any]:
     return {
         "path": str(cache.path),
         "key": cache.key,
-        "format_version": FORMAT_VERSION,
+        "format_version": cache.format_version,
         "complete": cache.complete,
         "records": len(cache),
         "tokens": cache.num_tokens,
         "top_k": cache.spec.top_k,
         "extra_k": cache.spec.extra_k,
+        "extra_temperature": cache.spec.extra_temperature,
         "precision": cache.spec.precision,
         "vocab_size": cache.spec.vocab_size,
         "shards": len(cache.index["shards"]),

@@ -12,6 +12,16 @@ Choices, and why:
   √p) above ℓ* and a fixed 0.25-nat step below it. A position's KL error is ≈ Σ p_i ε_i² / 2,
   so this spends bits where probability mass is; the bench (scripts/bench_cache.py) measures
   ≤ 1e-3 nats per position. 'fp32' stores logprobs bit-exact.
+- Version 2 stores, per position, how the mass splits between the top-k and the tail, and the
+  top-k relative to their own mass (ℓ_i − log Σ_S p). The split keeps whichever side is smaller on
+  the grid — log r when r ≤ 1/2, else log(1 − r) — so a tail of 1e-7 beside a near-certain top-1
+  and a top-k holding 1e-3 of a high-entropy position both keep their relative precision, and the
+  top-k's shape is quantised at its own scale (what a renormalised target sees). The grid cannot
+  tell a top-1 of 0.9999 from 0.995, but the KD target normalises the k + 1 buckets together, so
+  that error is absorbed instead of becoming invented tail mass (version 1's failure: ×490 at a
+  top-1 of 0.9999). A relative error ε on a bucket of mass m costs ≈ m·ε²/2 nats.
+- Extra sampled tokens' logprobs are stored as float32: the sampled-KD estimator averages them
+  directly, so a quantisation error there would be a bias, not noise.
 - Decoding a quantised level is a table lookup, so a batch decodes with a handful of vectorised
   numpy calls per record and never loops over tokens in Python.
 """
@@ -23,7 +33,7 @@ import math
 import numpy as np
 from pcodec import ChunkConfig, standalone
 
-from distill.cache.format import CacheSpec, Record
+from distill.cache.format import CacheSpec, Record, topk_tail_logprobs
 
 # Companded quantiser for 'compact' precision (part of format version 1; changing these needs a bump).
 SQRT_STEP = 0.015  # step in 2·√p / SQRT_STEP units above the knee
@@ -118,10 +128,16 @@ def encode_fields(record: Record, spec: CacheSpec) -> dict[str, bytes]:
         out["sampled_logprobs"] = _frame(b"", pack_array(sampled if spec.precision == "fp32" else _nan_levels(sampled)))
     else:
         out["topk_ids"] = pack_array(record.topk_ids.astype(np.int32))
+        tail = record.tail_logprobs if record.tail_logprobs is not None else topk_tail_logprobs(record.topk_logprobs)
         if spec.precision == "fp32":
             out["topk_logprobs"] = pack_array(record.topk_logprobs.astype(np.float32))
+            out["tail_logprobs"] = pack_array(np.asarray(tail, np.float32))
         else:
-            levels = quantize_logprobs(record.topk_logprobs)
+            lp = record.topk_logprobs.astype(np.float64)
+            top = lp[:, :1]
+            log_mass = np.minimum(np.log(np.exp(lp - top).sum(axis=1)) + top[:, 0], 0.0)  # (T,) log Σ_S p
+            out["tail_logprobs"] = pack_array(_split_codes(log_mass, np.asarray(tail, np.float64)))
+            levels = quantize_logprobs(lp - log_mass[:, None])  # the top-k's shape, at its own scale
             # sorted highest first, so levels never increase along a row: store first + steps down
             out["topk_logprobs"] = pack_array(np.concatenate([levels[:, :1], levels[:, :-1] - levels[:, 1:]], axis=1))
         ranks = _ranks(record, k)
@@ -135,7 +151,39 @@ def encode_fields(record: Record, spec: CacheSpec) -> dict[str, bytes]:
         out["sampled_logprobs"] = _frame(pack_array(where), pack_array(stored[where]))
     if spec.extra_k > 0 and record.extra_ids is not None:
         out["extra_ids"] = pack_array(record.extra_ids.astype(np.int32))
+        out["extra_logprobs"] = pack_array(np.asarray(record.extra_logprobs, np.float32))
     return out
+
+
+# The split code (compact, version 2), one int per position: below _MIN_LEVEL the tail is empty;
+# _MIN_LEVEL.._MAX_LEVEL is the level of log r (r ≤ 1/2); from _MASS_OFFSET on, the level of the top-k
+# mass log(1 − r) (r > 1/2).
+_MASS_OFFSET = 2 * (_MAX_LEVEL - _MIN_LEVEL + 2)
+_LOG_HALF = math.log(0.5)
+
+
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """log(1 − eˣ) for x ≤ 0 in float64 (−inf at 0), accurate at both ends."""
+    x = np.minimum(np.asarray(x, np.float64), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(x > _LOG_HALF, np.log(-np.expm1(x)), np.log1p(-np.exp(x)))
+
+
+def _split_codes(log_mass: np.ndarray, log_tail: np.ndarray) -> np.ndarray:
+    """(T,) split codes from the top-k's log mass and the tail's log mass (float64, ≤ 0)."""
+    codes = np.where(log_tail <= _LOG_HALF, quantize_logprobs(log_tail), _MASS_OFFSET + quantize_logprobs(log_mass))
+    return np.where(np.isneginf(log_tail), _MIN_LEVEL - 1, codes).astype(np.int32)
+
+
+def _split_from_codes(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of `_split_codes`: (log mass of the top-k, log tail), float64 (T,) each."""
+    is_mass = codes >= _MASS_OFFSET
+    level = np.clip(np.where(is_mass, codes - _MASS_OFFSET, codes), _MIN_LEVEL, _MAX_LEVEL)
+    stored = dequantize_logprobs(level).astype(np.float64)
+    log_mass = np.where(is_mass, stored, _log1mexp(stored))
+    log_tail = np.where(is_mass, _log1mexp(stored), stored)
+    empty = codes < _MIN_LEVEL
+    return np.where(empty, 0.0, log_mass), np.where(empty, -np.inf, log_tail)
 
 
 def _nan_levels(values: np.ndarray) -> np.ndarray:
@@ -161,6 +209,12 @@ def decode_fields(fields: dict[str, bytes | None], num_tokens: int, spec: CacheS
         if fields.get("extra_ids") is None
         else unpack_array(fields["extra_ids"], np.int32).reshape(t, spec.extra_k)
     )
+    out["extra_logprobs"] = (
+        None
+        if fields.get("extra_logprobs") is None
+        else unpack_array(fields["extra_logprobs"], np.float32).reshape(t, spec.extra_k)
+    )
+    out["tail_logprobs"] = None  # version 1 has no tail field: None tells readers to derive it from the top-k
     if k == 0:
         out["topk_ids"] = np.zeros((t, 0), np.int32)
         out["topk_logprobs"] = np.zeros((t, 0), np.float32)
@@ -168,12 +222,19 @@ def decode_fields(fields: dict[str, bytes | None], num_tokens: int, spec: CacheS
         out["sampled_logprobs"] = _decode_levels(_unframe(fields["sampled_logprobs"])[1], spec)
         return out
     topk_ids = unpack_array(fields["topk_ids"], np.int32).reshape(t, k)
+    split = fields.get("tail_logprobs")
     if spec.precision == "fp32":
         topk_lp = unpack_array(fields["topk_logprobs"], np.float32).reshape(t, k)
+        if split is not None:
+            out["tail_logprobs"] = unpack_array(split, np.float32)
     else:
         steps = unpack_array(fields["topk_logprobs"], np.int32).reshape(t, k)
         levels = np.cumsum(np.concatenate([steps[:, :1], -steps[:, 1:]], axis=1), axis=1, dtype=np.int32)
         topk_lp = dequantize_logprobs(levels)
+        if split is not None:  # version 2: levels are relative to the top-k's mass
+            log_mass, log_tail = _split_from_codes(unpack_array(split, np.int32))
+            topk_lp = (topk_lp + log_mass[:, None]).astype(np.float32)
+            out["tail_logprobs"] = log_tail.astype(np.float32)
     rank_bytes, absent_bytes = _unframe(fields["completion_ids"])
     ranks = unpack_array(rank_bytes, np.int32)
     rows = np.arange(t)

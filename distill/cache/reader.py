@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from distill.cache import codec
-from distill.cache.format import FIELD_INDEX, FORMAT_VERSION, INDEX_NAME, TOKENIZER_DIR, CacheSpec, Record
+from distill.cache.format import (
+    FIELD_INDEX,
+    INDEX_NAME,
+    READABLE_VERSIONS,
+    TOKENIZER_DIR,
+    CacheSpec,
+    Record,
+    topk_tail_logprobs,
+)
 from distill.errors import DistillError
 from distill.paths import cache_root
 
@@ -67,8 +75,11 @@ class Shard:
                 )
         header, start = read_shard_header(path)
         meta = header.get("__metadata__", {})
-        if meta.get("distill_format") != str(FORMAT_VERSION):
-            raise DistillError(f"Shard {path} has format {meta.get('distill_format')!r}; expected {FORMAT_VERSION}.")
+        if meta.get("distill_format") not in {str(v) for v in READABLE_VERSIONS}:
+            raise DistillError(
+                f"Shard {path} has format {meta.get('distill_format')!r}, which this distill does not read "
+                f"(it reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade distill or regenerate the cache."
+            )
         self.spec = spec
         self.metas: list[dict[str, Any]] = json.loads(meta["meta"])
         raw = np.memmap(path, dtype=np.uint8, mode="r")
@@ -86,13 +97,18 @@ class Shard:
         return len(self.metas)
 
     def _field(self, row: int, name: str) -> bytes | None:
-        offset, length = self.spans[row, FIELD_INDEX[name]]
+        j = FIELD_INDEX[name]
+        if j >= self.spans.shape[1]:  # a field added after this shard's format version
+            return None
+        offset, length = self.spans[row, j]
         return None if length < 0 else self.blob[offset : offset + length].tobytes()
 
     def record(self, row: int) -> Record:
         """Decode record `row` of this shard."""
         fields = {name: self._field(row, name) for name in FIELD_INDEX}
         arrays = codec.decode_fields(fields, int(self.lengths[row, 1]), self.spec)
+        if arrays["tail_logprobs"] is None and self.spec.top_k:
+            arrays["tail_logprobs"] = topk_tail_logprobs(arrays["topk_logprobs"])  # version 1: see V1_TAIL_NOTE
         return Record(meta=dict(self.metas[row]), **arrays)
 
 
@@ -108,10 +124,10 @@ def load_index(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise DistillError(f"{index_path} is unreadable ({e}); the cache is damaged, regenerate it.") from e
     version = index.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise DistillError(
             f"Cache {path} has format version {version!r}, which this distill does not know (it reads "
-            f"version {FORMAT_VERSION}); upgrade distill or regenerate the cache."
+            f"versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade distill or regenerate the cache."
         )
     return index
 
@@ -143,6 +159,7 @@ class TeacherCache(Sequence[Record]):
                 "`distill generate` command to finish it."
             )
         self.key: str = self.index["key"]
+        self.format_version: int = self.index["format_version"]
         self.spec = CacheSpec(**self.index["spec"])
         self.provenance: dict[str, Any] = self.index.get("provenance", {})
         self._entries = self.index["shards"]

@@ -143,6 +143,17 @@ class CacheWriter:
             )
         if spec.extra_k and (r.extra_ids is None or r.extra_ids.shape != (t, spec.extra_k)):
             raise DistillError(f"Record {r.key}: extra_ids must have shape ({t}, {spec.extra_k}).")
+        if spec.extra_k and (r.extra_logprobs is None or r.extra_logprobs.shape != (t, spec.extra_k)):
+            raise DistillError(
+                f"Record {r.key}: extra_logprobs (the teacher's logprobs of the extra samples) must have shape "
+                f"({t}, {spec.extra_k})."
+            )
+        if r.tail_logprobs is not None:
+            if r.tail_logprobs.shape != (t,):
+                raise DistillError(f"Record {r.key}: tail_logprobs has shape {r.tail_logprobs.shape}, expected ({t},).")
+            if np.isnan(r.tail_logprobs).any() or (r.tail_logprobs > 1e-6).any():
+                raise DistillError(f"Record {r.key}: tail_logprobs must be log masses ≤ 0 (or −inf), got NaN or > 0.")
+            r.tail_logprobs = np.minimum(r.tail_logprobs, 0.0).astype(np.float32)
         for name in ("prompt_ids", "completion_ids", "topk_ids", "extra_ids"):
             ids = getattr(r, name)
             if ids is not None and ids.size and (ids.min() < 0 or ids.max() >= spec.vocab_size):
@@ -152,6 +163,16 @@ class CacheWriter:
                 )
         if np.isnan(r.topk_logprobs).any():
             raise DistillError(f"Record {r.key}: top-k logprobs contain NaN.")
+        if spec.top_k > 1:
+            # a repeated id would count its probability twice and understate the student's tail
+            ids = np.sort(r.topk_ids, axis=1)
+            repeated = np.flatnonzero((ids[:, 1:] == ids[:, :-1]).any(axis=1))
+            if len(repeated):
+                raise DistillError(
+                    f"Record {r.key}: top-k ids repeat within a position ({len(repeated)} positions, first at "
+                    f"completion token {repeated[0]}); each position needs k distinct token ids: check the engine "
+                    "output."
+                )
         if spec.top_k > 1:
             # the codec stores sorted rows as steps; order ties by id so the result is deterministic
             order = np.lexsort((r.topk_ids, -r.topk_logprobs), axis=1)
@@ -215,6 +236,11 @@ class CacheWriter:
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise DistillError(f"Shard {source} failed its checksum; run `distill cache verify` on its cache.")
         header, _ = read_shard_header(Path(source))
+        if header["__metadata__"].get("distill_format") != str(FORMAT_VERSION):
+            raise DistillError(
+                f"Shard {source} is format version {header['__metadata__'].get('distill_format')}, not "
+                f"{FORMAT_VERSION}; regenerate its cache with this distill before merging."
+            )
         keys = [(str(m["prompt_id"]), int(m["sample_index"])) for m in json.loads(header["__metadata__"]["meta"])]
         clash = [k for k in keys if k in self._done]
         if clash:

@@ -39,6 +39,10 @@ class SamplingSpec:
     top_k: int
     """Teacher logprobs recorded per position (0: only the sampled token's)."""
     stop_token_ids: list[int] = field(default_factory=list)
+    extra_samples: int = 0
+    """Tokens drawn per position from the teacher's full distribution, for sampled KD (hf engine only)."""
+    extra_temperature: float = 1.0
+    """Temperature of the distribution the extra tokens are drawn from."""
 
 
 @dataclass
@@ -56,6 +60,12 @@ class Completion:
     sampled_logprobs: np.ndarray
     """(T,) float32"""
     finish_reason: str
+    tail_logprobs: np.ndarray | None = None
+    """(T,) float32 log mass outside the top-k, exact from full logits; None: derive it from the top-k"""
+    extra_ids: np.ndarray | None = None
+    """(T, M) int32 tokens drawn from the teacher's full distribution at the extra temperature, or None"""
+    extra_logprobs: np.ndarray | None = None
+    """(T, M) float32 their logprobs under that tempered distribution"""
 
 
 def request_seed(seed: int, prompt_id: str, sample_index: int) -> int:

@@ -3,11 +3,14 @@
 For machines without vLLM, and as an independent cross-check of the vLLM path. Each request is
 sampled with its own seed (so a resumed run repeats it); raw logprobs come from the unprocessed
 logits (`output_logits=True`), i.e. before temperature and top-p, like vLLM's raw_logprobs.
-Slow next to vLLM — it does not batch — but simple enough to trust.
+Slow next to vLLM — it does not batch — but simple enough to trust. It sees the full logits, so it
+records exact tail masses and can draw extra tokens from the teacher's distribution for sampled KD
+(`--extra-samples`), which vLLM cannot.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -40,14 +43,46 @@ class HFEngine:
         if missing or unexpected:
             raise ValueError(f"load_weights: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
-    def _topk(self, logits: torch.Tensor, targets: torch.Tensor, k: int) -> tuple[np.ndarray, ...]:
-        """logits (T, V) → top-k ids, top-k logprobs and the targets' logprobs, as numpy."""
+    def _teacher_view(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        k: int,
+        extra_samples: int = 0,
+        extra_temperature: float = 1.0,
+        seed: int = 0,
+    ) -> dict[str, np.ndarray | None]:
+        """What the cache records of each position, from the full raw logits (T, V), as numpy.
+
+        topk_ids / topk_logprobs (T, k); sampled_logprobs (T,) of the targets; tail_logprobs (T,): the
+        exact log mass outside the top-k, a logsumexp over the complement (no 1 − Σ cancellation, so a
+        tail of 1e-9 next to a top-1 of 1 − 1e-9 survives); extra_ids / extra_logprobs (T, M): tokens
+        drawn from softmax(logits / extra_temperature) with their logprobs there, seeded by `seed`.
+        """
         logprobs = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
-        top = torch.topk(logprobs, k, dim=-1) if k else None
-        sampled = logprobs.gather(-1, targets[:, None])[:, 0]
-        ids = top.indices.int().cpu().numpy() if top else np.zeros((len(targets), 0), np.int32)
-        lps = top.values.cpu().numpy() if top else np.zeros((len(targets), 0), np.float32)
-        return ids, lps, sampled.cpu().numpy()
+        t = len(targets)
+        out: dict[str, np.ndarray | None] = {
+            "sampled_logprobs": logprobs.gather(-1, targets[:, None])[:, 0].cpu().numpy(),
+            "topk_ids": np.zeros((t, 0), np.int32),
+            "topk_logprobs": np.zeros((t, 0), np.float32),
+            "tail_logprobs": None,
+            "extra_ids": None,
+            "extra_logprobs": None,
+        }
+        if k:
+            top = torch.topk(logprobs, k, dim=-1)
+            outside = logprobs.scatter(-1, top.indices, -math.inf)  # (T, V) copy: the complement of the top-k
+            out["topk_ids"] = top.indices.int().cpu().numpy()
+            out["topk_logprobs"] = top.values.cpu().numpy()
+            out["tail_logprobs"] = torch.logsumexp(outside, dim=-1).cpu().numpy()
+        if extra_samples:
+            tempered = torch.log_softmax(logits.float() / extra_temperature, dim=-1)  # (T, V)
+            # a stream of its own: the request seed also drives generation, whose draws these must not repeat
+            gen = torch.Generator(device=logits.device).manual_seed((seed * 7919 + 1) % 2**63)
+            draws = torch.multinomial(tempered.exp(), extra_samples, replacement=True, generator=gen)  # (T, M)
+            out["extra_ids"] = draws.int().cpu().numpy()
+            out["extra_logprobs"] = tempered.gather(-1, draws).cpu().numpy()
+        return out
 
     @torch.inference_mode()
     def generate(self, requests: Iterable[Request], spec: SamplingSpec) -> Iterator[Completion]:
@@ -69,34 +104,32 @@ class HFEngine:
             )
             completion = out.sequences[0, len(req.prompt_ids) :]
             logits = torch.cat(out.logits, dim=0)[: len(completion)]  # (T, V) raw, before processors
-            ids, lps, sampled = self._topk(logits, completion, spec.top_k)
+            view = self._teacher_view(
+                logits, completion, spec.top_k, spec.extra_samples, spec.extra_temperature, req.seed
+            )
             stopped = len(completion) > 0 and int(completion[-1]) in spec.stop_token_ids
             yield Completion(
                 key=req.key,
                 prompt_ids=list(req.prompt_ids),
                 completion_ids=completion.int().cpu().numpy(),
-                topk_ids=ids,
-                topk_logprobs=lps,
-                sampled_logprobs=sampled,
                 finish_reason="stop" if stopped else "length",
+                **view,
             )
 
     @torch.inference_mode()
-    def score(self, requests: Iterable[Request], top_k: int) -> Iterator[Completion]:
+    def score(
+        self, requests: Iterable[Request], top_k: int, extra_samples: int = 0, extra_temperature: float = 1.0
+    ) -> Iterator[Completion]:
         for req in requests:
             completion = list(req.completion_ids or [])
             full = torch.tensor([list(req.prompt_ids) + completion], device=self.device)
             p = len(req.prompt_ids)
-            logits = self.model(full).logits[
-                0, p - 1 : p - 1 + len(completion)
-            ]  # (T, V): position t predicts token t+1
-            ids, lps, sampled = self._topk(logits, full[0, p:], top_k)
+            logits = self.model(full).logits[0, p - 1 : p - 1 + len(completion)]  # (T, V): position t predicts t+1
+            view = self._teacher_view(logits, full[0, p:], top_k, extra_samples, extra_temperature, req.seed)
             yield Completion(
                 key=req.key,
                 prompt_ids=list(req.prompt_ids),
                 completion_ids=np.asarray(completion, np.int32),
-                topk_ids=ids,
-                topk_logprobs=lps,
-                sampled_logprobs=sampled,
                 finish_reason="given",
+                **view,
             )

@@ -137,6 +137,7 @@ class VLLMEngine:
 
     def generate(self, requests: Iterable[Request], spec: SamplingSpec) -> Iterator[Completion]:
         """Sample one completion per request, with the teacher's top-k logprobs at every position."""
+        _refuse_extra_samples(spec.extra_samples, "generate")
 
         def make_params(req: Request):
             return self._params(
@@ -163,8 +164,11 @@ class VLLMEngine:
 
         return self._run(requests, make_params, convert)
 
-    def score(self, requests: Iterable[Request], top_k: int) -> Iterator[Completion]:
+    def score(
+        self, requests: Iterable[Request], top_k: int, extra_samples: int = 0, extra_temperature: float = 1.0
+    ) -> Iterator[Completion]:
         """Teacher-forced top-k logprobs over each request's given completion (prompt-logprobs path)."""
+        _refuse_extra_samples(extra_samples, "score")
 
         def make_params(req: Request):
             return self._params(max_tokens=1, prompt_logprobs=top_k, temperature=0.0)
@@ -194,3 +198,17 @@ def _flat_rows(flat, positions: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(flat.token_ids, np.int64).reshape(positions, k + 1).astype(np.int32)
     lps = np.asarray(flat.logprobs, np.float32).reshape(positions, k + 1)
     return ids, lps
+
+
+def _refuse_extra_samples(extra_samples: int, command: str) -> None:
+    """vLLM hands back only the top-k of each position, never the full distribution extra tokens are drawn from."""
+    if extra_samples:
+        how = (
+            "use `--backend hf`"
+            if command == "score"
+            else "generate with vLLM, then `distill score --backend hf --extra-samples M` the traces"
+        )
+        raise DistillError(
+            f"--extra-samples needs the teacher's full distribution at every position, which vLLM does not expose "
+            f"(it returns the top-k only); {how}."
+        )

@@ -5,15 +5,15 @@ tail mass r = 1 − Σ_S p_i); the student through logits z over the full vocabu
 log q = log_softmax(z / τ). Per position t:
 
 - CE: −log q(y_t) on the trace token, always at τ = 1.
-- KD, on the partition "S plus one tail bucket" (tail="bucket", the default; exact when k = V) or
-  on S with both sides renormalised (tail="renorm"):
+- KD, on the partition "S plus one tail bucket" (tail="bucket", the default; the tail r comes from
+  the cache, exact in format 2) or on S with both sides renormalised (tail="renorm"):
   forward  KL(p‖q) = Σ_S p (log p − log q) + r (log r − log(1 − Σ_S q))   (the default)
   reverse  KL(q‖p)                                                      (mode seeking)
   jsd      β·KL(p‖m) + (1−β)·KL(q‖m), m = βp + (1−β)q
-  sampled  −(1/M) Σ_j log q(x_j), x_j drawn from the teacher: an unbiased estimate of the
-           cross-entropy to the full teacher distribution (Anshumann et al., 2025)
-- τ ≠ 1 softens both sides: the student as above, the teacher by re-tempering its buckets
-  (ℓ_i/τ, (log r)/τ) and renormalising, an approximation since the tail's shape is unknown.
+  sampled  (1/M) Σ_j (log p_τ(x_j) − log q_τ(x_j)), x_j drawn from the tempered teacher p_τ: an
+           unbiased estimate of the full-vocabulary KL(p_τ‖q_τ) (Anshumann et al., 2025)
+- τ ≠ 1 softens both sides, exactly or not at all: renorm tempers the teacher's top-k exactly,
+  sampled needs tokens drawn at τ, and bucket is refused (the tempered tail mass is unknown).
 - total = α·CE + (1 − α)·τ²·KD, each averaged over the unmasked positions.
 
 Modules: `kd` (per-position partitions and divergences), `chunked` (the loss over the output layer
@@ -34,7 +34,7 @@ from distill.losses.chunked import (
     naive_distill_loss,
 )
 from distill.losses.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_objective, k3_kl, zero_spread_groups
-from distill.losses.kd import KD_KINDS, TAILS, divergence, student_partition, teacher_partition
+from distill.losses.kd import KD_KINDS, TAILS, divergence, sampled_kl, student_partition, teacher_partition
 from distill.losses.memory import measure_peak_memory
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "k3_kl",
     "measure_peak_memory",
     "naive_distill_loss",
+    "sampled_kl",
     "student_partition",
     "teacher_partition",
     "zero_spread_groups",

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from distill.losses.kd import KD_KINDS, TAILS, divergence, sampled_cross_entropy, student_partition, teacher_partition
+from distill.losses.kd import KD_KINDS, TAILS, divergence, sampled_kl, student_partition, teacher_partition
 
 IGNORE_INDEX = -100  # targets at masked positions (prompt, padding, record boundaries), as in torch's CE
 CHUNK_ELEMENTS = 2**24  # logits per chunk for the automatic chunk size: 64 MiB in fp32
@@ -51,7 +51,9 @@ def distill_loss(
     targets: torch.Tensor,
     topk_ids: torch.Tensor | None = None,
     topk_logprobs: torch.Tensor | None = None,
-    sampled_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
+    extra_ids: torch.Tensor | None = None,
+    extra_logprobs: torch.Tensor | None = None,
     *,
     alpha: float = 0.5,
     kd: str = "forward",
@@ -68,17 +70,22 @@ def distill_loss(
     targets: (N,) integer next-token ids, IGNORE_INDEX where masked.
     topk_ids, topk_logprobs: (N, k) teacher top-k ids and raw logprobs; not needed when alpha == 1
         or kd == "sampled".
-    sampled_ids: (N, M) token ids drawn from the teacher, for kd == "sampled".
+    tail_logprobs: (N,) log of the teacher's mass outside its top-k (a format-2 cache stores it), or None
+        to derive it from the top-k (tail="bucket" only).
+    extra_ids, extra_logprobs: (N, M) tokens drawn from the teacher at temperature τ and their teacher
+        logprobs log p_τ, for kd == "sampled".
     kd: one of KD_KINDS; tail: one of TAILS (ignored by "sampled"); beta: the JSD weight, 0 < β < 1.
+        tail="bucket" needs temperature 1 (the tempered tail is unknown); "renorm" and "sampled" take any τ.
     chunk_size: positions per chunk; None picks `auto_chunk_size(V)`.
 
     Returns a LossOutput; with no unmasked position the loss is 0 with a zero gradient.
     Raises ValueError, naming every problem at once, for invalid arguments or shapes.
     """
     settings = (alpha, kd, tail, temperature, beta)
-    _raise_problems(hidden, weight, targets, topk_ids, topk_logprobs, sampled_ids, *settings, chunk_size)
+    teacher = (topk_ids, topk_logprobs, tail_logprobs, extra_ids, extra_logprobs)
+    _raise_problems(hidden, weight, targets, *teacher, *settings, chunk_size)
     chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
-    args = _prepared(targets, topk_ids, topk_logprobs, sampled_ids, alpha, kd)
+    args = _prepared(targets, *teacher, alpha, kd, tail)
     # without autograd there is nothing to recompute, so checkpointing would only add overhead
     recompute = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     ce_sum = kd_sum = _zero_connected(hidden, weight, bias)
@@ -99,7 +106,9 @@ def naive_distill_loss(
     targets: torch.Tensor,
     topk_ids: torch.Tensor | None = None,
     topk_logprobs: torch.Tensor | None = None,
-    sampled_ids: torch.Tensor | None = None,
+    tail_logprobs: torch.Tensor | None = None,
+    extra_ids: torch.Tensor | None = None,
+    extra_logprobs: torch.Tensor | None = None,
     *,
     alpha: float = 0.5,
     kd: str = "forward",
@@ -115,8 +124,9 @@ def naive_distill_loss(
     memory grows with N × V.
     """
     settings = (alpha, kd, tail, temperature, beta)
-    _raise_problems(hidden, weight, targets, topk_ids, topk_logprobs, sampled_ids, *settings, chunk_size)
-    args = _prepared(targets, topk_ids, topk_logprobs, sampled_ids, alpha, kd)
+    teacher = (topk_ids, topk_logprobs, tail_logprobs, extra_ids, extra_logprobs)
+    _raise_problems(hidden, weight, targets, *teacher, *settings, chunk_size)
+    args = _prepared(targets, *teacher, alpha, kd, tail)
     ce, kd_sum = _chunk_sums(hidden, weight, bias, *args, *settings)  # (N, V) logits kept for backward
     zero = _zero_connected(hidden, weight, bias)
     return _combine(zero + ce, zero + kd_sum, targets, alpha, temperature)
@@ -133,7 +143,9 @@ def _chunk_sums(
     targets: torch.Tensor,
     topk_ids: torch.Tensor | None,
     topk_logprobs: torch.Tensor | None,
-    sampled_ids: torch.Tensor | None,
+    tail_logprobs: torch.Tensor | None,
+    extra_ids: torch.Tensor | None,
+    extra_logprobs: torch.Tensor | None,
     alpha: float,
     kd: str,
     tail: str,
@@ -143,7 +155,7 @@ def _chunk_sums(
     """(Σ CE, Σ KD) over the unmasked positions of one chunk, two () tensors.
 
     hidden (n, H), weight (V, H), bias (V,) or None, targets (n,) long, topk_ids / topk_logprobs (n, k),
-    sampled_ids (n, M); teacher tensors may be None when α = 1 (and top-k ones when kd = "sampled").
+    tail_logprobs (n,), extra_ids / extra_logprobs (n, M); teacher tensors are None where unused.
     """
     logits = _logits(hidden, weight, bias)  # (n, V) fp32: the memory hot spot, freed when the chunk ends
     mask = targets != IGNORE_INDEX  # (n,)
@@ -155,9 +167,9 @@ def _chunk_sums(
     # logits / τ is a second (n, V) buffer, kept by logsumexp for backward; τ = 1 shares the CE one
     lse_t = lse if temperature == 1.0 else torch.logsumexp(logits / temperature, dim=-1)  # (n,)
     if kd == "sampled":
-        per_position = sampled_cross_entropy(logits, lse_t, sampled_ids, temperature)
+        per_position = sampled_kl(logits, lse_t, extra_ids, extra_logprobs, temperature)
     else:
-        log_p = teacher_partition(topk_logprobs, tail, temperature)  # (n, k+1) or (n, k)
+        log_p = teacher_partition(topk_logprobs, tail, temperature, tail_logprobs)  # (n, k+1) or (n, k)
         log_q = student_partition(logits, lse_t, topk_ids, tail, temperature)
         per_position = divergence(log_p, log_q, kd, beta)  # (n,)
     return ce, torch.where(mask, per_position, 0.0).sum()
@@ -177,17 +189,22 @@ def _prepared(
     targets: torch.Tensor,
     topk_ids: torch.Tensor | None,
     topk_logprobs: torch.Tensor | None,
-    sampled_ids: torch.Tensor | None,
+    tail_logprobs: torch.Tensor | None,
+    extra_ids: torch.Tensor | None,
+    extra_logprobs: torch.Tensor | None,
     alpha: float,
     kd: str,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    tail: str,
+) -> tuple[torch.Tensor | None, ...]:
     """The per-position tensors the chunks read: ids as long (gather needs it), unused teacher tensors as None."""
-    needs_topk, needs_sampled = alpha < 1.0 and kd != "sampled", alpha < 1.0 and kd == "sampled"
+    needs_topk, needs_extra = alpha < 1.0 and kd != "sampled", alpha < 1.0 and kd == "sampled"
     return (
         targets.long(),
         topk_ids.long() if needs_topk else None,
         topk_logprobs if needs_topk else None,
-        sampled_ids.long() if needs_sampled else None,
+        tail_logprobs if needs_topk and tail == "bucket" else None,
+        extra_ids.long() if needs_extra else None,
+        extra_logprobs if needs_extra else None,
     )
 
 
@@ -223,7 +240,9 @@ def _raise_problems(
     targets: torch.Tensor,
     topk_ids: torch.Tensor | None,
     topk_logprobs: torch.Tensor | None,
-    sampled_ids: torch.Tensor | None,
+    tail_logprobs: torch.Tensor | None,
+    extra_ids: torch.Tensor | None,
+    extra_logprobs: torch.Tensor | None,
     alpha: float,
     kd: str,
     tail: str,
@@ -243,6 +262,11 @@ def _raise_problems(
         problems.append(f"kd must be one of {', '.join(KD_KINDS)}, got {kd!r}")
     if tail not in TAILS:
         problems.append(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    if alpha < 1.0 and kd != "sampled" and tail == "bucket" and temperature != 1.0:
+        problems.append(
+            f"tail='bucket' at temperature {temperature} would need the teacher's tempered tail mass, which the top-k "
+            "cannot give; use tail='renorm' (exact at any temperature), kd='sampled', or temperature 1"
+        )
     if kd == "jsd" and not 0.0 < beta < 1.0:
         problems.append(f"kd='jsd' needs 0 < beta < 1 (at 0 or 1 it is identically zero), got {beta}")
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[-1]:
@@ -254,14 +278,20 @@ def _raise_problems(
         problems.append(f"targets must be integer ids of shape (N={n},), got {targets.dtype} {tuple(targets.shape)}")
     id_tensors = {"targets": targets}
     if alpha < 1.0 and kd == "sampled":
-        if sampled_ids is None:
+        if extra_ids is None or extra_logprobs is None:
             problems.append(
-                "kd='sampled' with alpha < 1 needs sampled_ids of shape (N, M): tokens drawn from the teacher"
+                "kd='sampled' with alpha < 1 needs extra_ids and extra_logprobs of shape (N, M): tokens drawn from "
+                "the teacher and their teacher logprobs"
             )
-        elif sampled_ids.dim() != 2 or sampled_ids.shape[0] != n or sampled_ids.shape[1] == 0:
-            problems.append(f"sampled_ids must be (N={n}, M ≥ 1), got {tuple(sampled_ids.shape)}")
+        elif extra_ids.dim() != 2 or extra_ids.shape[0] != n or extra_ids.shape[1] == 0:
+            problems.append(f"extra_ids must be (N={n}, M ≥ 1), got {tuple(extra_ids.shape)}")
+        elif extra_logprobs.shape != extra_ids.shape:
+            problems.append(
+                f"extra_logprobs {tuple(extra_logprobs.shape)} must have the shape of extra_ids "
+                f"{tuple(extra_ids.shape)}"
+            )
         else:
-            id_tensors["sampled_ids"] = sampled_ids
+            id_tensors["extra_ids"] = extra_ids
     if alpha < 1.0 and kd in KD_KINDS and kd != "sampled":
         if topk_ids is None or topk_logprobs is None:
             problems.append(f"alpha={alpha} < 1 with kd={kd!r} needs the teacher's topk_ids and topk_logprobs")
@@ -274,6 +304,8 @@ def _raise_problems(
             problems.append("topk_ids and topk_logprobs have k = 0 columns: the cache holds no teacher logprobs")
         elif not topk_logprobs.is_floating_point():
             problems.append(f"topk_logprobs must be floating-point logprobs, got {topk_logprobs.dtype}")
+        elif tail_logprobs is not None and tail_logprobs.shape != (n,):
+            problems.append(f"tail_logprobs must be (N={n},), got {tuple(tail_logprobs.shape)}")
         else:
             id_tensors["topk_ids"] = topk_ids
     for name, ids in id_tensors.items():

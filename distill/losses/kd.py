@@ -5,7 +5,12 @@ sides are compared on the same coarse partition of the vocabulary:
 
 - tail="bucket": the k tokens of S plus one bucket for every other token (k+1 buckets). The
   teacher's tail holds r = 1 − Σ_S p, the student's 1 − Σ_S q. With k = V this is the exact KL.
-- tail="renorm": S alone, both sides renormalised over S (the tail is dropped).
+- tail="renorm": S alone, both sides renormalised over S (the tail is dropped). Not the
+  DistillKit / axolotl form (the renormalised teacher against the student's full-vocabulary log q
+  on S), on purpose: that form's optimum is the teacher truncated to S — a student sharper than its
+  teacher, the top-k bias sampled KD exists to remove — and it is not 0 for the teacher itself
+  (−log Σ_S p), so its kd would not compare with the other kinds'. The pressure on the student's
+  mass outside S comes from tail="bucket" (exact at τ = 1) or, with renorm, from the CE term (α > 0).
 
 Every function here maps (n, buckets) or (n, V) tensors to (n,) per-position values; masking,
 chunking and averaging live in `distill.losses.chunked`.
@@ -18,9 +23,14 @@ Numerical choices, and why:
   EXACT_TAIL_BELOW recompute it exactly as a logsumexp over the complement of S. Without that,
   an over-confident student sees its tail clamped and gets no gradient towards the teacher's
   tail mass, however large.
-- Quantised teacher logprobs can sum to slightly more than 1: the tail is then empty (log r = −inf)
-  and the k+1 buckets are renormalised, which also makes the tempered teacher a distribution. A tail
-  within k rounding errors of 0 is empty too, or τ > 1 would inflate rounding noise into mass.
+- The teacher's tail is the cached log r when the cache has it (format 2: exact from the engine)
+  and is otherwise derived from the top-k in float64 — never thresholded by the input dtype's
+  epsilon, which in bf16 (k = 20) would empty tails of up to 14%. The k+1 buckets are normalised
+  together, so a quantised top-1 that is off by half a percent is absorbed, not turned into tail.
+- Temperature: tail="renorm" tempers exactly (ℓ_i/τ over S, renormalised: the tempered teacher
+  given S). The tempered tail bucket Σ_{j∉S} p_j^(1/τ) / Z_τ cannot be known from the top-k (tempering
+  one bucket as if it were one token is off by up to 0.9 in total variation), so tail="bucket" at
+  τ ≠ 1 is refused rather than approximated.
 - Reverse KL takes log p where the teacher may have put exactly 0 (an empty tail): there the
   teacher is floored at TEACHER_FLOOR, so such a bucket costs the student at most
   q (log q + 18.4) instead of infinity.
@@ -48,29 +58,29 @@ def log1mexp(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
 
 
-def teacher_partition(topk_logprobs: torch.Tensor, tail: str, temperature: float) -> torch.Tensor:
+def teacher_partition(
+    topk_logprobs: torch.Tensor, tail: str, temperature: float, tail_logprobs: torch.Tensor | None = None
+) -> torch.Tensor:
     """Teacher log-probabilities over the buckets.
 
     topk_logprobs: (n, k) raw teacher logprobs (natural log, before temperature), any float dtype.
-    Returns (n, k+1) for tail="bucket" (last column: the tail r = 1 − Σ_S p, −inf when the top-k
-    sums to 1 within k rounding errors of the input dtype, or more) or (n, k) for tail="renorm",
-    in fp32 (fp64 stays fp64).
-
-    τ ≠ 1 re-tempers every bucket (ℓ_i/τ, and (log r)/τ for the tail) and renormalises over the
-    buckets. That is an approximation: the tail's shape is unknown, so it is tempered as if it were
-    a single token, which understates its tempered mass for τ > 1 (tempering lifts each of the many
-    small tail tokens; Σ r_j^(1/τ) ≥ r^(1/τ)). With k = V it is exact.
+    tail_logprobs: (n,) log of the teacher's mass outside the top-k (−inf: none), or None to derive it
+        from the top-k in float64 (−inf where they sum to 1 or more).
+    Returns (n, k+1) for tail="bucket" (last column: the tail) or (n, k) for tail="renorm", in fp32
+    (fp64 stays fp64), normalised over the buckets. tail="renorm" applies temperature exactly
+    (ℓ_i/τ, renormalised over S); tail="bucket" needs τ = 1 (see the module docstring).
     """
     lp = topk_logprobs if topk_logprobs.dtype == torch.float64 else topk_logprobs.float()
-    if tail == "bucket":
-        log_mass = torch.logsumexp(lp, dim=-1)  # (n,) log Σ_S p
-        # a tail below k rounding errors of the input dtype is not resolvable from the k logprobs: it is
-        # empty, not noise for τ > 1 to inflate; quantised logprobs can also sum a hair above 1
-        resolution = topk_logprobs.shape[-1] * torch.finfo(topk_logprobs.dtype).eps
-        log_tail = torch.where(log_mass > -resolution, -math.inf, log1mexp(log_mass.clamp(max=-resolution)))  # (n,)
-        lp = torch.cat([lp, log_tail.unsqueeze(-1)], dim=-1)  # (n, k+1)
-    # renormalising also absorbs an overshoot above 1; at τ = 1 with r > 0 it changes nothing
-    return torch.log_softmax(lp / temperature, dim=-1)
+    if tail == "renorm":
+        return torch.log_softmax(lp / temperature, dim=-1)
+    if temperature != 1.0:
+        raise ValueError("tail='bucket' is exact only at temperature 1; use tail='renorm' to temper the teacher")
+    if tail_logprobs is None:
+        log_mass = torch.logsumexp(topk_logprobs.double(), dim=-1)  # (n,) log Σ_S p, in fp64 whatever came in
+        tail_logprobs = torch.where(log_mass < 0, log1mexp(log_mass.clamp(max=-1e-300)), -math.inf)
+    log_tail = tail_logprobs.to(lp.dtype).clamp(max=0.0)  # (n,)
+    # normalising the k+1 buckets together absorbs the quantiser's error on the top-1 (it can push Σ_S p past 1)
+    return torch.log_softmax(torch.cat([lp, log_tail.unsqueeze(-1)], dim=-1), dim=-1)  # (n, k+1)
 
 
 def student_partition(
@@ -139,14 +149,20 @@ def divergence(log_p: torch.Tensor, log_q: torch.Tensor, kd: str, beta: float) -
     raise ValueError(f"divergence() handles forward, reverse and jsd, not {kd!r}")
 
 
-def sampled_cross_entropy(
-    logits: torch.Tensor, lse: torch.Tensor, sampled_ids: torch.Tensor, temperature: float
+def sampled_kl(
+    logits: torch.Tensor,
+    lse: torch.Tensor,
+    extra_ids: torch.Tensor,
+    extra_logprobs: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
-    """−(1/M) Σ_j log q(x_j) over M tokens x_j drawn from the teacher: (n,).
+    """(1/M) Σ_j (log p_τ(x_j) − log q_τ(x_j)) over M tokens x_j drawn from the tempered teacher p_τ: (n,).
 
-    An unbiased estimate of the cross-entropy from the full teacher distribution to the student,
-    without the top-k truncation bias (Anshumann et al., 2025, "Sparse Logit Sampling").
-    logits: (n, V) before temperature; lse: (n,) logsumexp(logits / τ); sampled_ids: (n, M) long.
+    An unbiased estimate of the full-vocabulary KL(p_τ‖q_τ), without the top-k truncation bias
+    (Anshumann et al., 2025, "Sparse Logit Sampling"); its gradient is the unbiased −(1/M) Σ ∇log q_τ(x_j).
+    A student equal to the teacher gets exactly 0 for every draw.
+    logits: (n, V) before temperature; lse: (n,) logsumexp(logits / τ); extra_ids: (n, M) long;
+    extra_logprobs: (n, M) the teacher's log p_τ(x_j), at the temperature the tokens were drawn at (= τ).
     """
-    log_q = logits.gather(-1, sampled_ids) / temperature - lse.unsqueeze(-1)  # (n, M)
-    return -log_q.mean(-1)
+    log_q = logits.gather(-1, extra_ids) / temperature - lse.unsqueeze(-1)  # (n, M)
+    return (extra_logprobs.to(log_q.dtype) - log_q).mean(-1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill.cache import CacheSpec, codec
+from distill.cache import CacheSpec, Record, codec
+from distill.cache.format import topk_tail_logprobs
 from distill.cache.synthetic import lm_like_logprobs, topk_kl, zipf_topk_ids
 from tests.cache.helpers import make_record
 
@@ -50,12 +51,87 @@ def test_record_round_trip(rng: np.random.Generator, precision: str, k: int) -> 
         np.testing.assert_array_equal(out["completion_ids"], rec.completion_ids)
         np.testing.assert_array_equal(out["topk_ids"], rec.topk_ids)
         assert np.isnan(out["sampled_logprobs"][0])
-        tol = 0 if precision == "fp32" else 0.13
+        # compact: half a 0.25-nat step, on logprobs stored relative to the top-k's mass (plus that mass's error)
+        tol = 0 if precision == "fp32" else 0.14
         np.testing.assert_allclose(out["topk_logprobs"], rec.topk_logprobs, atol=tol, rtol=0)
         np.testing.assert_allclose(out["sampled_logprobs"][1:], rec.sampled_logprobs[1:], atol=tol, rtol=0)
+        if k:  # the tail is stored; without one given, it is the top-k's complement
+            want = topk_tail_logprobs(rec.topk_logprobs)
+            np.testing.assert_allclose(out["tail_logprobs"], want, atol=0 if precision == "fp32" else 0.13, rtol=0)
+        else:
+            assert out["tail_logprobs"] is None
 
 
 def test_ids_compress_well_below_fixed_width_on_zipfian_stream(rng: np.random.Generator) -> None:
     ids = zipf_topk_ids(rng, 5000, 20, 151_936, 1.1)
     bits = 8 * len(codec.pack_array(ids)) / ids.size
     assert bits < 13.0  # fixed-width packing would need 18 bits at this vocabulary
+
+
+# ---------------------------------------------------------------------------------------------
+# the KD target a perfect student sees: decoded vs exact, top-k buckets + tail, τ = 1
+
+
+def _decoded_kl(topk_lp: np.ndarray, tail_lp: np.ndarray, renorm: bool = False) -> np.ndarray:
+    """Per position KL(decoded ‖ exact) over the k+1 buckets (or the renormalised k), after a compact round trip."""
+    n, k = topk_lp.shape
+    ids = np.tile(np.arange(k, dtype=np.int32), (n, 1))
+    rec = Record(
+        np.zeros(2, np.int32),
+        ids[:, 0].copy(),
+        ids,
+        topk_lp.astype(np.float32),
+        topk_lp[:, 0].astype(np.float32),
+        {"prompt_id": "p", "sample_index": 0},
+        tail_logprobs=tail_lp.astype(np.float32),
+    )
+    spec = CacheSpec(top_k=k, vocab_size=k + 1)
+    out = codec.decode_fields(codec.encode_fields(rec, spec), n, spec)
+
+    def buckets(lp: np.ndarray, tail: np.ndarray) -> np.ndarray:
+        b = lp.astype(np.float64) if renorm else np.concatenate([lp, tail[:, None]], 1).astype(np.float64)
+        return b - np.logaddexp.reduce(b, axis=1, keepdims=True)
+
+    got, want = buckets(out["topk_logprobs"], out["tail_logprobs"]), buckets(topk_lp, tail_lp)
+    p = np.exp(got)
+    return np.where(p > 0, p * (got - np.where(p > 0, want, 0.0)), 0.0).sum(1)
+
+
+@pytest.mark.parametrize("top1", [0.99, 0.999, 0.9999, 1 - 1e-5, 1 - 1e-6, 1 - 1e-7])
+@pytest.mark.parametrize("tail_share", [0.0, 0.01, 0.5, 0.99])
+def test_near_certain_positions_keep_their_tail(rng: np.random.Generator, top1: float, tail_share: float) -> None:
+    """Version 1 decoded every top-1 in [0.9875, 1] as 0.995 and a tail of 1e-5 as 4.9e-3: now ≤ 1e-3 nats."""
+    rest = 1.0 - top1
+    tail = rest * tail_share
+    others = rng.dirichlet(np.full(19, 0.5), 500) * (rest - tail)
+    lp = np.log(np.concatenate([np.full((500, 1), top1), others], 1))
+    lp = -np.sort(-lp, axis=1)
+    tail_lp = np.full(500, np.log(tail) if tail > 0 else -np.inf)
+    assert _decoded_kl(lp, tail_lp).max() <= 1e-3
+    assert _decoded_kl(lp, tail_lp, renorm=True).max() <= 1e-3
+
+
+@pytest.mark.parametrize("tail", [1e-4, 0.1, 0.5, 0.9, 0.999])
+def test_high_entropy_positions_keep_their_shape_and_tail(rng: np.random.Generator, tail: float) -> None:
+    """A top-k holding little mass is quantised at its own scale, so the renormalised target stays exact too."""
+    lp = -np.sort(-np.log(rng.dirichlet(np.full(20, 0.3), 1000) * (1 - tail) + 1e-30), axis=1)
+    tail_lp = np.full(1000, np.log(tail))
+    assert _decoded_kl(lp, tail_lp).max() <= 1e-3
+    assert _decoded_kl(lp, tail_lp, renorm=True).max() <= 1e-3
+
+
+def test_an_empty_tail_stays_empty() -> None:
+    lp = np.log(np.array([[0.7, 0.2, 0.1]]))
+    rec = Record(
+        np.zeros(1, np.int32),
+        np.zeros(1, np.int32),
+        np.array([[0, 1, 2]], np.int32),
+        lp.astype(np.float32),
+        lp[:, 0].astype(np.float32),
+        {"prompt_id": "p", "sample_index": 0},
+        tail_logprobs=np.array([-np.inf], np.float32),
+    )
+    for precision in ("compact", "fp32"):
+        spec = CacheSpec(top_k=3, vocab_size=3, precision=precision)
+        out = codec.decode_fields(codec.encode_fields(rec, spec), 1, spec)
+        assert np.isneginf(out["tail_logprobs"][0])

@@ -84,6 +84,47 @@ def test_bad_records_are_refused_with_a_sentence(tmp_path: Path, rng: np.random.
         CacheWriter(tmp_path / "d", CacheSpec(top_k=2000, vocab_size=1000), key="k")
 
 
+def test_repeated_topk_ids_and_bad_tails_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    """A repeated id counts its probability twice, so the student's tail would be understated."""
+    w = CacheWriter(tmp_path / "c", SPEC, key="k")
+    rec = make_record(rng, 0, tokens=5)
+    rec.topk_ids[3, 4] = rec.topk_ids[3, 1]
+    with pytest.raises(
+        DistillError, match=r"top-k ids repeat within a position \(1 positions, first at completion token 3\)"
+    ):
+        w.append(rec)
+    rec = make_record(rng, 1, tokens=5)
+    rec.tail_logprobs = np.full(5, np.nan, np.float32)
+    with pytest.raises(DistillError, match="tail_logprobs must be log masses"):
+        w.append(rec)
+    rec.tail_logprobs = np.zeros(4, np.float32)
+    with pytest.raises(DistillError, match=r"tail_logprobs has shape \(4,\), expected \(5,\)"):
+        w.append(rec)
+    sampled = CacheWriter(tmp_path / "s", CacheSpec(top_k=8, vocab_size=1000, extra_k=2), key="s")
+    rec = make_record(rng, 2, tokens=5)
+    rec.extra_ids = np.zeros((5, 2), np.int32)
+    with pytest.raises(DistillError, match="extra_logprobs .* must have shape"):
+        sampled.append(rec)
+    w.close()
+    sampled.close()
+
+
+def test_stored_tails_and_extra_samples_round_trip(tmp_path: Path, rng: np.random.Generator) -> None:
+    spec = CacheSpec(top_k=8, vocab_size=1000, extra_k=3, extra_temperature=2.0, precision="fp32")
+    rec = make_record(rng, 0, tokens=7)
+    rec.tail_logprobs = np.log(rng.uniform(1e-9, 0.9, 7)).astype(np.float32)
+    rec.extra_ids = rng.integers(0, 1000, (7, 3)).astype(np.int32)
+    rec.extra_logprobs = -rng.uniform(0, 9, (7, 3)).astype(np.float32)
+    with CacheWriter(tmp_path / "c", spec, key="k") as w:
+        w.append(rec)
+        w.finish()
+    cache = open_cache(tmp_path / "c")
+    assert cache.spec.extra_temperature == 2.0
+    out = cache[0]
+    for name in ("tail_logprobs", "extra_ids", "extra_logprobs"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(rec, name), err_msg=name)
+
+
 def test_incomplete_cache_is_refused_unless_asked(tmp_path: Path, rng: np.random.Generator) -> None:
     w = CacheWriter(tmp_path / "c", SPEC, key="k", shard_bytes=1)
     w.append(make_record(rng, 0))
