@@ -117,12 +117,27 @@ def test_hf_backend_matches_transformers_forward(tiny_model: Path, prompts_file:
         "3",
         "--backend",
         "hf",
+        "--extra-samples",
+        "3",
         *GEN_ARGS,
         home=home,
     )
     path = Path(out.stdout.strip().splitlines()[-1])
     assert len(open_cache(path)) == 6 and open_cache(path).provenance["engine"] == "hf"
     assert_matches_forward(path, tiny_model)
+    # the hf engine sees full logits: every position also carries 3 tokens drawn from the teacher (τ = 1)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    for rec in open_cache(path):
+        assert rec.extra_ids.shape == (rec.num_tokens, 3)
+        ids = torch.from_numpy(np.concatenate([rec.prompt_ids, rec.completion_ids]).astype(np.int64))[None]
+        p, t = len(rec.prompt_ids), rec.num_tokens
+        with torch.no_grad():
+            ref = torch.log_softmax(model(ids).logits[0, p - 1 : p - 1 + t].float(), -1).numpy()
+        np.testing.assert_allclose(np.take_along_axis(ref, rec.extra_ids, 1), rec.extra_logprobs, atol=1e-4)
+    refused = distill(*vllm_command(tiny_model, prompts_file), "--extra-samples", "3", home=home, check=False)
+    assert refused.returncode == 1 and "vLLM does not expose" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_identical_rerun_is_a_cache_hit_without_an_engine(
