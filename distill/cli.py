@@ -304,13 +304,25 @@ def demo(
     steps: Annotated[int, typer.Option(help="Training steps of each student.")] = 1500,
     eval_problems: Annotated[int, typer.Option(help="arith:test problems to evaluate on (4 samples each).")] = 200,
     kd_temperature: Annotated[
-        float, typer.Option(help="KD temperature τ of the KD student (1 makes KD nearly SFT with this teacher).")
-    ] = 4.0,
+        float,
+        typer.Option(
+            help="KD temperature τ of the KD student (1: the exact tail bucket; else the renormalised top-20)."
+        ),
+    ] = 1.0,
+    kd_alpha: Annotated[float, typer.Option(help="α of the KD student (weight of CE; 1 − α weighs KD).")] = 0.5,
 ) -> None:
     """The whole pipeline on the embedded default."""
     from distill.demo import run_demo
 
-    run_demo(out, seed, prompts=prompts, steps=steps, eval_problems=eval_problems, kd_temperature=kd_temperature)
+    run_demo(
+        out,
+        seed,
+        prompts=prompts,
+        steps=steps,
+        eval_problems=eval_problems,
+        kd_temperature=kd_temperature,
+        kd_alpha=kd_alpha,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

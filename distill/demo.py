@@ -1,12 +1,16 @@
 """`distill demo`: the whole pipeline on the embedded default, on one CPU machine, in minutes.
 
 generate (the bundled arith teacher through real vLLM, top-20 logprobs into a cache, on the
-`arith:distill` prompts it was never trained on, so it gets some wrong) → filter
-(math + format verifiers: a view of the correct traces) → train two students from the same cache
-with the same steps and seed, KD (α=0.5, τ=4 on the renormalised top-20, which tempers exactly) and
-SFT (α=1) → eval teacher and both students on
-`arith:test` → a table, `summary.json` and `report.md` with plots (CE and KL curves, accuracy
-bars, filter pass rates).
+`arith:distill` prompts it was never trained on, so it gets some wrong) → filter (math + format
+verifiers: a view of the correct traces) → train two students from the same cache with the same
+steps, batch and seed, KD (α = 0.5, τ = 1, top-20 + tail bucket: the exact target) and SFT (α = 1)
+→ eval teacher and both students on `arith:test` → a table, `summary.json` and `report.md` with
+plots (CE and KL curves, accuracy bars, filter pass rates, the teacher's per-token entropy).
+
+The teacher was trained on traces whose correct reasoning forks (order, operand order, phrasing,
+checks: see distill.tasks.arith), so at τ = 1 it spreads its mass over the valid continuations and
+KD has more to pass on than the text; the summary reports that entropy. Both students start from
+the bundled pretrained base student (it knows arithmetic, not the task's reasoning).
 
 Each stage runs as its own `distill` command in a subprocess, exactly as a user would chain them:
 stages talk through files on disk, never in memory. Without the bundled teacher (a checkout where
@@ -23,19 +27,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
+from distill.cache import open_cache, view_indices
 from distill.presets import preset_dir
 
 STAGES = 7
 
-# The bundled teacher is almost certain at every position of its traces (mean entropy 0.005 nats,
-# top-1 probability 0.998 at τ = 1): there the KL target is the trace token itself and KD
-# degenerates into SFT. At τ = 4 its ranking of the alternatives (mean entropy 1.2 nats) is the
-# extra signal KD exists to pass on (Hinton et al. 2015). `--kd-temperature 1` shows the difference.
-# At τ ≠ 1 the target is the teacher's top-20 renormalised (`--tail renorm`), which tempers exactly;
-# the tail bucket is exact only at τ = 1 (the tempered tail mass is unknown).
-KD_TEMPERATURE = 4.0
+# τ = 1 is the standard setting and the only one where the tail bucket is exact; the teacher has
+# real entropy at its forks, so there is no need to soften it. α = 0.5 keeps half the weight on the
+# trace token (CE), the rest on the teacher's distribution at every position.
+KD_TEMPERATURE = 1.0
+KD_ALPHA = 0.5
 BATCH_ROWS = 4  # small steps: on 2 CPU cores the students are limited by optimiser steps, not data
 
 
@@ -67,6 +71,7 @@ def run_demo(
     steps: int = 1500,
     eval_problems: int = 200,
     kd_temperature: float = KD_TEMPERATURE,
+    kd_alpha: float = KD_ALPHA,
 ) -> dict:
     """Run every stage; print the table; write summary.json and report.md under `out`."""
     start = time.perf_counter()
@@ -105,7 +110,8 @@ def run_demo(
     view = json.loads((Path(cache) / "views" / "correct.json").read_text())
     tail = "bucket" if kd_temperature == 1 else "renorm"  # both students get it: they differ in α and τ only
     runs = {}
-    for i, (name, alpha) in enumerate((("kd", "0.5"), ("sft", "1.0"))):
+    entropy = teacher_entropy(Path(cache)) if view["kept"] else np.zeros(0)
+    for i, (name, alpha) in enumerate((("kd", str(kd_alpha)), ("sft", "1.0"))):
         how = f"alpha {alpha}" + (f", temperature {kd_temperature:g}" if name == "kd" else "")
         typer.echo(f"[{3 + i}/{STAGES}] train the {name.upper()} student ({how}, {steps} steps, seed {seed})")
         args = [
@@ -174,14 +180,23 @@ def run_demo(
         "seed": seed,
         "steps": steps,
         "kd_temperature": kd_temperature,
+        "kd_alpha": kd_alpha,
         "kd_tail": tail,
+        "batch_rows": BATCH_ROWS,
+        "teacher_entropy_mean": float(entropy.mean()) if len(entropy) else None,
+        "teacher_entropy_above_half": float((entropy > 0.5).mean()) if len(entropy) else None,
         "seconds": round(time.perf_counter() - start, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    _report(out, summary, {k: _metrics(out / k) for k in ("kd", "sft")})
+    _report(out, summary, {k: _metrics(out / k) for k in ("kd", "sft")}, entropy)
     typer.echo(f"\n{'model':<10}{'pass@1':>8}{'cons@4':>8}")
     for name in ("teacher", "kd", "sft"):
         typer.echo(f"{name:<10}{100 * summary[f'{name}_pass1']:8.1f}{100 * summary[f'{name}_cons4']:8.1f}")
+    if len(entropy):
+        typer.echo(
+            f"teacher entropy on its kept traces (τ = 1): {summary['teacher_entropy_mean']:.3f} nats per token, "
+            f"{summary['teacher_entropy_above_half']:.1%} of positions above 0.5 nats"
+        )
     typer.echo(
         f"kept {summary['kept_records']} of {summary['train_records']} teacher traces; "
         f"{summary['seconds']:.0f}s; report: {out / 'report.md'}"
@@ -189,8 +204,20 @@ def run_demo(
     return summary
 
 
-def _report(out: Path, summary: dict, metrics: dict[str, list[dict]]) -> None:
-    """report.md with three PNG plots beside it."""
+def teacher_entropy(cache_path: Path, view: str = "correct") -> np.ndarray:
+    """Per completion position, the teacher's entropy in nats at τ = 1 over its top-k and the tail bucket,
+    on the traces the view kept (the tail counted as one token: a lower bound, tight when it is small)."""
+    cache = open_cache(cache_path)
+    out = []
+    for rec in cache.records(view_indices(cache, view)):
+        lp = np.concatenate([rec.topk_logprobs, rec.tail_logprobs[:, None]], axis=1).astype(np.float64)  # (T, k+1)
+        p = np.exp(lp)
+        out.append(-np.where(p > 0, p * np.where(p > 0, lp, 0.0), 0.0).sum(axis=1))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _report(out: Path, summary: dict, metrics: dict[str, list[dict]], entropy: np.ndarray) -> None:
+    """report.md with four PNG plots beside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -235,12 +262,23 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]]) -> None:
     fig.savefig(out / "filter.png", dpi=110)
     plt.close(fig)
 
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if len(entropy):
+        ax.hist(entropy, bins=np.linspace(0, max(2.0, float(entropy.max())), 41), color="C0")
+        ax.axvline(0.5, color="k", linestyle=":", label="0.5 nats")
+        ax.legend()
+    ax.set(title="teacher entropy per position (τ = 1, kept traces)", xlabel="nats", ylabel="positions", yscale="log")
+    fig.tight_layout()
+    fig.savefig(out / "entropy.png", dpi=110)
+    plt.close(fig)
+
     who = "bundled arith teacher" if summary["bundled_teacher"] else "random tiny model (no bundled teacher)"
     lines = [
         "# distill demo report",
         "",
         f"Teacher: {who}; seed {summary['seed']}; {summary['steps']} training steps per student "
-        f"(KD: α = 0.5, τ = {summary['kd_temperature']:g}, --tail {summary['kd_tail']}; SFT: α = 1); "
+        f"(KD: α = {summary['kd_alpha']:g}, τ = {summary['kd_temperature']:g}, --tail {summary['kd_tail']}; "
+        "SFT: α = 1); "
         f"{summary['seconds']:.0f} s.",
         "",
         "| model | pass@1 | cons@4 |",
@@ -249,11 +287,16 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]]) -> None:
         "",
         f"Filter: kept {summary['kept_records']} of {summary['train_records']} traces.",
         "",
+        f"Teacher entropy on its kept traces (τ = 1): {summary['teacher_entropy_mean'] or 0:.3f} nats per token on "
+        f"average, {summary['teacher_entropy_above_half'] or 0:.1%} of positions above 0.5 nats.",
+        "",
         "![training curves](curves.png)",
         "",
         "![accuracy](accuracy.png)",
         "",
         "![filter pass rates](filter.png)",
+        "",
+        "![teacher entropy](entropy.png)",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))

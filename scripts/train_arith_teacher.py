@@ -1,16 +1,18 @@
 """Train the bundled teacher of the embedded default: a ~1M-parameter Qwen2 on the `arith` task.
 
-Reproducible by seed, CPU only: 30 epochs (2,760 steps) take 12–30 minutes on 2 cores. Steps:
+Reproducible by seed, CPU only: 8 epochs over 4 reference traces per problem (about 3,000 steps)
+take 15–30 minutes on 2 cores. Steps:
 1. a byte-level BPE tokenizer trained on the task's text (digits stay single tokens: Qwen's split);
 2. a randomly initialised Qwen2 (hidden 128, 4 layers, 4 heads of 32 — vLLM's CPU backend needs
    head size ≥ 32);
-3. SFT with distill's own trainer (`distill train --traces ... --alpha 1`) on the reference
-   chains of thought of `arith:train`;
-4. the result is copied to `teachers/arith-teacher/` (weights, tokenizer, generation config) and
-   the student skeleton `students/arith-student/` (config + tokenizer, a quarter of the teacher's
-   parameters, trained from random initialisation) is written beside it.
+3. SFT with distill's own trainer (`distill train --traces ... --alpha 1`) on `--variants` reference
+   chains of thought per problem of `arith:train`, each drawn with the task's forks (order, operand
+   order, connectives, check line, phrasing), so the teacher learns to spread its mass over the
+   valid continuations instead of one string;
+4. `--install` copies the result to `teachers/arith-teacher/` (weights, tokenizer, generation
+   config). The bundled student is pretrained from this tokenizer by scripts/pretrain_arith_student.py.
 
-    python scripts/train_arith_teacher.py [--epochs 30] [--seed 0] [--work runs/arith-teacher] --install
+    python scripts/train_arith_teacher.py [--epochs 8] [--variants 4] [--seed 0] [--work runs/arith-teacher] --install
 """
 
 from __future__ import annotations
@@ -24,21 +26,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TEACHER = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=512)
-STUDENT = dict(hidden_size=64, num_layers=4, num_heads=2, num_kv_heads=1, intermediate_size=256)
-VOCAB = 320
+VOCAB = 512  # room for the forks' words ("then", "verify", ...) to be single tokens
 
 
 def corpus() -> list[str]:
     from distill.presets import R1_INSTRUCTION
     from distill.tasks import arith
 
-    rows = arith.problems("train")
+    rows = arith.problems("train", variants=4)
     return [f"{r['prompt']}\n{R1_INSTRUCTION}\n{r['completion']}" for r in rows]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--variants", type=int, default=4, help="reference traces per problem, forks drawn anew")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "arith-teacher")
@@ -50,7 +52,7 @@ def main() -> None:
     if not args.only_install:
         train(work, args)
     if args.install or args.only_install:
-        install(work, args.seed)
+        install(work)
 
 
 def train(work: Path, args: argparse.Namespace) -> None:
@@ -62,7 +64,10 @@ def train(work: Path, args: argparse.Namespace) -> None:
         work / "init", vocab_size=VOCAB, seed=args.seed, corpus=corpus(), max_position_embeddings=512, **TEACHER
     )
     traces = work / "traces.jsonl"
-    traces.write_text("".join(json.dumps(r) + "\n" for r in arith.problems("train")))
+    rows = arith.problems("train", variants=args.variants)  # seed 0: the arith:train split itself
+    traces.write_text(
+        "".join(json.dumps({**r, "id": f"{r['id']}-{i % args.variants}"}) + "\n" for i, r in enumerate(rows))
+    )
     subprocess.run(
         [
             sys.executable,
@@ -96,23 +101,14 @@ def train(work: Path, args: argparse.Namespace) -> None:
     )
 
 
-def install(work: Path, seed: int) -> None:
-    """Copy the trained teacher into teachers/ and write the config-only student into students/."""
-    from distill.models.tiny import build_tiny_model
-
+def install(work: Path) -> None:
+    """Copy the trained teacher into teachers/arith-teacher, its record free of this machine's paths."""
     target = REPO / "teachers" / "arith-teacher"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(work / "run" / "model", target)
-    student = REPO / "students" / "arith-student"
-    shutil.rmtree(student, ignore_errors=True)
-    skeleton = build_tiny_model(
-        work / "student", vocab_size=VOCAB, seed=seed, corpus=corpus(), max_position_embeddings=512, **STUDENT
-    )
-    student.mkdir(parents=True)
-    for f in skeleton.iterdir():
-        if f.name != "model.safetensors":  # the student starts from random weights: config only
-            shutil.copy(f, student / f.name)
-    print(f"installed {target} and {student}")
+    record = target / "distill_train.json"
+    record.write_text(record.read_text().replace(str(work.resolve()), "WORK").replace(str(work), "WORK"))
+    print(f"installed {target}; now run scripts/pretrain_arith_student.py --install")
 
 
 if __name__ == "__main__":

@@ -34,19 +34,22 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     for key in ("teacher_pass1", "kd_pass1", "sft_pass1", "train_records", "kept_records", "seconds"):
         assert key in summary
+    if summary["kept_records"]:  # the teacher's entropy on its kept traces, from the cache: a real number of nats
+        assert summary["teacher_entropy_mean"] > 0 and 0 <= summary["teacher_entropy_above_half"] <= 1
     assert summary["train_records"] == 6 and 0 <= summary["kept_records"] <= 6
-    # the two students differ only in the loss: KD at α 0.5 and the demo's τ, SFT at α 1
+    # the two students differ only in the loss: KD at the demo's α and τ (1: the exact tail bucket), SFT at α 1
     configs = {
         n: json.loads((tmp_path / "demo" / n / "model" / "distill_train.json").read_text())["config"]
         for n in ("kd", "sft")
     }
-    assert (configs["kd"]["alpha"], configs["kd"]["temperature"]) == (0.5, summary["kd_temperature"]) == (0.5, 4.0)
+    kd = (configs["kd"]["alpha"], configs["kd"]["temperature"], configs["kd"]["tail"])
+    assert kd == (summary["kd_alpha"], summary["kd_temperature"], summary["kd_tail"]) == (0.5, 1.0, "bucket")
     assert configs["sft"]["alpha"] == 1.0
     assert {k: v for k, v in configs["kd"].items() if k not in ("alpha", "temperature", "out")} == {
         k: v for k, v in configs["sft"].items() if k not in ("alpha", "temperature", "out")
     }
     assert all(0 <= summary[k] <= 1 for k in ("teacher_pass1", "kd_pass1", "sft_pass1"))
-    for name in ("report.md", "curves.png", "accuracy.png", "filter.png"):
+    for name in ("report.md", "curves.png", "accuracy.png", "filter.png", "entropy.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert "![accuracy](accuracy.png)" in (tmp_path / "demo" / "report.md").read_text()
     table = out.stdout[out.stdout.index("model") :]

@@ -225,7 +225,11 @@ def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_p
 
 
 def test_a_policy_without_weights_is_refused(tmp_path: Path) -> None:
-    proc = distill("--policy", "arith-student", "--prompts", "arith:train", "--out", str(tmp_path / "o"))
+    from distill.models.tiny import build_tiny_model
+
+    config_only = build_tiny_model(tmp_path / "config-only", vocab_size=300)
+    (config_only / "model.safetensors").unlink()  # a model directory with a config and a tokenizer, no weights
+    proc = distill("--policy", str(config_only), "--prompts", "arith:train", "--out", str(tmp_path / "o"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "has no weights" in proc.stderr and "pass a `distill train` output directory" in proc.stderr
     assert not (tmp_path / "o").exists()

@@ -5,8 +5,9 @@ the codec (quantised top-k and stored tail), the reader, packing, the chunked lo
 identical to the teacher, trained on the teacher's own cache with `--alpha 0 --max-steps 1`, must
 log `kd` ≤ 1e-3 nats per position at step 1 (before any update). Two teachers bracket real data:
 
-- the bundled arith teacher: near-deterministic (mean top-1 ≈ 0.998), where a quantiser that cannot
-  represent p ≈ 1 invents tail mass at almost every position;
+- the bundled arith teacher: near-certain at three positions in four (the arithmetic), where a
+  quantiser that cannot represent p ≈ 1 invents tail mass, and spread over 2–5 valid continuations
+  at its forks;
 - a random tiny Qwen2: high-entropy, its top-20 holding a few percent of the mass, the tail the rest.
 
 Caches: real vLLM generation (top-20, compact precision) for the top-k kinds, and transformers

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 CHAT_TEMPLATE = (
@@ -74,11 +75,14 @@ def build_tiny_model(
     seed: int = 0,
     corpus: Iterable[str] | None = None,
     model_vocab_size: int | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """Save a randomly initialised tiny Qwen2 model and its tokenizer to `out_dir`; returns it.
 
     `model_vocab_size` pads the embedding beyond the tokenizer (as Qwen2.5 pads 151,665 tokens to
-    151,936 rows), e.g. to give a benchmark model a realistic output-layer cost.
+    151,936 rows), e.g. to give a benchmark model a realistic output-layer cost. `tokenizer` (a
+    loaded Hugging Face tokenizer) is used instead of training one on `corpus`, e.g. a student
+    that must share its teacher's.
     """
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
@@ -87,7 +91,8 @@ def build_tiny_model(
         raise ValueError(f"head size {hidden_size // num_heads} < {MIN_HEAD_SIZE}: vLLM's CPU backend would refuse it")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(corpus if corpus is not None else default_corpus(seed), vocab_size)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(corpus if corpus is not None else default_corpus(seed), vocab_size)
     tokenizer.save_pretrained(out)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = Qwen2Config(

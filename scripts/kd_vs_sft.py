@@ -1,0 +1,140 @@
+"""The data-efficiency curve: KD vs SFT students from 1/16, 1/4 and all of the kept teacher traces.
+
+The result a user of this toolkit cares about most: how many teacher traces SFT needs to reach what
+KD reaches from few. From one finished demo (its cache and its `correct` view), for every seed and
+fraction, a random subset of the kept traces (drawn with that seed) becomes a view; a KD student and
+an SFT student train on it with the same steps, batch and seed (the demo's settings), and both are
+evaluated on `arith:test`. Every stage is a `distill` command, as a user would run it.
+
+Writes OUT/results.json (per run and aggregated) and OUT/kd_vs_sft.png (pass@1 against the number of
+traces, mean and spread over seeds, the teacher as a line), prints a table and how many traces SFT
+needs to match KD at the smallest size (log-linear interpolation between measured sizes; "more
+than all" when even all the traces leave SFT below).
+
+    python scripts/kd_vs_sft.py --demo demo-out [--fractions 0.0625 0.25 1] [--seeds 0 1 2] [--out runs/kd-vs-sft]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from distill.cache import open_cache, view_indices, write_view
+
+
+def distill(*args: str) -> str:
+    """One `distill` command; returns its last stdout line (progress passes through to stderr)."""
+    out = subprocess.run([sys.executable, "-m", "distill", *args], stdout=subprocess.PIPE, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
+def evaluate(model: str, out: Path, seed: int, problems: int) -> float:
+    path = out / "eval.json"
+    distill(
+        "eval", "--model", model, "--prompts", "arith:test", "--limit", str(problems), "--samples", "4",
+        "--max-new-tokens", "96", "--seed", str(seed), "--dtype", "float32", "--out", str(path),
+    )  # fmt: skip
+    return json.loads(path.read_text())["summary"]["pass@1"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, required=True, help="a finished `distill demo --out` directory")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1 / 16, 1 / 4, 1.0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--eval-problems", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("runs/kd-vs-sft"))
+    args = parser.parse_args()
+
+    summary = json.loads((args.demo / "summary.json").read_text())
+    cache_path = args.demo / "cache"
+    cache = open_cache(cache_path)
+    kept = view_indices(cache, "correct")
+    kd_args = ["--alpha", str(summary["kd_alpha"]), "--temperature", str(summary["kd_temperature"])]
+    kd_args += ["--tail", summary["kd_tail"]]
+    common = ["--student", "arith-student", "--cache", str(cache_path), "--max-steps", str(summary["steps"])]
+    common += ["--batch-rows", str(summary["batch_rows"]), "--save-every", str(summary["steps"])]
+    runs = []
+    for seed in args.seeds:
+        for fraction in args.fractions:
+            n = max(1, round(fraction * len(kept)))
+            subset = np.random.default_rng(seed).choice(kept, size=n, replace=False)
+            view = f"kd-vs-sft-s{seed}-n{n}"
+            write_view(cache, view, subset.tolist(), {"source_view": "correct", "seed": seed})
+            for name, loss in (("kd", kd_args), ("sft", ["--alpha", "1"])):
+                out = args.out / f"seed-{seed}" / f"n{n}-{name}"
+                print(f"== seed {seed}, {n} traces, {name}", flush=True)
+                model = distill("train", *common, *loss, "--view", view, "--seed", str(seed), "--out", str(out))
+                pass1 = evaluate(model, out, seed, args.eval_problems)
+                runs.append({"seed": seed, "traces": n, "fraction": fraction, "loss": name, "pass1": pass1})
+                print(f"   pass@1 {100 * pass1:.1f}", flush=True)
+
+    sizes = sorted({r["traces"] for r in runs})
+    curve = {
+        name: {n: [100 * r["pass1"] for r in runs if r["loss"] == name and r["traces"] == n] for n in sizes}
+        for name in ("kd", "sft")
+    }
+    stats = {
+        name: {n: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "per_seed": v} for n, v in c.items()}
+        for name, c in curve.items()
+    }
+    match = traces_to_match(stats, sizes)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(
+        json.dumps({"runs": runs, "pass1": stats, "sft_traces_to_match_kd_at_smallest": match,
+                    "teacher_pass1": summary["teacher_pass1"], "settings": {"steps": summary["steps"],
+                    "kd": kd_args, "seeds": args.seeds, "kept": len(kept)}}, indent=2)
+    )  # fmt: skip
+    plot(stats, sizes, 100 * summary["teacher_pass1"], args.out / "kd_vs_sft.png")
+
+    print(f"\npass@1 on arith:test (%), mean ± std over seeds {args.seeds}")
+    print(f"{'traces':>8}{'KD':>16}{'SFT':>16}")
+    for n in sizes:
+        kd, sft = stats["kd"][n], stats["sft"][n]
+        print(f"{n:>8}{kd['mean']:>10.1f} ± {kd['std']:<4.1f}{sft['mean']:>10.1f} ± {sft['std']:<4.1f}")
+    print(f"SFT needs {match} traces to match KD at {sizes[0]} traces")
+
+
+def traces_to_match(stats: dict, sizes: list[int]) -> str:
+    """How many traces SFT needs to reach KD's mean at the smallest size (interpolated in log traces)."""
+    target = stats["kd"][sizes[0]]["mean"]
+    sft = [stats["sft"][n]["mean"] for n in sizes]
+    if sft[0] >= target:
+        return f"{sizes[0]} (SFT is already there)"
+    for (n0, s0), (n1, s1) in zip(zip(sizes, sft, strict=True), zip(sizes[1:], sft[1:], strict=True), strict=False):
+        if s1 >= target:
+            t = (target - s0) / (s1 - s0)
+            return f"about {round(math.exp(math.log(n0) + t * (math.log(n1) - math.log(n0))))}"
+    return f"more than {sizes[-1]} (all of them)"
+
+
+def plot(stats: dict, sizes: list[int], teacher: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, color in (("kd", "C0"), ("sft", "C1")):
+        mean = np.array([stats[name][n]["mean"] for n in sizes])
+        std = np.array([stats[name][n]["std"] for n in sizes])
+        ax.plot(sizes, mean, "o-", color=color, label=f"{name.upper()} student")
+        ax.fill_between(sizes, mean - std, mean + std, color=color, alpha=0.2)
+    ax.axhline(teacher, color="C2", linestyle="--", label="teacher")
+    ax.set(xscale="log", xlabel="kept teacher traces trained on", ylabel="pass@1 on arith:test (%)", ylim=(0, 100))
+    ax.set_title("KD vs SFT, same steps: mean ± std over seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
