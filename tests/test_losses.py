@@ -484,10 +484,19 @@ BAD_ARGUMENTS = [
     (dict(kd="sampled", extra_logprobs=None), r"kd='sampled' with alpha < 1 needs extra_ids and extra_logprobs"),
     (
         dict(kd="sampled", extra_logprobs=torch.zeros(N, M + 1)),
-        r"extra_logprobs \(37, 5\) must have the shape of extra_ids \(37, 4\)",
+        r"extra_logprobs \(torch.float32 \(37, 5\)\) must be floating-point logprobs of the shape of extra_ids "
+        r"\(37, 4\)",
     ),
     (dict(kd="sampled", extra_ids=torch.full((N, M), V)), r"extra_ids hold ids in \[50, 50\] but the output layer"),
-    (dict(tail_logprobs=torch.zeros(N - 1)), r"tail_logprobs must be \(N=37,\), got \(36,\)"),
+    (dict(tail_logprobs=torch.zeros(N - 1)), r"tail_logprobs must be \(N=37,\) log masses, got torch.float32 \(36,\)"),
+    (
+        dict(tail_logprobs=torch.zeros(N, dtype=torch.long)),
+        r"tail_logprobs must be \(N=37,\) log masses, got torch.int64",
+    ),
+    (
+        dict(kd="sampled", extra_logprobs=torch.zeros(N, M, dtype=torch.long)),
+        r"extra_logprobs \(torch.int64 \(37, 4\)\) must be floating-point",
+    ),
     (dict(topk_logprobs=torch.zeros(N, K + 1)), r"topk_ids \(37, 6\) and topk_logprobs \(37, 7\) must both be"),
     (dict(targets=torch.zeros(N - 1, dtype=torch.long)), r"targets must be integer ids of shape \(N=37,\)"),
     (dict(weight=torch.zeros(V, H + 1)), r"must be \(N, H\) and \(V, H\) with the same H"),

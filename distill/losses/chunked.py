@@ -285,10 +285,10 @@ def _raise_problems(
             )
         elif extra_ids.dim() != 2 or extra_ids.shape[0] != n or extra_ids.shape[1] == 0:
             problems.append(f"extra_ids must be (N={n}, M ≥ 1), got {tuple(extra_ids.shape)}")
-        elif extra_logprobs.shape != extra_ids.shape:
+        elif extra_logprobs.shape != extra_ids.shape or not extra_logprobs.is_floating_point():
             problems.append(
-                f"extra_logprobs {tuple(extra_logprobs.shape)} must have the shape of extra_ids "
-                f"{tuple(extra_ids.shape)}"
+                f"extra_logprobs ({extra_logprobs.dtype} {tuple(extra_logprobs.shape)}) must be floating-point "
+                f"logprobs of the shape of extra_ids {tuple(extra_ids.shape)}"
             )
         else:
             id_tensors["extra_ids"] = extra_ids
@@ -304,8 +304,10 @@ def _raise_problems(
             problems.append("topk_ids and topk_logprobs have k = 0 columns: the cache holds no teacher logprobs")
         elif not topk_logprobs.is_floating_point():
             problems.append(f"topk_logprobs must be floating-point logprobs, got {topk_logprobs.dtype}")
-        elif tail_logprobs is not None and tail_logprobs.shape != (n,):
-            problems.append(f"tail_logprobs must be (N={n},), got {tuple(tail_logprobs.shape)}")
+        elif tail_logprobs is not None and (tail_logprobs.shape != (n,) or not tail_logprobs.is_floating_point()):
+            problems.append(
+                f"tail_logprobs must be (N={n},) log masses, got {tail_logprobs.dtype} {tuple(tail_logprobs.shape)}"
+            )
         else:
             id_tensors["topk_ids"] = topk_ids
     for name, ids in id_tensors.items():
