@@ -117,7 +117,9 @@ def test_presets_resolve_from_an_installed_wheel(tmp_path: Path) -> None:
     assert install.returncode == 0, install.stderr
     code = (
         "import distill.presets as p; print(p.preset_dir('teacher')); "
-        "print(p.resolve_preset('qwen-1.5b', 'student').hub_id, p.resolve_preset('qwq-32b', 'teacher').hub_id)"
+        "print(p.resolve_preset('qwen-1.5b', 'student').hub_id, p.resolve_preset('qwq-32b', 'teacher').hub_id); "
+        "from pathlib import Path; print(*(Path(p.resolve_preset(n, k).hub_id, 'model.safetensors').is_file() "
+        "for n, k in (('arith-teacher', 'teacher'), ('arith-student', 'student'))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -127,6 +129,7 @@ def test_presets_resolve_from_an_installed_wheel(tmp_path: Path) -> None:
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
     assert out.returncode == 0, out.stderr
-    where, ids = out.stdout.splitlines()
+    where, ids, bundled = out.stdout.splitlines()
     assert where.startswith(str(target)) and ids == "Qwen/Qwen2.5-Math-1.5B Qwen/QwQ-32B"
+    assert bundled == "True True"  # the embedded default's teacher and base student ship their weights
     assert preset_dir("teacher") == REPO / "teachers"  # and the checkout uses its own folder
