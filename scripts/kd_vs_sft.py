@@ -1,17 +1,20 @@
 """The data-efficiency curve: KD vs SFT students from 1/16, 1/4 and all of the kept teacher traces.
 
 The result a user of this toolkit cares about most: how many teacher traces SFT needs to reach what
-KD reaches from few. From one finished demo (its cache and its `correct` view), for every seed and
-fraction, a random subset of the kept traces (drawn with that seed) becomes a view; a KD student and
-an SFT student train on it with the same steps, batch and seed (the demo's settings), and both are
-evaluated on `arith:test`. Every stage is a `distill` command, as a user would run it.
+KD reaches from few. From finished demos — a `scripts/demo_seeds.py` directory, one demo per seed,
+each with its own cache and `correct` view — for every seed and fraction, a random subset of that
+seed's kept traces (drawn with the seed) becomes a view; a KD student and an SFT student train on
+it with the same steps, batch and seed as the demo's students, and both are evaluated on
+`arith:test` as the demo evaluates. The full-data points are the demo's own KD and SFT students
+(the same training run: all kept traces, same steps and seed), so they are read, not retrained.
+Every stage is a `distill` command, as a user would run it.
 
 Writes OUT/results.json (per run and aggregated) and OUT/kd_vs_sft.png (pass@1 against the number of
 traces, mean and spread over seeds, the teacher as a line), prints a table and how many traces SFT
 needs to match KD at the smallest size (log-linear interpolation between measured sizes; "more
 than all" when even all the traces leave SFT below).
 
-    python scripts/kd_vs_sft.py --demo demo-out [--fractions 0.0625 0.25 1] [--seeds 0 1 2] [--out runs/kd-vs-sft]
+    python scripts/kd_vs_sft.py --demos runs/demo-seeds [--fractions 0.0625 0.25 1] [--out runs/kd-vs-sft]
 """
 
 from __future__ import annotations
@@ -46,25 +49,32 @@ def evaluate(model: str, out: Path, seed: int, problems: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, required=True, help="a finished `distill demo --out` directory")
+    parser.add_argument("--demos", type=Path, required=True, help="a scripts/demo_seeds.py --out directory")
     parser.add_argument("--fractions", type=float, nargs="+", default=[1 / 16, 1 / 4, 1.0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--eval-problems", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("runs/kd-vs-sft"))
     args = parser.parse_args()
 
-    summary = json.loads((args.demo / "summary.json").read_text())
-    cache_path = args.demo / "cache"
-    cache = open_cache(cache_path)
-    kept = view_indices(cache, "correct")
-    kd_args = ["--alpha", str(summary["kd_alpha"]), "--temperature", str(summary["kd_temperature"])]
-    kd_args += ["--tail", summary["kd_tail"]]
-    common = ["--student", "arith-student", "--cache", str(cache_path), "--max-steps", str(summary["steps"])]
-    common += ["--batch-rows", str(summary["batch_rows"]), "--save-every", str(summary["steps"])]
-    runs = []
-    for seed in args.seeds:
+    demos = sorted(args.demos.glob("seed-*/summary.json"), key=lambda p: int(p.parent.name.split("-")[1]))
+    if not demos:
+        raise SystemExit(f"{args.demos} holds no seed-N/summary.json: run scripts/demo_seeds.py --out {args.demos}")
+    runs, summaries = [], [json.loads(p.read_text()) for p in demos]
+    for demo, summary in zip(demos, summaries, strict=True):
+        seed, cache_path = summary["seed"], demo.parent / "cache"
+        cache = open_cache(cache_path)
+        kept = view_indices(cache, "correct")
+        kd_args = ["--alpha", str(summary["kd_alpha"]), "--temperature", str(summary["kd_temperature"])]
+        kd_args += ["--tail", summary["kd_tail"]]
+        common = ["--student", "arith-student", "--cache", str(cache_path), "--max-steps", str(summary["steps"])]
+        common += ["--batch-rows", str(summary["batch_rows"]), "--save-every", str(summary["steps"])]
         for fraction in args.fractions:
             n = max(1, round(fraction * len(kept)))
+            if n == len(kept):  # the demo's own students
+                for name in ("kd", "sft"):
+                    runs.append(
+                        {"seed": seed, "traces": n, "fraction": 1.0, "loss": name, "pass1": summary[f"{name}_pass1"]}
+                    )
+                continue
             subset = np.random.default_rng(seed).choice(kept, size=n, replace=False)
             view = f"kd-vs-sft-s{seed}-n{n}"
             write_view(cache, view, subset.tolist(), {"source_view": "correct", "seed": seed})
@@ -76,25 +86,31 @@ def main() -> None:
                 runs.append({"seed": seed, "traces": n, "fraction": fraction, "loss": name, "pass1": pass1})
                 print(f"   pass@1 {100 * pass1:.1f}", flush=True)
 
-    sizes = sorted({r["traces"] for r in runs})
-    curve = {
-        name: {n: [100 * r["pass1"] for r in runs if r["loss"] == name and r["traces"] == n] for n in sizes}
+    # sizes differ a little between seeds (each seed's filter kept its own number): group by fraction,
+    # and place each fraction at its mean number of traces
+    fractions = sorted({r["fraction"] for r in runs})
+    sizes = [round(statistics.mean(r["traces"] for r in runs if r["fraction"] == f)) for f in fractions]
+    stats = {
+        name: {
+            n: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "per_seed": v}
+            for n, f in zip(sizes, fractions, strict=True)
+            for v in [[100 * r["pass1"] for r in runs if r["loss"] == name and r["fraction"] == f]]
+        }
         for name in ("kd", "sft")
     }
-    stats = {
-        name: {n: {"mean": statistics.mean(v), "std": statistics.pstdev(v), "per_seed": v} for n, v in c.items()}
-        for name, c in curve.items()
-    }
     match = traces_to_match(stats, sizes)
+    teacher = statistics.mean(100 * s["teacher_pass1"] for s in summaries)
+    seeds = [s["seed"] for s in summaries]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
         json.dumps({"runs": runs, "pass1": stats, "sft_traces_to_match_kd_at_smallest": match,
-                    "teacher_pass1": summary["teacher_pass1"], "settings": {"steps": summary["steps"],
-                    "kd": kd_args, "seeds": args.seeds, "kept": len(kept)}}, indent=2)
+                    "teacher_pass1": teacher, "settings": {"steps": summaries[0]["steps"],
+                    "kd_alpha": summaries[0]["kd_alpha"], "kd_temperature": summaries[0]["kd_temperature"],
+                    "seeds": seeds, "fractions": fractions}}, indent=2)
     )  # fmt: skip
-    plot(stats, sizes, 100 * summary["teacher_pass1"], args.out / "kd_vs_sft.png")
+    plot(stats, sizes, teacher, args.out / "kd_vs_sft.png")
 
-    print(f"\npass@1 on arith:test (%), mean ± std over seeds {args.seeds}")
+    print(f"\npass@1 on arith:test (%), mean ± std over seeds {seeds}")
     print(f"{'traces':>8}{'KD':>16}{'SFT':>16}")
     for n in sizes:
         kd, sft = stats["kd"][n], stats["sft"][n]
