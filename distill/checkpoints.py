@@ -5,11 +5,18 @@ then renamed, so a kill never leaves a half checkpoint that `--resume` would pic
 (one JSON row per step; on resume rows past the checkpoint are dropped and recomputed), and
 `model/`, the exported Hugging Face directory (weights, tokenizer, generation config and a JSON
 record of the run) that transformers and vLLM load, also written under a temp name and renamed.
+
+`RunDirectory` is the lifecycle both recipes share, so its rules and sentences exist once: refuse
+to start over an existing run or to resume one without a checkpoint (checked before anything heavy
+loads), save and restore the step and RNG with every checkpoint, stop on a non-finite loss naming
+the step, and export the model with a record whose paths mean the same on any machine (absolute
+paths become relative to the working directory, or just their names: `portable_paths`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -20,9 +27,11 @@ import numpy as np
 import torch
 
 from distill.atomic import TMP_SUFFIX, write_json_atomic
+from distill.errors import DistillError
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+MODEL = "model"
 
 
 def rng_state() -> dict[str, Any]:
@@ -34,7 +43,7 @@ def restore_rng(state: dict[str, Any]) -> None:
     """Undo `rng_state`."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded with map_location="cuda" moved it
 
 
 def write_checkpoint(root: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
@@ -89,6 +98,80 @@ def export_model(model: Any, tokenizer: Any, final: Path, record_name: str, reco
     return final
 
 
-def jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    """A config dict with paths as strings."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+def portable_paths(obj: Any, cwd: Path | None = None) -> Any:
+    """`obj` (a run record: dicts, lists, strings, paths) with every absolute path made machine-independent.
+
+    An absolute path under the working directory `cwd` (default: the current one) becomes relative
+    to it, as the user would type it from there (`runs/arith-teacher/init`); any other absolute path
+    becomes its last component (a cache directory's name is its key). Relative paths, preset names
+    and hub ids are kept as given. `Path` values come back as strings, so the result is JSON.
+    """
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, cwd) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_paths(v, cwd) for v in obj]
+    if not isinstance(obj, (str, Path)) or not os.path.isabs(obj):
+        return str(obj) if isinstance(obj, Path) else obj
+    here = (cwd or Path.cwd()).resolve()
+    path = Path(os.path.normpath(obj))
+    return str(path.relative_to(here)) if path.is_relative_to(here) and path != here else path.name
+
+
+class RunDirectory:
+    """A training run's directory: `checkpoints/`, `metrics.jsonl` and the exported `model/` under `path`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / CHECKPOINTS
+        self.metrics = self.path / METRICS
+        self.model = self.path / MODEL
+
+    def check_start(self, resume: bool) -> None:
+        """Refuse to start over an existing run, or to resume a run without a checkpoint.
+
+        Called before any model loads, so a wrong --out or --resume costs nothing.
+        """
+        if resume and latest_checkpoint(self.checkpoints) is None:
+            raise self._no_checkpoint()
+        if not resume and self.checkpoints.exists():
+            raise DistillError(
+                f"{self.path} already holds a run; pass --resume to continue it or choose another --out."
+            )
+
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
+        """Write `state` plus the step and the RNG states as checkpoint `step`; keeps the last two."""
+        return write_checkpoint(self.checkpoints, step, {**state, "step": step, "rng": rng_state()})
+
+    def load_checkpoint(self, map_location: Any = None) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint's directory and state (its "step" included), with the RNG states restored."""
+        last = latest_checkpoint(self.checkpoints)
+        if last is None:
+            raise self._no_checkpoint()
+        state = torch.load(last / "state.pt", weights_only=False, map_location=map_location)
+        restore_rng(state["rng"])
+        return last, state
+
+    def _no_checkpoint(self) -> DistillError:
+        return DistillError(f"--resume: {self.path} has no checkpoint to resume from; run without --resume.")
+
+    def start_metrics(self, step: int) -> None:
+        """Create the run directory and drop metric rows past `step` (a resumed run recomputes them)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(self.metrics, step)
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """Append one step's metrics as a JSON line."""
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def stop_if_not_finite(self, loss: float, step: int) -> None:
+        """Stop the run with a sentence when the loss of `step` is NaN or infinite; the checkpoints stay."""
+        if not math.isfinite(loss):
+            raise DistillError(
+                f"The loss became {loss} at step {step}; training stopped. The last good checkpoint is kept in "
+                f"{self.checkpoints}; lower --lr or check the data, then --resume."
+            )
+
+    def export(self, model: Any, tokenizer: Any, record_name: str, record: dict[str, Any]) -> Path:
+        """Write the Hugging Face directory `model/` with the run's record (`portable_paths` applied)."""
+        return export_model(model, tokenizer, self.model, record_name, portable_paths(record))

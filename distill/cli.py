@@ -9,20 +9,39 @@
     distill cache      ls | info | verify | gc
     distill demo       the whole pipeline on the embedded default
 
-Heavy imports (torch, vllm, transformers) happen inside the command that needs them, so
+The pipeline commands are made from their configs (distill/configs): every option is a config field,
+declared once with its type, default, choices and docstring, which becomes its `--help`. A command
+builds its config (which validates itself, reporting every problem at once) before importing its
+stage, so heavy imports (torch, vllm, transformers) happen only in the command that needs them and
 `distill --help` is instant. A `DistillError` is printed as one sentence with a non-zero exit.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import json
 import os
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
+from distill.configs import (
+    Config,
+    DemoConfig,
+    EvalConfig,
+    FilterConfig,
+    GenerateConfig,
+    GRPOConfig,
+    ScoreConfig,
+    TrainConfig,
+    field_docs,
+)
 from distill.errors import DistillError
 
 app = typer.Typer(
@@ -35,294 +54,42 @@ app = typer.Typer(
 cache_app = typer.Typer(help="Inspect and maintain teacher caches.", no_args_is_help=True)
 
 
-# options the teacher-side commands (generate, score) share
-ExtraSamples = Annotated[
-    int,
-    typer.Option(
-        help="Tokens drawn per position from the teacher's full distribution, with their logprobs, for "
-        "`train --kd sampled` (--backend hf: vLLM returns the top-k alone)."
-    ),
-]
-ExtraTemperature = Annotated[
-    float, typer.Option(help="Temperature the extra tokens are drawn at (= the training --temperature).")
-]
+# ---------------------------------------------------------------------------------------------
+# commands made from their configs: each option is a config field, its help the field's docstring
 
 
-def generate(
-    teacher: Annotated[str, typer.Option(help="Teacher preset name, preset YAML, model directory or hub id.")],
-    prompts: Annotated[
-        str,
-        typer.Option(
-            help="File (.jsonl/.json/.parquet/.csv), built-in set (gsm8k, math500, ...), hub org/name, task:split."
-        ),
-    ],
-    samples_per_prompt: Annotated[int | None, typer.Option(help="Completions per prompt [preset].")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Teacher logprobs kept per position; 0 = none [preset].")] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Completion length limit [preset].")] = None,
-    temperature: Annotated[float | None, typer.Option(help="Sampling temperature [preset].")] = None,
-    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling threshold [preset].")] = None,
-    seed: Annotated[int, typer.Option(help="Base seed; every (prompt, sample) derives its own from it.")] = 0,
-    backend: Annotated[str, typer.Option(help="vllm, or hf (transformers generation, no vLLM needed).")] = "vllm",
-    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    shard_index: Annotated[int, typer.Option(help="This worker's slice of the prompts (0-based).")] = 0,
-    num_shards: Annotated[int, typer.Option(help="Number of workers slicing the prompts.")] = 1,
-    prompt_field: Annotated[str | None, typer.Option(help="Column holding the problem [auto].")] = None,
-    answer_field: Annotated[str | None, typer.Option(help="Column holding the gold answer [auto].")] = None,
-    mapping: Annotated[str | None, typer.Option(help="Built-in mapping (e.g. gsm8k) for a local file.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Cache directory [$DISTILL_HOME/caches/KEY].")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Model dtype: auto, bfloat16, float16, float32 [preset].")] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="Context length for the engine [preset].")] = None,
-    tensor_parallel_size: Annotated[int | None, typer.Option(help="GPUs per engine (vLLM) [preset].")] = None,
-    precision: Annotated[str, typer.Option(help="Logprob storage: compact (quantised) or fp32 (exact).")] = "compact",
-    long_prompts: Annotated[str, typer.Option(help="Prompts over the context: skip (counted) or fail.")] = "skip",
-    extra_samples: ExtraSamples = 0,
-    extra_temperature: ExtraTemperature = 1.0,
-    shard_size_mb: Annotated[float, typer.Option(help="Cache shard size in MiB.")] = 64.0,
-    flush_every_s: Annotated[float, typer.Option(help="Also flush a shard this often (bounds loss on kill).")] = 300.0,
-) -> None:
-    """Teacher traces + top-k logprobs into a cache (vLLM)."""
-    from distill.generate import GenerateConfig, run_generate
+def config_command(config: type[Config], run: str) -> Callable[..., None]:
+    """A command whose options are `config`'s fields; it builds (validates) the config, then imports
+    and calls `run` ("module:function") with it, so bad input fails before any heavy import."""
+    hints = typing.get_type_hints(config)
+    docs = field_docs(config)
+    params = []
+    for f in dataclasses.fields(config):
+        if not f.init:
+            continue
+        make = typer.Argument if f.metadata.get("argument") else typer.Option
+        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        params.append(
+            inspect.Parameter(
+                f.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=inspect.Parameter.empty if default is dataclasses.MISSING else default,
+                annotation=Annotated[hints[f.name], make(help=docs.get(f.name, ""))],
+            )
+        )
+    own = config.__dict__.get("__annotations__", {})
+    # required options first, then the command's own, then the shared groups', each as declared
+    params.sort(key=lambda p: (p.default is not inspect.Parameter.empty, p.name not in own))
 
-    run_generate(GenerateConfig(**{k: v for k, v in locals().items() if k not in ("GenerateConfig", "run_generate")}))
+    def command(**options: Any) -> None:
+        cfg = config(**options)
+        module, function = run.split(":")
+        getattr(importlib.import_module(module), function)(cfg)
 
-
-def score(
-    teacher: Annotated[str, typer.Option(help="Teacher preset name, preset YAML, model directory or hub id.")],
-    traces: Annotated[
-        str, typer.Option(help="A cache (path or key), or a file: prompt + completion columns, or chat rows.")
-    ],
-    view: Annotated[str | None, typer.Option(help="Score only the records of this view of the cache.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Teacher logprobs kept per position [preset].")] = None,
-    backend: Annotated[str, typer.Option(help="vllm (prompt-logprobs path) or hf (forward pass).")] = "vllm",
-    out: Annotated[Path | None, typer.Option(help="Cache directory [$DISTILL_HOME/caches/KEY].")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Model dtype [preset].")] = None,
-    max_model_len: Annotated[int | None, typer.Option(help="Context length for the engine [preset].")] = None,
-    tensor_parallel_size: Annotated[int | None, typer.Option(help="GPUs per engine (vLLM) [preset].")] = None,
-    precision: Annotated[str, typer.Option(help="Logprob storage: compact (quantised) or fp32 (exact).")] = "compact",
-    prompt_field: Annotated[str | None, typer.Option(help="Trace file: column holding the problem [auto].")] = None,
-    completion_field: Annotated[str | None, typer.Option(help="Trace file: completion column [auto].")] = None,
-    extra_samples: ExtraSamples = 0,
-    extra_temperature: ExtraTemperature = 1.0,
-    limit: Annotated[int | None, typer.Option(help="Score only the first N traces.")] = None,
-    shard_size_mb: Annotated[float, typer.Option(help="Cache shard size in MiB.")] = 64.0,
-    flush_every_s: Annotated[float, typer.Option(help="Also flush a shard this often.")] = 300.0,
-) -> None:
-    """Teacher-forced logprobs over existing traces."""
-    from distill.score import ScoreConfig, run_score
-
-    run_score(ScoreConfig(**{k: v for k, v in locals().items() if k not in ("ScoreConfig", "run_score")}))
-
-
-def filter_(
-    cache: Annotated[str, typer.Argument(help="Teacher cache (path or key) to filter.")],
-    verifiers: Annotated[
-        str,
-        typer.Option(
-            help="Comma-separated verifiers every kept trace must pass: math, code, format, lang, repetition."
-        ),
-    ] = "math,format",
-    name: Annotated[str | None, typer.Option(help="View name [the verifier names joined by '+'].")] = None,
-    keep: Annotated[
-        str, typer.Option(help="all passing traces, the first per prompt, or best-of-n per prompt.")
-    ] = "all",
-    workers: Annotated[int | None, typer.Option(help="Worker processes for the checks [core count].")] = None,
-) -> None:
-    """Keep verified-correct traces (a view of a cache)."""
-    from distill.filter import FilterConfig, run_filter
-
-    run_filter(FilterConfig(cache=cache, verifiers=verifiers, name=name, keep=keep, workers=workers))
-
-
-def train(
-    student: Annotated[
-        str, typer.Option(help="Student preset name (qwen-1.5b, ...), preset YAML, model directory or hub id.")
-    ],
-    cache: Annotated[str | None, typer.Option(help="Teacher cache (path or key) to distil from.")] = None,
-    view: Annotated[
-        str | None, typer.Option(help="Train only on the records of this view (from distill filter).")
-    ] = None,
-    traces: Annotated[
-        str | None, typer.Option(help="Plain trace file (prompt + completion, or chat rows) for SFT without a cache.")
-    ] = None,
-    alpha: Annotated[
-        float, typer.Option(help="Weight of cross-entropy; 1 - alpha weighs the KD term (1 = SFT).")
-    ] = 0.5,
-    kd: Annotated[
-        str,
-        typer.Option(
-            help="KD divergence over the teacher's top-k: forward, reverse or jsd; or sampled (unbiased KL from "
-            "tokens drawn from the teacher: a cache made by `distill score --extra-samples M`)."
-        ),
-    ] = "forward",
-    tail: Annotated[
-        str,
-        typer.Option(
-            help="Teacher mass outside the top-k: bucket (one extra class, exact; τ = 1 only) or renorm (both "
-            "sides renormalised over the top-k; exact at any τ)."
-        ),
-    ] = "bucket",
-    temperature: Annotated[
-        float,
-        typer.Option(
-            help="Distillation temperature τ (both sides softened, KD weighted by τ²). τ ≠ 1 needs --tail renorm, "
-            "or --kd sampled from samples drawn at τ."
-        ),
-    ] = 1.0,
-    beta: Annotated[float, typer.Option(help="Mixing weight of the generalised JSD.")] = 0.5,
-    lora: Annotated[bool, typer.Option(help="Train LoRA adapters (merged on export) instead of all weights.")] = False,
-    epochs: Annotated[int | None, typer.Option(help="Passes over the records [preset].")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="Optimizer steps (instead of --epochs).")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate [preset].")] = None,
-    warmup_ratio: Annotated[float | None, typer.Option(help="Fraction of steps warming up [preset].")] = None,
-    weight_decay: Annotated[float | None, typer.Option(help="AdamW weight decay [preset].")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Tokens per packed row [preset].")] = None,
-    batch_rows: Annotated[int, typer.Option(help="Packed rows per optimizer step, over all processes.")] = 8,
-    micro_rows: Annotated[int, typer.Option(help="Rows per forward pass per process (the rest accumulates).")] = 1,
-    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
-    chunk_size: Annotated[
-        int | None, typer.Option(help="Tokens per chunk of the output-layer loss [auto: 64 MiB].")
-    ] = None,
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in backward.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for initialisation and data order.")] = 0,
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics, model/).")] = Path("runs/student"),
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
-    init: Annotated[str | None, typer.Option(help="pretrained weights, or random (config only) [preset].")] = None,
-) -> None:
-    """Train a student: CE + KL to the cached teacher.
-
-    Loss: alpha·CE + (1 − alpha)·τ²·KD, per completion token. What is exact at which temperature:
-
-    \b
-    --kd forward|reverse|jsd --tail bucket   τ = 1 only (the tempered tail mass is unknown)
-    --kd forward|reverse|jsd --tail renorm   any τ (the top-k tempers exactly)
-    --kd sampled                             τ = the cache's --extra-temperature (unbiased KL)
-    --alpha 1                                SFT: any cache, or --traces without one
-    """
-    from distill.train import TrainConfig, run_train
-
-    run_train(TrainConfig(**{k: v for k, v in locals().items() if k not in ("TrainConfig", "run_train")}))
-
-
-def grpo(
-    policy: Annotated[
-        str, typer.Option(help="Model to polish: a `distill train` OUT/model directory, a preset name or a hub id.")
-    ],
-    prompts: Annotated[
-        str, typer.Option(help="Prompts with gold answers: file, gsm8k, math500, arith:train, ... (as for eval).")
-    ],
-    group_size: Annotated[int, typer.Option(help="G: completions per prompt, compared with each other (≥ 2).")] = 8,
-    batch_size: Annotated[
-        int, typer.Option(help="Completions per step, a multiple of G (prompts per step = batch size / G).")
-    ] = 64,
-    micro_batch: Annotated[int, typer.Option(help="Completions per forward/backward (the rest accumulates).")] = 16,
-    beta: Annotated[
-        float, typer.Option(help="Weight of the k3 KL to the initial policy (0: no reference model).")
-    ] = 0.04,
-    epsilon: Annotated[
-        float, typer.Option(help="Clip range of the ratio π/π_old below 1 (and above, by default).")
-    ] = 0.2,
-    epsilon_high: Annotated[
-        float | None, typer.Option(help="Clip range above 1 (DAPO clip-higher, e.g. 0.28) [--epsilon].")
-    ] = None,
-    iterations: Annotated[int, typer.Option(help="μ: optimiser steps per batch of rollouts (1 = on-policy).")] = 1,
-    loss: Annotated[
-        str,
-        typer.Option(
-            help="Token aggregation: grpo (mean per sequence, then over sequences), dapo (mean over all tokens), "
-            "dr_grpo (sum / (batch size × max new tokens))."
-        ),
-    ] = "grpo",
-    scale_rewards: Annotated[
-        str | None,
-        typer.Option(
-            help="group: divide advantages by the group's reward std; none: mean-only [group; dr_grpo: none]."
-        ),
-    ] = None,
-    rewards: Annotated[
-        str, typer.Option(help="Comma-separated verifiers that make the reward: math, code, format, lang, repetition.")
-    ] = "math,format",
-    reward_weights: Annotated[
-        str | None, typer.Option(help="Comma-separated weight per reward, e.g. 1,0.2 [all 1].")
-    ] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(help="Completion length limit [preset].")] = None,
-    temperature: Annotated[float, typer.Option(help="Rollout sampling temperature (top-p is 1).")] = 1.0,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate (constant).")] = 1e-6,
-    grad_clip: Annotated[float, typer.Option(help="Gradient norm clip.")] = 1.0,
-    steps: Annotated[
-        int, typer.Option(help="Rollout steps; each samples one batch and makes μ optimiser steps.")
-    ] = 100,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (and at the end).")] = 10,
-    seed: Annotated[int, typer.Option(help="Seed of prompt order and sampling.")] = 0,
-    out: Annotated[Path, typer.Option(help="Run directory (checkpoints, metrics.jsonl, model/).")] = Path("runs/grpo"),
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
-    backend: Annotated[str, typer.Option(help="Rollout engine: vllm, or hf (transformers generation).")] = "vllm",
-    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
-    mapping: Annotated[str | None, typer.Option(help="Built-in mapping (e.g. gsm8k) for a local file.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Engine dtype [preset].")] = None,
-    gpu_memory_utilization: Annotated[
-        float, typer.Option(help="Share of the GPU the colocated vLLM engine takes; the trainer needs the rest.")
-    ] = 0.3,
-) -> None:
-    """Polish a policy with GRPO on verifier rewards."""
-    from distill.grpo import GRPOConfig, run_grpo
-
-    run_grpo(GRPOConfig(**{k: v for k, v in locals().items() if k not in ("GRPOConfig", "run_grpo")}))
-
-
-def eval_(
-    model: Annotated[
-        str, typer.Option(help="Model directory, preset name or hub id (a trained student's model/ dir).")
-    ],
-    prompts: Annotated[
-        str, typer.Option(help="Same sources as generate: file, math500, aime24, gsm8k, arith:test, ...")
-    ],
-    samples: Annotated[int, typer.Option(help="Samples per problem (pass@1 averages them; cons@N votes).")] = 4,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature (R1 protocol: 0.6; 0 = greedy).")] = 0.6,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling threshold.")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option(help="Completion length limit.")] = 4096,
-    backend: Annotated[str, typer.Option(help="vllm or hf.")] = "vllm",
-    verifier: Annotated[str, typer.Option(help="Verifier that decides correctness.")] = "math",
-    limit: Annotated[int | None, typer.Option(help="Use only the first N problems.")] = None,
-    seed: Annotated[int, typer.Option(help="Base seed; every (problem, sample) derives its own.")] = 0,
-    out: Annotated[Path | None, typer.Option(help="Write per-problem results and the summary as JSON here.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="Model dtype [preset].")] = None,
-    mapping: Annotated[str | None, typer.Option(help="Built-in mapping (e.g. gsm8k) for a local file.")] = None,
-) -> None:
-    """Evaluate a model: pass@1, cons@n, pass@k."""
-    from distill.evaluate import EvalConfig, run_eval
-
-    run_eval(EvalConfig(**{k: v for k, v in locals().items() if k not in ("EvalConfig", "run_eval")}))
-
-
-def demo(
-    out: Annotated[Path, typer.Option(help="Directory for the demo's caches, students, evals and report.")] = Path(
-        "demo-out"
-    ),
-    seed: Annotated[int, typer.Option(help="Seed for generation, training and evaluation.")] = 0,
-    prompts: Annotated[int, typer.Option(help="arith:distill prompts the teacher answers (one sample each).")] = 4000,
-    steps: Annotated[int, typer.Option(help="Training steps of each student.")] = 1500,
-    eval_problems: Annotated[int, typer.Option(help="arith:test problems to evaluate on (4 samples each).")] = 200,
-    kd_temperature: Annotated[
-        float,
-        typer.Option(
-            help="KD temperature τ of the KD student (1: the exact tail bucket; else the renormalised top-20)."
-        ),
-    ] = 1.0,
-    kd_alpha: Annotated[float, typer.Option(help="α of the KD student (weight of CE; 1 − α weighs KD).")] = 0.5,
-) -> None:
-    """The whole pipeline on the embedded default."""
-    from distill.demo import run_demo
-
-    run_demo(
-        out,
-        seed,
-        prompts=prompts,
-        steps=steps,
-        eval_problems=eval_problems,
-        kd_temperature=kd_temperature,
-        kd_alpha=kd_alpha,
-    )
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__doc__ = config.__doc__
+    command.__name__ = config.COMMAND
+    return command
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +165,7 @@ def cache_verify(
         for p in problems:
             typer.echo(f"FAIL {p}", err=True)
         raise typer.Exit(1)
-    typer.echo(f"OK {cache.path}: {len(cache)} records, {cache.num_tokens} tokens, {len(cache.index['shards'])} shards")
+    typer.echo(f"OK {cache.path}: {len(cache)} records, {cache.num_tokens} tokens, {len(cache.index.shards)} shards")
 
 
 def cache_gc(
@@ -448,18 +215,17 @@ def _human_bytes(n: int) -> str:
 # ---------------------------------------------------------------------------------------------
 # the table
 
-# name → (function, takes arbitrary arguments); the order is the order of `distill --help`
+# name → command; the order is the order of `distill --help`
 COMMANDS = {
-    "generate": generate,
-    "score": score,
-    "filter": filter_,
-    "train": train,
-    "grpo": grpo,
-    "eval": eval_,
-    "demo": demo,
+    "generate": config_command(GenerateConfig, "distill.generate:run_generate"),
+    "score": config_command(ScoreConfig, "distill.score:run_score"),
+    "filter": config_command(FilterConfig, "distill.filter:run_filter"),
+    "train": config_command(TrainConfig, "distill.train:run_train"),
+    "grpo": config_command(GRPOConfig, "distill.grpo:run_grpo"),
+    "eval": config_command(EvalConfig, "distill.evaluate:run_eval"),
+    "demo": config_command(DemoConfig, "distill.demo:run_demo"),
 }
 CACHE_COMMANDS = {"ls": cache_ls, "info": cache_info, "verify": cache_verify, "gc": cache_gc, "merge": cache_merge}
-
 for name, fn in COMMANDS.items():
     app.command(name)(fn)
 for name, fn in CACHE_COMMANDS.items():

@@ -23,8 +23,7 @@ import torch
 
 from distill.cache import Record
 from distill.cache.format import topk_tail_logprobs
-
-IGNORE_INDEX = -100
+from distill.losses import IGNORE_INDEX
 
 
 @dataclass

@@ -30,16 +30,12 @@ from typing import Any
 import numpy as np
 import typer
 
-from distill.cache import open_cache, view_indices
+from distill.cache import load_view, open_cache, view_indices
+from distill.configs import DemoConfig
 from distill.presets import preset_dir
 
 STAGES = 7
 
-# τ = 1 is the standard setting and the only one where the tail bucket is exact; the teacher has
-# real entropy at its forks, so there is no need to soften it. α = 0.5 keeps half the weight on the
-# trace token (CE), the rest on the teacher's distribution at every position.
-KD_TEMPERATURE = 1.0
-KD_ALPHA = 0.5
 BATCH_ROWS = 4  # small steps: on 2 CPU cores the students are limited by optimiser steps, not data
 
 
@@ -64,16 +60,10 @@ def _metrics(run: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def run_demo(
-    out: Path,
-    seed: int,
-    prompts: int = 4000,
-    steps: int = 1500,
-    eval_problems: int = 200,
-    kd_temperature: float = KD_TEMPERATURE,
-    kd_alpha: float = KD_ALPHA,
-) -> dict:
+def run_demo(cfg: DemoConfig) -> dict:
     """Run every stage; print the table; write summary.json and report.md under `out`."""
+    out, seed, prompts, steps, eval_problems = Path(cfg.out), cfg.seed, cfg.prompts, cfg.steps, cfg.eval_problems
+    kd_temperature, kd_alpha = cfg.kd_temperature, cfg.kd_alpha
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     teacher, bundled = _teacher(out, seed)
@@ -107,10 +97,10 @@ def run_demo(
     )
     typer.echo(f"[2/{STAGES}] filter: math + format verifiers")
     _distill("filter", cache, "--verifiers", "math,format", "--name", "correct")
-    view = json.loads((Path(cache) / "views" / "correct.json").read_text())
+    view = load_view(open_cache(cache), "correct")
     tail = "bucket" if kd_temperature == 1 else "renorm"  # both students get it: they differ in α and τ only
     runs = {}
-    entropy = teacher_entropy(Path(cache)) if view["kept"] else np.zeros(0)
+    entropy = teacher_entropy(Path(cache)) if view.kept else np.zeros(0)
     for i, (name, alpha) in enumerate((("kd", str(kd_alpha)), ("sft", "1.0"))):
         how = f"alpha {alpha}" + (f", temperature {kd_temperature:g}" if name == "kd" else "")
         typer.echo(f"[{3 + i}/{STAGES}] train the {name.upper()} student ({how}, {steps} steps, seed {seed})")
@@ -137,7 +127,7 @@ def run_demo(
         ]
         if name == "kd":
             args += ["--temperature", str(kd_temperature)]
-        if view["kept"]:
+        if view.kept:
             args += ["--view", "correct"]
         if not bundled:
             args += ["--init", "random", "--max-length", "512"]
@@ -173,9 +163,9 @@ def run_demo(
         "teacher_cons4": scores["teacher"]["cons@4"],
         "kd_cons4": scores["kd"]["cons@4"],
         "sft_cons4": scores["sft"]["cons@4"],
-        "train_records": view["records"],
-        "kept_records": len(view["kept"]),
-        "filter_report": view["report"],
+        "train_records": view.records,
+        "kept_records": len(view.kept),
+        "filter_report": view.extra["report"],
         "bundled_teacher": bundled,
         "seed": seed,
         "steps": steps,

@@ -18,37 +18,18 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from distill.configs import EvalConfig
 from distill.engines import Request, SamplingSpec, open_engine, request_seed
 from distill.errors import DistillError
+from distill.models.tokenizer import decode_completion, load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, render_prompt
-from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
-from distill.verify import VERIFIERS, Verdict, final_answer, reference_for, verify_batch
-
-
-@dataclass
-class EvalConfig:
-    """Everything `distill eval` takes."""
-
-    model: str
-    prompts: str
-    samples: int = 4
-    temperature: float = 0.6
-    top_p: float = 0.95
-    max_new_tokens: int = 4096
-    backend: str = "vllm"
-    verifier: str = "math"
-    limit: int | None = None
-    seed: int = 0
-    out: Path | None = None
-    dtype: str | None = None
-    mapping: str | None = None
+from distill.verify import Verdict, final_answer, normalise_answer, reference_for, verify_batch
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -77,7 +58,7 @@ def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdi
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= n]
     for q, samples, vs in zip(problems, texts, verdicts, strict=True):
         answers = [v.answer if v.answer is not None else final_answer(t) for t, v in zip(samples, vs, strict=True)]
-        normalised = [None if a is None else "".join(a.split()) for a in answers]
+        normalised = [normalise_answer(a) for a in answers]
         voted = majority(normalised)
         cons = any(v.passed for a, v in zip(normalised, vs, strict=True) if voted is not None and a == voted)
         correct = sum(v.passed for v in vs)
@@ -112,17 +93,8 @@ def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdi
 
 def run_eval(cfg: EvalConfig) -> dict:
     """Generate, verify, print the summary table; write per-problem JSON to `cfg.out`."""
-    problems_ = []
-    if cfg.samples < 1:
-        problems_.append(f"--samples must be ≥ 1, got {cfg.samples}")
-    if cfg.verifier not in VERIFIERS:
-        problems_.append(f"--verifier must be one of {', '.join(VERIFIERS)}, got {cfg.verifier!r}")
-    if cfg.temperature < 0 or not 0 < cfg.top_p <= 1:
-        problems_.append("--temperature must be ≥ 0 and --top-p in (0, 1]")
-    if problems_:
-        raise DistillError("Invalid eval settings: " + "; ".join(problems_) + ".")
     preset = resolve_preset(cfg.model, "teacher")
-    prompts, where = load_prompts(cfg.prompts, mapping=cfg.mapping, limit=cfg.limit)
+    prompts, where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
     tokenizer = load_tokenizer(preset.hub_id, preset.revision)
     style = preset.prompt
     rendered = {

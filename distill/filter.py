@@ -20,40 +20,22 @@ as failed, so that a broken gold column or sandbox shows as such rather than as 
 
 from __future__ import annotations
 
-import os
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import typer
 
 from distill.cache import TeacherCache, write_view
+from distill.configs import FilterConfig
 from distill.errors import DistillError
-from distill.teacher import decode_completion
-from distill.verify import FAILED, PASSED, UNKNOWN, VERIFIERS, Verdict, VerdictStatus, reference_for, verify_batch
-
-KEEP = ("all", "first", "best-of-n")
-
-
-@dataclass
-class FilterConfig:
-    """Everything `distill filter` takes."""
-
-    cache: str
-    verifiers: str = "math,format"
-    name: str | None = None
-    keep: str = "all"
-    workers: int | None = None
+from distill.models.tokenizer import cache_tokenizer, decode_completion
+from distill.verify import FAILED, PASSED, UNKNOWN, Verdict, VerdictStatus, reference_for, verify_batch
 
 
 def completion_texts(cache: TeacherCache) -> list[str]:
     """Every record's completion as text, re-opened with the think block the prompt primed."""
-    from transformers import AutoTokenizer
-
-    if cache.tokenizer_path is None:
-        raise DistillError(f"Cache {cache.path} has no saved tokenizer to decode its completions; regenerate it.")
-    tok = AutoTokenizer.from_pretrained(cache.tokenizer_path)
+    tok = cache_tokenizer(cache)
     return [decode_completion(tok, rec.completion_ids, rec.prompt_ids) for rec in cache]
 
 
@@ -86,20 +68,13 @@ def select(metas: list[dict[str, Any]], passed: list[bool], keep: str, confidenc
 def run_filter(cfg: FilterConfig) -> dict[str, Any]:
     """Verify every record, write the view, print and return the report."""
     names = [v.strip() for v in cfg.verifiers.split(",") if v.strip()]
-    unknown = [n for n in names if n not in VERIFIERS]
-    if unknown or not names:
-        raise DistillError(
-            f"Unknown verifier(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(VERIFIERS)}."
-        )
-    if cfg.keep not in KEEP:
-        raise DistillError(f"--keep must be one of {', '.join(KEEP)}, got {cfg.keep!r}.")
     cache = TeacherCache(cfg.cache)
     metas = cache.metas()
     if "math" in names and all(m.get("answer") is None for m in metas):
         raise DistillError(f"Cache {cache.path} stores no gold answers; the math verifier needs them (--answer-field).")
     texts = completion_texts(cache)
-    workers = cfg.workers or os.cpu_count() or 1
-    verdicts = {n: verify_batch(n, texts, references(n, metas), workers=workers, progress=True) for n in names}
+    # workers=None lets verify_batch pick its default, capped at MAX_DEFAULT_WORKERS (sympy workers are heavy).
+    verdicts = {n: verify_batch(n, texts, references(n, metas), workers=cfg.workers, progress=True) for n in names}
     statuses = [record_status([verdicts[n][i] for n in names]) for i in range(len(texts))]
     passed = [status == PASSED for status in statuses]
     confidence = np.array([np.nanmean(r.sampled_logprobs) if r.num_tokens else -np.inf for r in cache])

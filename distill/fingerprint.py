@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -100,8 +99,3 @@ def cache_key(**parts: Any) -> str:
     """The content key of a cache: a hash of everything that determines its records, and of the format
     version they are written in (a cache of an older version is never a "hit" for a newer writer)."""
     return canonical_hash({"format_version": FORMAT_VERSION, **parts})[:20]
-
-
-def is_local_model(model: str | Path) -> bool:
-    """Whether `model` names a local directory rather than a hub id."""
-    return os.path.isdir(os.path.expanduser(str(model)))

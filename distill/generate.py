@@ -25,53 +25,16 @@ import typer
 
 from distill.cache import CacheSpec, CacheWriter
 from distill.cache.admin import cache_info
-from distill.cache.format import INDEX_NAME
-from distill.cache.reader import load_index
-from distill.engines import ENGINES, Request, SamplingSpec, open_engine, request_seed
+from distill.cache.format import INDEX_NAME, read_index
+from distill.configs import GenerateConfig
+from distill.engines import Request, SamplingSpec, open_engine, request_seed
 from distill.errors import DistillError
 from distill.fingerprint import cache_key, prompt_set_fingerprint, tokenizer_fingerprint, weights_fingerprint
+from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer, stop_token_ids
 from distill.paths import cache_root
 from distill.presets import TeacherPreset, resolve_preset
 from distill.prompts import load_prompts, record_meta, render_prompt, shard_slice
-from distill.teacher import (
-    TOKENIZER_FILES,
-    extra_sample_problems,
-    load_tokenizer,
-    stop_token_ids,
-    stream_into_cache,
-    summary_lines,
-)
-
-
-@dataclass
-class GenerateConfig:
-    """Everything `distill generate` takes; None means "the teacher preset's default"."""
-
-    teacher: str
-    prompts: str
-    samples_per_prompt: int | None = None
-    top_k: int | None = None
-    max_new_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int = 0
-    backend: str = "vllm"
-    limit: int | None = None
-    shard_index: int = 0
-    num_shards: int = 1
-    prompt_field: str | None = None
-    answer_field: str | None = None
-    mapping: str | None = None
-    out: Path | None = None
-    dtype: str | None = None
-    max_model_len: int | None = None
-    tensor_parallel_size: int | None = None
-    precision: str = "compact"
-    long_prompts: str = "skip"
-    extra_samples: int = 0
-    extra_temperature: float = 1.0
-    shard_size_mb: float = 64.0
-    flush_every_s: float = 300.0
+from distill.recording import stream_into_cache, summary_lines
 
 
 @dataclass
@@ -88,37 +51,12 @@ class Plan:
     path: Path
 
 
-def _problems(cfg: GenerateConfig, sampling: dict[str, Any], top_k: int) -> list[str]:
-    out = []
-    if sampling["samples_per_prompt"] < 1:
-        out.append(f"--samples-per-prompt must be ≥ 1, got {sampling['samples_per_prompt']}")
-    if top_k < 0:
-        out.append(f"--top-k must be ≥ 0, got {top_k}")
-    if sampling["temperature"] < 0:
-        out.append(f"--temperature must be ≥ 0, got {sampling['temperature']}")
-    if not 0 < sampling["top_p"] <= 1:
-        out.append(f"--top-p must be in (0, 1], got {sampling['top_p']}")
-    if sampling["max_new_tokens"] < 1:
-        out.append(f"--max-new-tokens must be ≥ 1, got {sampling['max_new_tokens']}")
-    if cfg.backend not in ENGINES:
-        out.append(f"--backend must be one of {', '.join(ENGINES)}, got {cfg.backend!r}")
-    if cfg.long_prompts not in ("skip", "fail"):
-        out.append(f"--long-prompts must be skip or fail, got {cfg.long_prompts!r}")
-    if cfg.limit is not None and cfg.limit < 1:
-        out.append(f"--limit must be ≥ 1, got {cfg.limit}")
-    out += extra_sample_problems(cfg.extra_samples, cfg.extra_temperature, cfg.backend)
-    return out
-
-
 def plan(cfg: GenerateConfig) -> Plan:
     """Resolve preset, prompts and key; cheap (no tokenizer, no engine), so cache hits are instant."""
     preset = resolve_preset(cfg.teacher, "teacher")
     defaults = asdict(preset.sampling)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in defaults.items()}
     top_k = cfg.top_k if cfg.top_k is not None else preset.top_k
-    problems = _problems(cfg, sampling, top_k)
-    if problems:
-        raise DistillError("Invalid generate settings: " + "; ".join(problems) + ".")
     prompts, where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
     key_parts = {
         "teacher": weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
@@ -142,10 +80,10 @@ def plan(cfg: GenerateConfig) -> Plan:
 def _is_complete(path: Path, key: str) -> bool:
     if not (path / INDEX_NAME).is_file():
         return False
-    index = load_index(path)
-    if index["key"] != key:
-        raise DistillError(f"{path} holds another cache (key {index['key']}); choose another --out or delete it.")
-    return bool(index.get("complete"))
+    index = read_index(path)
+    if index.key != key:
+        raise DistillError(f"{path} holds another cache (key {index.key}); choose another --out or delete it.")
+    return index.complete
 
 
 def run_generate(cfg: GenerateConfig) -> Path:

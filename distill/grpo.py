@@ -42,12 +42,11 @@ step; OUT/model a Hugging Face directory with tokenizer that transformers and vL
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,142 +54,17 @@ import numpy as np
 import torch
 import typer
 
-from distill.checkpoints import (
-    CHECKPOINTS,
-    METRICS,
-    export_model,
-    jsonable,
-    latest_checkpoint,
-    restore_rng,
-    rng_state,
-    truncate_metrics,
-    write_checkpoint,
-)
-from distill.engines import ENGINES, Completion, Request, SamplingSpec, open_engine, request_seed
+from distill.checkpoints import RunDirectory
+from distill.configs import GRPOConfig
+from distill.engines import Completion, Request, SamplingSpec, open_engine, request_seed
 from distill.errors import DistillError
-from distill.losses import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_objective, zero_spread_groups
-from distill.presets import EngineArgs, PromptStyle, preset_names, resolve_preset
+from distill.losses import group_advantages, grpo_objective, zero_spread_groups
+from distill.models.tokenizer import decode_completion, load_tokenizer, stop_token_ids
+from distill.presets import resolve_preset
 from distill.prompts import load_prompts, render_prompt
-from distill.teacher import decode_completion, load_tokenizer, stop_token_ids
-from distill.verify import UNKNOWN, VERIFIERS, Verdict, reference_for, verify_batch
+from distill.verify import UNKNOWN, Verdict, reference_for, verify_batch
 
 GRPO_CONFIG = "distill_grpo.json"
-
-
-@dataclass
-class GRPOConfig:
-    """Everything `distill grpo` takes."""
-
-    policy: str
-    """Policy to polish: a model directory (a `distill train` OUT/model), a preset name or a hub id."""
-    prompts: str
-    """Prompt source with gold answers, as for generate/eval (file, gsm8k, arith:train, ...)."""
-    group_size: int = 8
-    """G: completions per prompt; advantages compare the completions of one prompt."""
-    batch_size: int = 64
-    """Completions per step; a multiple of G (prompts per step = batch_size / G)."""
-    micro_batch: int = 16
-    """Completions per forward/backward pass (the rest of the batch accumulates)."""
-    beta: float = 0.04
-    """Weight of the k3 KL to the frozen initial policy (0: no reference model is loaded)."""
-    epsilon: float = 0.2
-    """Clip range below 1 of the ratio π_θ/π_θold (and above, unless --epsilon-high)."""
-    epsilon_high: float | None = None
-    """Clip range above 1 (DAPO's clip-higher, e.g. 0.28) [--epsilon]."""
-    iterations: int = 1
-    """μ: optimisation passes (AdamW steps) per batch of rollouts; 1 is on-policy (ratio 1)."""
-    loss: str = "grpo"
-    """Token aggregation: grpo (sequence mean, then mean), dapo (token mean), dr_grpo (sum / (B·max_new_tokens))."""
-    scale_rewards: str | None = None
-    """group: divide advantages by the group's reward std; none: mean-only [group; none for dr_grpo]."""
-    rewards: str = "math,format"
-    """Comma-separated verifiers whose verdicts make the reward: math, code, format, lang, repetition."""
-    reward_weights: str | None = None
-    """Comma-separated weights, one per reward [all 1]."""
-    max_new_tokens: int | None = None
-    """Completion length limit [preset]; longer completions end with finish reason 'length'."""
-    temperature: float = 1.0
-    """Sampling temperature of the rollouts (top-p is 1); the policy's logprobs are taken at it too."""
-    lr: float = 1e-6
-    """AdamW learning rate (constant)."""
-    grad_clip: float = 1.0
-    """Gradient norm clip."""
-    steps: int = 100
-    """Rollout steps (each: one batch, μ optimiser steps)."""
-    save_every: int = 10
-    """Checkpoint every N steps (and at the end)."""
-    seed: int = 0
-    """Seed of prompt order and sampling."""
-    out: Path = Path("runs/grpo")
-    """Run directory (checkpoints, metrics.jsonl, model/)."""
-    resume: bool = False
-    """Continue the run in --out from its last checkpoint."""
-    backend: str = "vllm"
-    """Rollout engine: vllm, or hf (transformers generation)."""
-    limit: int | None = None
-    """Use only the first N prompts."""
-    mapping: str | None = None
-    """Built-in mapping (e.g. gsm8k) for a local prompt file."""
-    dtype: str | None = None
-    """Engine dtype [preset]."""
-    gpu_memory_utilization: float = 0.3
-    """Share of the GPU the colocated vLLM engine may take (the trainer needs the rest)."""
-    weights: list[float] = field(default_factory=list, init=False)
-    names: list[str] = field(default_factory=list, init=False)
-
-    def problems(self) -> list[str]:
-        """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
-        out = []
-        if self.group_size < 2:
-            out.append(
-                f"--group-size must be at least 2, got {self.group_size}: GRPO scores each completion against "
-                "the other completions of the same prompt"
-            )
-        elif self.batch_size < self.group_size or self.batch_size % self.group_size:
-            lo = max(self.group_size, self.batch_size // self.group_size * self.group_size)
-            out.append(
-                f"--batch-size {self.batch_size} is not a multiple of --group-size {self.group_size}: a batch is whole "
-                f"groups (prompts per step × G); use e.g. {lo} or {lo + self.group_size}"
-            )
-        if self.micro_batch < 1:
-            out.append(f"--micro-batch must be ≥ 1, got {self.micro_batch}")
-        if self.beta < 0:
-            out.append(f"--beta must be ≥ 0, got {self.beta}")
-        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
-            out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
-        if self.iterations < 1 or self.steps < 1 or self.save_every < 1:
-            out.append("--iterations, --steps and --save-every must be ≥ 1")
-        if self.loss not in LOSS_TYPES:
-            out.append(f"--loss must be one of {', '.join(LOSS_TYPES)}, got {self.loss!r}")
-        if self.scale_rewards is not None and self.scale_rewards not in SCALE_REWARDS:
-            out.append(f"--scale-rewards must be one of {', '.join(SCALE_REWARDS)}, got {self.scale_rewards!r}")
-        if self.temperature <= 0:
-            out.append(
-                f"--temperature must be > 0 (GRPO needs different completions per prompt), got {self.temperature}"
-            )
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            out.append(f"--max-new-tokens must be ≥ 1, got {self.max_new_tokens}")
-        if self.backend not in ENGINES:
-            out.append(f"--backend must be one of {', '.join(ENGINES)}, got {self.backend!r}")
-        self.names = [r.strip() for r in self.rewards.split(",") if r.strip()]
-        unknown = [r for r in self.names if r not in VERIFIERS]
-        if unknown or not self.names:
-            out.append(
-                f"unknown reward(s) {', '.join(unknown) or '(none given)'} in --rewards; known: {', '.join(VERIFIERS)}"
-            )
-        try:
-            ws = [float(w) for w in self.reward_weights.split(",")] if self.reward_weights else [1.0] * len(self.names)
-        except ValueError:
-            ws = []
-            out.append(f"--reward-weights must be comma-separated numbers, got {self.reward_weights!r}")
-        if ws and len(ws) != len(self.names):
-            out.append(f"--reward-weights gives {len(ws)} weights for {len(self.names)} rewards; give one per reward")
-        self.weights = ws
-        return out
-
-    @property
-    def scale(self) -> str:
-        return self.scale_rewards or ("none" if self.loss == "dr_grpo" else "group")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,13 +82,8 @@ class Rollout:
 
 
 def resolve_policy(spec: str) -> Any:
-    """The policy's preset, looked up like eval's model (teacher presets), then student presets."""
-    try:
-        preset = resolve_preset(spec, "teacher")
-    except DistillError:
-        if spec not in preset_names("student"):
-            raise
-        preset = resolve_preset(spec, "student")
+    """The policy's preset (resolved as eval resolves its model), refused when it has no weights."""
+    preset = resolve_preset(spec, "teacher")
     path = Path(preset.hub_id)
     if path.is_dir() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise DistillError(
@@ -339,11 +208,8 @@ class GRPORecipe:
     """setup → loop (rollout → reward → advantages → μ updates → log → checkpoint) → save."""
 
     def __init__(self, cfg: GRPOConfig) -> None:
-        problems = cfg.problems()
-        if problems:
-            raise DistillError("Invalid grpo settings: " + "; ".join(problems) + ".")
         self.cfg = cfg
-        self.out = Path(cfg.out)
+        self.run = RunDirectory(Path(cfg.out))
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
     def log(self, msg: str) -> None:
@@ -354,8 +220,7 @@ class GRPORecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        if not cfg.resume and (self.out / CHECKPOINTS).exists():
-            raise DistillError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
+        self.run.check_start(cfg.resume)
         torch.manual_seed(cfg.seed)
         self.preset = resolve_policy(cfg.policy)
         self.tokenizer = load_tokenizer(self.preset.hub_id, self.preset.revision)
@@ -368,13 +233,13 @@ class GRPORecipe:
 
     def _setup_prompts(self) -> None:
         cfg = self.cfg
-        prompts, self.where = load_prompts(cfg.prompts, mapping=cfg.mapping, limit=cfg.limit)
+        prompts, self.where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
         if "math" in cfg.names and all(q.get("answer") is None for q in prompts):
             raise DistillError(
                 f"Prompt source {self.where} has no gold answers; the math reward needs them (an answer column)."
             )
-        style: PromptStyle = getattr(self.preset, "prompt", PromptStyle())
-        self.engine_args: EngineArgs = getattr(self.preset, "engine", EngineArgs())
+        style = self.preset.prompt
+        self.engine_args = self.preset.engine
         sampling = getattr(self.preset, "sampling", None)
         self.max_new_tokens = cfg.max_new_tokens or (sampling.max_new_tokens if sampling else 1024)
         # rendered exactly as `distill eval` renders them
@@ -500,11 +365,7 @@ class GRPORecipe:
                     sums[key] = sums.get(key, 0.0) + float(stats[key]) * n / max(toks, 1)
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 lo, hi = min(lo, float(stats["ratio_min"])), max(hi, float(stats["ratio_max"]))
-            if not math.isfinite(sums["loss"]):
-                raise DistillError(
-                    f"The loss became {sums['loss']} at step {self.step + 1}; training stopped. The last good "
-                    f"checkpoint is kept in {self.out / CHECKPOINTS}; lower --lr, then --resume."
-                )
+            self.run.stop_if_not_finite(sums["loss"], self.step + 1)
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -528,9 +389,7 @@ class GRPORecipe:
         from tqdm import tqdm
 
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        metrics_path = self.out / METRICS
-        truncate_metrics(metrics_path, self.step)
+        self.run.start_metrics(self.step)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
         while self.step < cfg.steps:
@@ -553,8 +412,7 @@ class GRPORecipe:
                 self.log(f"warning: step {self.step + 1}: no sample had a computable reward; nothing to learn from")
             self.step += 1
             row["rollout_s"], row["reward_s"], row["seconds"] = rollout_s, reward_s, time.perf_counter() - start
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+            self.run.log_metrics(row)
             if row["reward_std"] == 0.0:
                 bar.write(
                     f"warning: step {row['step']}: every reward is {row['reward_mean']:g}, so every advantage is 0 "
@@ -594,33 +452,24 @@ class GRPORecipe:
     # checkpoints and save
 
     def _save_checkpoint(self) -> None:
-        state = {
-            "model": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "rng": rng_state(),
-        }
-        write_checkpoint(self.out / CHECKPOINTS, self.step, state)
+        state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
+        self.run.save_checkpoint(self.step, state)
 
     def _load_checkpoint(self) -> None:
-        last = latest_checkpoint(self.out / CHECKPOINTS)
-        if last is None:
-            raise DistillError(f"--resume: {self.out} has no checkpoint to resume from; run without --resume.")
-        state = torch.load(last / "state.pt", weights_only=False, map_location=self.device)
+        last, state = self.run.load_checkpoint(map_location=self.device)  # the RNG states are restored with it
         self.policy.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        restore_rng(state["rng"])
         self.log(f"resumed from {last} (step {self.step})")
 
     def save(self) -> Path:
         record = {
-            "config": jsonable(asdict(self.cfg)),
+            "config": asdict(self.cfg),
             "policy": self.preset.hub_id,
             "prompts": self.where,
             "steps": self.step,
         }
-        return export_model(self.policy, self.tokenizer, self.out / "model", GRPO_CONFIG, record)
+        return self.run.export(self.policy, self.tokenizer, GRPO_CONFIG, record)
 
 
 def _padded(arrays: list[np.ndarray], length: int) -> list[np.ndarray]:

@@ -75,8 +75,6 @@ class TeacherPreset:
     """Short name used on the command line."""
     hub_id: str
     """Hugging Face hub id, or a directory (relative to the preset file) for bundled teachers."""
-    tokenizer_family: str
-    """Tokenizers of one family share token ids (e.g. qwen2.5)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit); part of the cache key."""
     top_k: int = 20
@@ -131,8 +129,6 @@ class StudentPreset:
     """Short name used on the command line."""
     hub_id: str
     """Hugging Face hub id, or a directory (relative to the preset file)."""
-    tokenizer_family: str
-    """Tokenizers of one family share token ids (e.g. qwen2.5)."""
     revision: str | None = None
     """Hub revision."""
     train: TrainDefaults = field(default_factory=TrainDefaults)
@@ -147,6 +143,9 @@ class StudentPreset:
 
 KINDS: dict[str, type] = {"teacher": TeacherPreset, "student": StudentPreset}
 _FOLDERS = {"teacher": "teachers", "student": "students"}
+# Fields older presets carry that nothing reads any more: skipped on load, so such a YAML still works.
+# (tokenizer_family: whether two tokenizers agree is checked on the tokenizers themselves, distill.vocab.)
+RETIRED_FIELDS = frozenset({"tokenizer_family"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,6 +201,8 @@ def load_preset_file(path: Path, kind: str) -> Any:
         data = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise DistillError(f"Cannot read {kind} preset {path}: {e}") from e
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k not in RETIRED_FIELDS}
     problems: list[str] = []
     preset = _build(KINDS[kind], data, Path(path).name, problems)
     if problems:
@@ -232,20 +233,42 @@ def preset_names(kind: str) -> list[str]:
 
 
 def resolve_preset(spec: str, kind: str) -> Any:
-    """A preset from a short name, a YAML path, a local model directory or a hub id."""
-    named = preset_dir(kind) / f"{spec}.yaml"
-    # only a bare name is a preset name: an absolute path joined onto preset_dir would find the YAML beside it
-    if "/" not in spec and os.sep not in spec and named.is_file():
-        return load_preset_file(named, kind)
+    """The `kind` preset of a model, the same way in every command.
+
+    `spec` is a preset name (of this kind, else of the other kind: a student preset can be evaluated
+    and a teacher preset can be a student), a preset YAML, a model directory, a run directory (a
+    `distill train` / `grpo` OUT, whose model/ is used) or a hub id (org/name). A model found under
+    the other kind keeps its name, weights and revision and gets this kind's defaults.
+    """
+    other = "student" if kind == "teacher" else "teacher"
     path = Path(spec).expanduser()
+    bare = "/" not in spec and os.sep not in spec  # a name joined onto preset_dir must not escape it
+    for k in (kind, other):
+        named = preset_dir(k) / f"{spec}.yaml"
+        if bare and named.is_file():
+            return _as_kind(load_preset_file(named, k), kind)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        return load_preset_file(path, kind)
+        try:
+            return load_preset_file(path, kind)
+        except DistillError as first:
+            try:
+                return _as_kind(load_preset_file(path, other), kind)
+            except DistillError:
+                raise first from None
     if path.is_dir():
-        return KINDS[kind](name=path.name, hub_id=str(path.resolve()), tokenizer_family="unknown")
+        model = path / "model" if (path / "model" / "config.json").is_file() else path
+        return KINDS[kind](name=path.name, hub_id=str(model.resolve()))
     parts = spec.split("/")
-    if len(parts) == 2 and all(parts):
-        return KINDS[kind](name=spec, hub_id=spec, tokenizer_family="unknown")
+    if len(parts) == 2 and all(parts) and not path.exists():
+        return KINDS[kind](name=spec, hub_id=spec)
     raise DistillError(
-        f"Unknown {kind} {spec!r}: not a preset name, a YAML file, a model directory or a hub id "
-        f"(org/name). Known {kind} presets: {', '.join(preset_names(kind))}."
+        f"Unknown model {spec!r}: not a preset name, a preset YAML, a model or run directory, or a hub id "
+        f"(org/name). Known presets: {', '.join(preset_names('teacher') + preset_names('student'))}."
     )
+
+
+def _as_kind(preset: Any, kind: str) -> Any:
+    """A preset of the other kind as a `kind` preset: same model, this kind's defaults."""
+    if isinstance(preset, KINDS[kind]):
+        return preset
+    return KINDS[kind](name=preset.name, hub_id=preset.hub_id, revision=preset.revision, description=preset.description)

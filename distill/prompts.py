@@ -25,6 +25,7 @@ from typing import Any
 
 from distill.errors import DistillError
 from distill.tasks import load_task_prompts
+from distill.verify.answers import gsm8k_answer, last_boxed
 
 PROMPT_FIELDS = ("prompt", "problem", "question", "input")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
@@ -33,24 +34,6 @@ COMPLETION_FIELDS = ("completion", "response", "generation", "output")
 CHAT_FIELDS = ("messages", "conversations")
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-
-
-def gsm8k_answer(text: str) -> str:
-    """GSM8K's gold: the number after '####' in the worked solution, without thousands separators."""
-    return text.split("####")[-1].strip().replace(",", "")
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last \\boxed{...} in `text` (nested braces allowed), or None."""
-    start = text.rfind("\\boxed{")
-    if start < 0:
-        return None
-    depth, i = 0, start + len("\\boxed")
-    for j in range(i, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[j], 0)
-        if depth == 0:
-            return text[i + 1 : j]
-    return None
 
 
 @dataclass(frozen=True)
@@ -149,13 +132,20 @@ def load_prompts(
     Ids come from an id column when there is one, else from the row number, so they are stable
     under `--limit` and under `--shard-index/--num-shards` slicing.
     """
+    if mapping is not None and mapping not in BUILTIN:
+        raise DistillError(f"Unknown mapping {mapping!r}; known: {', '.join(BUILTIN)}.")
     task_prompts = load_task_prompts(source)
     if task_prompts is not None:
+        given = [
+            o
+            for o, v in (("--prompt-field", prompt_field), ("--answer-field", answer_field), ("--mapping", mapping))
+            if v
+        ]
+        if given:  # a task's prompts have no columns to pick: the option would be silently ignored
+            raise DistillError(f"{', '.join(given)} apply to prompt files and datasets, not to the task {source!r}.")
         rows, where = task_prompts, source
         mapped = None
     else:
-        if mapping is not None and mapping not in BUILTIN:
-            raise DistillError(f"Unknown mapping {mapping!r}; known: {', '.join(BUILTIN)}.")
         mapped = BUILTIN.get(mapping) if mapping else BUILTIN.get(source.partition(":")[0])
         rows, where = load_rows(source)
     return prompts_from_rows(rows, where, prompt_field, answer_field, mapped, limit), where

@@ -22,38 +22,16 @@ import typer
 
 from distill.cache import CacheSpec, CacheWriter, TeacherCache, view_indices
 from distill.cache.admin import cache_info
-from distill.cache.format import INDEX_NAME
-from distill.cache.reader import load_index
-from distill.engines import ENGINES, Request, open_engine, request_seed
+from distill.cache.format import INDEX_NAME, read_index
+from distill.configs import ScoreConfig
+from distill.engines import Request, open_engine, request_seed
 from distill.errors import DistillError
 from distill.fingerprint import cache_key, canonical_hash, tokenizer_fingerprint, weights_fingerprint
+from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer
 from distill.paths import cache_root
 from distill.presets import resolve_preset
 from distill.prompts import load_traces, record_meta, render_prompt
-from distill.teacher import TOKENIZER_FILES, extra_sample_problems, load_tokenizer, stream_into_cache, summary_lines
-
-
-@dataclass
-class ScoreConfig:
-    """Everything `distill score` takes."""
-
-    teacher: str
-    traces: str
-    view: str | None = None
-    top_k: int | None = None
-    backend: str = "vllm"
-    out: Path | None = None
-    dtype: str | None = None
-    max_model_len: int | None = None
-    tensor_parallel_size: int | None = None
-    precision: str = "compact"
-    prompt_field: str | None = None
-    completion_field: str | None = None
-    limit: int | None = None
-    extra_samples: int = 0
-    extra_temperature: float = 1.0
-    shard_size_mb: float = 64.0
-    flush_every_s: float = 300.0
+from distill.recording import stream_into_cache, summary_lines
 
 
 @dataclass
@@ -110,10 +88,6 @@ def traces_from_file(cfg: ScoreConfig, tokenizer: Any, style: Any) -> tuple[list
 
 def run_score(cfg: ScoreConfig) -> Path:
     """Score the traces into a cache; prints a summary with the cache path last."""
-    problems = [] if cfg.backend in ENGINES else [f"--backend must be one of {', '.join(ENGINES)}, got {cfg.backend!r}"]
-    problems += extra_sample_problems(cfg.extra_samples, cfg.extra_temperature, cfg.backend)
-    if problems:
-        raise DistillError("Invalid score settings: " + "; ".join(problems) + ".")
     preset = resolve_preset(cfg.teacher, "teacher")
     top_k = cfg.top_k if cfg.top_k is not None else preset.top_k
     if top_k < 1:
@@ -139,7 +113,7 @@ def run_score(cfg: ScoreConfig) -> Path:
     }
     key = cache_key(**key_parts)
     path = Path(cfg.out) if cfg.out else cache_root() / key
-    if (path / INDEX_NAME).is_file() and load_index(path).get("complete") and load_index(path)["key"] == key:
+    if (path / INDEX_NAME).is_file() and (index := read_index(path)).complete and index.key == key:
         typer.echo(f"cache hit: {len(traces)} traces already scored")
         typer.echo(str(path))
         return path

@@ -8,13 +8,14 @@ One recipe that reads top to bottom: setup → train → save → cleanup. Choic
 - batches are packed rows planned per epoch (distill.data); a step's loss is the mean over all its
   loss tokens across micro-batches and ranks, so 1 process and N processes with the same global
   batch compute the same numbers;
-- the same command under `torchrun --nproc-per-node N` shards the model with FSDP2 (falling back
-  to DDP where FSDP2 cannot run), NCCL on GPUs, gloo on CPUs;
+- the same command under `torchrun --nproc-per-node N` shards the model with FSDP2 (or replicates it
+  with DDP: `--sharding ddp`; a failed FSDP2 set-up is an error, never a quiet fallback), NCCL on
+  GPUs, gloo on CPUs;
 - bf16 autocast on GPU, fp32 on CPU; AdamW, linear warmup then cosine decay, gradient clipping;
 - checkpoints are directories written under a temp name and renamed; `--resume` restores model,
   optimiser, scheduler, RNG and the data position (the step), so the remaining losses equal an
   uninterrupted run's; a NaN/inf loss stops the run naming the step and keeps the last good
-  checkpoint;
+  checkpoint (the run directory's rules live in distill.checkpoints.RunDirectory, shared with grpo);
 - the output is a Hugging Face directory (weights, tokenizer, generation config, `distill_train.json`
   with the training config and the cache it came from) that transformers and vLLM load; LoRA
   adapters are merged on export.
@@ -22,12 +23,11 @@ One recipe that reads top to bottom: setup → train → save → cleanup. Choic
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,84 +37,15 @@ import typer
 
 from distill.cache import FORMAT_VERSION, Record, TeacherCache, view_indices
 from distill.cache.format import V1_TAIL_NOTE
-from distill.checkpoints import (
-    CHECKPOINTS,
-    METRICS,
-    export_model,
-    jsonable,
-    latest_checkpoint,
-    restore_rng,
-    rng_state,
-    truncate_metrics,
-    write_checkpoint,
-)
-from distill.data import IGNORE_INDEX, PackedLoader
+from distill.checkpoints import RunDirectory
+from distill.configs import TrainConfig
+from distill.data import PackedLoader
 from distill.errors import DistillError
-from distill.losses import KD_KINDS, TAILS, distill_loss
+from distill.losses import IGNORE_INDEX, distill_loss
 from distill.presets import resolve_preset
 from distill.vocab import reconcile
 
 TRAIN_CONFIG = "distill_train.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything `distill train` takes; None means "the student preset's default"."""
-
-    student: str
-    cache: str | None = None
-    traces: str | None = None
-    view: str | None = None
-    alpha: float = 0.5
-    kd: str = "forward"
-    tail: str = "bucket"
-    temperature: float = 1.0
-    beta: float = 0.5
-    lora: bool = False
-    epochs: int | None = None
-    max_steps: int | None = None
-    lr: float | None = None
-    warmup_ratio: float | None = None
-    weight_decay: float | None = None
-    max_length: int | None = None
-    batch_rows: int = 8
-    micro_rows: int = 1
-    grad_clip: float = 1.0
-    chunk_size: int | None = None
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    out: Path = Path("runs/student")
-    resume: bool = False
-    save_every: int = 50
-    init: str | None = None
-
-    def problems(self) -> list[str]:
-        """Every invalid setting, as sentences."""
-        out = []
-        if not 0.0 <= self.alpha <= 1.0:
-            out.append(f"--alpha must be in [0, 1], got {self.alpha}")
-        if self.temperature <= 0:
-            out.append(f"--temperature must be > 0, got {self.temperature}")
-        if self.kd not in KD_KINDS:
-            out.append(f"--kd must be one of {', '.join(KD_KINDS)}, got {self.kd!r}")
-        if self.tail not in TAILS:
-            out.append(f"--tail must be one of {', '.join(TAILS)}, got {self.tail!r}")
-        if self.alpha < 1 and self.kd != "sampled" and self.tail == "bucket" and self.temperature != 1:
-            out.append(
-                f"--tail bucket is exact only at --temperature 1 (the teacher's tempered tail mass is unknown), got "
-                f"{self.temperature}; use --tail renorm, which tempers the top-k exactly, or --kd sampled"
-            )
-        if (self.cache is None) == (self.traces is None):
-            out.append("give exactly one of --cache (teacher cache) or --traces (plain trace file)")
-        if self.traces is not None and self.alpha != 1.0:
-            out.append("plain --traces carry no teacher logprobs: use --alpha 1 (SFT) or a --cache")
-        if self.epochs is not None and self.max_steps is not None:
-            out.append("give --epochs or --max-steps, not both")
-        if self.batch_rows < 1 or self.micro_rows < 1:
-            out.append("--batch-rows and --micro-rows must be ≥ 1")
-        if self.init not in (None, "pretrained", "random"):
-            out.append(f"--init must be pretrained or random, got {self.init!r}")
-        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,13 +122,10 @@ class Trainer:
     """setup → train → save → cleanup."""
 
     def __init__(self, cfg: TrainConfig) -> None:
-        problems = cfg.problems()
-        if problems:
-            raise DistillError("Invalid train settings: " + "; ".join(problems) + ".")
         self.cfg = cfg
         self.rank, self.world = _dist()
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
-        self.out = Path(cfg.out)
+        self.run = RunDirectory(Path(cfg.out))
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -208,6 +136,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
+        self.run.check_start(cfg.resume)
         self.preset = resolve_preset(cfg.student, "student")
         self._seed_everything(cfg.seed)
         self._setup_data()
@@ -216,8 +145,6 @@ class Trainer:
         self.step = 0
         if cfg.resume:
             self._load_checkpoint()
-        elif self.rank == 0 and (self.out / CHECKPOINTS).exists():
-            raise DistillError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out.")
 
     def _seed_everything(self, seed: int) -> None:
         random.seed(seed)
@@ -225,7 +152,7 @@ class Trainer:
         torch.manual_seed(seed)
 
     def _setup_data(self) -> None:
-        from distill.teacher import load_tokenizer
+        from distill.models.tokenizer import cache_tokenizer, load_tokenizer
 
         cfg = self.cfg
         student_tok = load_tokenizer(self.preset.hub_id, self.preset.revision)
@@ -251,9 +178,7 @@ class Trainer:
             indices = view_indices(cache, cfg.view) if cfg.view else np.arange(len(cache))
             if len(indices) == 0:
                 raise DistillError(f"View {cfg.view!r} of {cache.path} keeps no records; nothing to train on.")
-            if cache.tokenizer_path is None:
-                raise DistillError(f"Cache {cache.path} has no saved tokenizer; regenerate it with this distill.")
-            teacher_tok = load_tokenizer(str(cache.tokenizer_path))
+            teacher_tok = cache_tokenizer(cache)
             decision = reconcile(student_tok, teacher_tok, self.preset.name, str(cache.provenance.get("teacher")))
             if decision.adopted_teacher:
                 self.log(f"note: {decision.message}")
@@ -333,19 +258,23 @@ class Trainer:
     def _parallelize(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.world == 1:
             return module
-        try:
-            from torch.distributed.fsdp import fully_shard
+        if self.cfg.sharding == "ddp":
+            self.sharding = "ddp"
+            self.log(f"sharding: DDP over {self.world} processes")
+            return torch.nn.parallel.DistributedDataParallel(module)
+        from torch.distributed.fsdp import fully_shard
 
+        try:
             for layer in self.model.get_base_model().model.layers if self.cfg.lora else self.model.model.layers:
                 fully_shard(layer)
             fully_shard(module)
-            self.sharding = "fsdp2"
-            self.log(f"sharding: FSDP2 over {self.world} processes")
-        except Exception as e:  # FSDP2 needs a device it supports; DDP runs everywhere
-            self.log(f"FSDP2 unavailable here ({type(e).__name__}: {e}); using DDP")
-            module = torch.nn.parallel.DistributedDataParallel(module)
-            self.sharding = "ddp"
-            self.log(f"sharding: DDP over {self.world} processes")
+        except Exception as e:  # a half-sharded model is unusable: say so, never fall back quietly
+            raise DistillError(
+                f"FSDP2 could not shard the student ({type(e).__name__}: {e}); pass --sharding ddp to replicate it "
+                "on every process instead."
+            ) from e
+        self.sharding = "fsdp2"
+        self.log(f"sharding: FSDP2 over {self.world} processes")
         return module
 
     def _setup_optimizer(self) -> None:
@@ -373,10 +302,8 @@ class Trainer:
     def train(self) -> None:
         from tqdm import tqdm
 
-        metrics_path = self.out / METRICS
         if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            truncate_metrics(metrics_path, self.step)
+            self.run.start_metrics(self.step)
         tb = self._tensorboard()
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
         start, tokens_seen = time.perf_counter(), 0
@@ -392,11 +319,7 @@ class Trainer:
                 (out.loss * n / max(step_tokens, 1) * self.world).backward()
                 sums = [s + float(v.detach()) * n for s, v in zip(sums, (out.loss, out.ce, out.kd), strict=True)]
             loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
-            if not math.isfinite(loss):
-                raise DistillError(
-                    f"The loss became {loss} at step {self.step + 1}; training stopped. The last good checkpoint "
-                    f"is kept in {self.out / CHECKPOINTS}; lower --lr or check the data, then --resume."
-                )
+            self.run.stop_if_not_finite(loss, self.step + 1)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
             )
@@ -417,8 +340,7 @@ class Trainer:
                 "tokens_per_s": rate,
             }
             if self.rank == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
+                self.run.log_metrics(row)
                 if tb is not None:
                     for k in ("loss", "ce", "kd", "lr", "grad_norm", "tokens_per_s"):
                         tb.add_scalar(f"train/{k}", row[k], self.step)
@@ -438,7 +360,7 @@ class Trainer:
         except ImportError:
             self.log("note: tensorboard is not installed; metrics go to metrics.jsonl only")
             return None
-        return SummaryWriter(str(self.out / "tensorboard"))
+        return SummaryWriter(str(self.run.path / "tensorboard"))
 
     # -----------------------------------------------------------------------------------------
     # checkpoints
@@ -452,22 +374,17 @@ class Trainer:
             "model": model_sd,
             "optimizer": optim_sd,
             "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "rng": rng_state(),
         }
 
     def _save_checkpoint(self) -> None:
         state = self._state()  # collective under FSDP: every rank takes part
         if self.rank == 0:
-            write_checkpoint(self.out / CHECKPOINTS, self.step, state)  # keeps the last two
+            self.run.save_checkpoint(self.step, state)
 
     def _load_checkpoint(self) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-        last = latest_checkpoint(self.out / CHECKPOINTS)
-        if last is None:
-            raise DistillError(f"--resume: {self.out} has no checkpoint to resume from; run without --resume.")
-        state = torch.load(last / "state.pt", weights_only=False)
+        last, state = self.run.load_checkpoint()  # the RNG states are restored with it
         set_state_dict(
             self.module,
             self.optimizer,
@@ -477,7 +394,6 @@ class Trainer:
         )
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = state["step"]
-        restore_rng(state["rng"])
         self.log(f"resumed from {last} (step {self.step})")
 
     # -----------------------------------------------------------------------------------------
@@ -489,18 +405,18 @@ class Trainer:
 
         full = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.rank != 0:
-            return self.out / "model"
+            return self.run.model
         # sharded parameters cannot take a full state dict: export from a plain copy on rank 0
         model = self.model if self.world == 1 else self._build_model()
         model.load_state_dict({k.removeprefix("model."): v for k, v in full.items() if k.startswith("model.")})
         model = model.merge_and_unload() if self.cfg.lora else model
         record = {
-            "config": jsonable(asdict(self.cfg)),
+            "config": asdict(self.cfg),
             "source": self.source,
             "student": asdict(self.preset),
             "steps": self.step,
         }
-        return export_model(model, self.tokenizer, self.out / "model", TRAIN_CONFIG, record)
+        return self.run.export(model, self.tokenizer, TRAIN_CONFIG, record)
 
     def cleanup(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():

@@ -179,7 +179,7 @@ def bench(name: str, mix: tuple[np.ndarray, ...], root: Path, seed: int) -> dict
     write_s = time.perf_counter() - t0
 
     cache = open_cache(path)
-    for s in range(len(cache.index["shards"])):
+    for s in range(len(cache.index.shards)):
         cache.shard(s)  # checksums are verified on first open; time the decode, not the hash
     t0 = time.perf_counter()
     decoded = cache.records(range(len(cache)))

@@ -36,7 +36,7 @@ from distill.cache import CacheSpec, CacheWriter  # noqa: E402
 from distill.engines import Request, SamplingSpec, request_seed  # noqa: E402
 from distill.engines.vllm_engine import VLLMEngine  # noqa: E402
 from distill.models.tiny import build_tiny_model  # noqa: E402
-from distill.teacher import stream_into_cache  # noqa: E402
+from distill.recording import stream_into_cache  # noqa: E402
 
 MODELS = {
     "small": dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=4, model_vocab_size=32768),

@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--only-install", action="store_true", help="install the model already trained in --work")
     args = parser.parse_args()
 
-    work = args.work
+    work = args.work.resolve()
     if not args.only_install:
         train(work, args)
     if args.install or args.only_install:
@@ -98,16 +98,19 @@ def train(work: Path, args: argparse.Namespace) -> None:
             str(work / "run"),
         ],
         check=True,
+        cwd=REPO,  # the run's record then names its inputs relative to the checkout: runs/arith-teacher/init
     )
 
 
 def install(work: Path) -> None:
-    """Copy the trained teacher into teachers/arith-teacher, its record free of this machine's paths."""
+    """Copy the trained teacher into teachers/arith-teacher.
+
+    Its `distill_train.json` needs no editing: `distill train` records paths relative to the directory
+    it ran in (or just their names), never this machine's absolute paths.
+    """
     target = REPO / "teachers" / "arith-teacher"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(work / "run" / "model", target)
-    record = target / "distill_train.json"
-    record.write_text(record.read_text().replace(str(work.resolve()), "WORK").replace(str(work), "WORK"))
     print(f"installed {target}; now run scripts/pretrain_arith_student.py --install")
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from distill.cache import CacheSpec, CacheWriter
 from tests.cache.helpers import make_record
@@ -107,6 +108,7 @@ main()
 """
 
 
+@pytest.mark.torchrun
 def test_a_torchrun_rank_leaves_without_tearing_down_live_gloo_workers(tmp_path: Path) -> None:
     """Without `main` skipping interpreter teardown on ranks, most of these runs died with SIGABRT."""
     script = tmp_path / "rank.py"

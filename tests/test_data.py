@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from distill.cache import Record
-from distill.data import IGNORE_INDEX, PackedLoader, collate, plan_rows
+from distill.data import PackedLoader, collate, plan_rows
+from distill.losses import IGNORE_INDEX
 
 
 def record(i: int, p: int, t: int, k: int = 3) -> Record:

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
+
+@pytest.mark.vllm
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     env = {**os.environ, "DISTILL_HOME": str(tmp_path / "home")}
     out = subprocess.run(

@@ -87,7 +87,7 @@ def test_eval_runs_end_to_end_on_the_arith_task(tiny_model: Path, tmp_path: Path
 def test_completions_keep_their_think_block_for_the_verifiers(tiny_model: Path) -> None:
     from transformers import AutoTokenizer
 
-    from distill.teacher import decode_completion
+    from distill.models.tokenizer import decode_completion
     from distill.verify import VERIFIERS
 
     tok = AutoTokenizer.from_pretrained(tiny_model)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ import pytest
 from distill.cache import CacheSpec, CacheWriter, Record, list_views, load_view, open_cache
 from distill.errors import DistillError
 from distill.filter import FilterConfig, run_filter
+from distill.verify import MAX_DEFAULT_WORKERS, default_workers
+from distill.verify.pool import TimeoutPool
 
 # (prompt id, sample, completion after the primed "<think>\n", gold, finish reason)
 TRACES = [
@@ -67,15 +70,16 @@ def test_view_holds_exactly_the_passing_records_and_the_report_agrees(cache: Pat
     report = run_filter(FilterConfig(cache=str(cache), verifiers="math,format", name="ok", workers=2))
     view = load_view(open_cache(cache), "ok")
     passing = [i for i, (m, f) in enumerate(zip(EXPECTED_MATH, EXPECTED_FORMAT, strict=True)) if m and f]
-    assert view["kept"] == passing == [0, 2, 3, 7]
+    assert view.kept == passing == [0, 2, 3, 7]
     assert report["passed"] == report["kept"] == len(passing) and report["records"] == len(TRACES)
     assert report["failed"] == len(TRACES) - len(passing) and report["unknown"] == 0
     assert report["per_verifier"] == {"math": sum(EXPECTED_MATH) / 8, "format": sum(EXPECTED_FORMAT) / 8}
     assert report["per_verifier_unknown"] == {"math": 0.0, "format": 0.0}
     assert report["prompts_with_a_correct_sample"] == 3 and report["prompts"] == 4
     assert report["truncation_rate"] == 1 / 8
-    assert view["verdicts"]["1"]["math"][0] == "failed" and "wrong answer" in view["verdicts"]["1"]["math"][1]
-    assert view["verdicts"]["0"] == {"math": ["passed", "correct"], "format": ["passed", "well formed"]}
+    verdicts = view.extra["verdicts"]
+    assert verdicts["1"]["math"][0] == "failed" and "wrong answer" in verdicts["1"]["math"][1]
+    assert verdicts["0"] == {"math": ["passed", "correct"], "format": ["passed", "well formed"]}
     assert sum(report["reasons"].values()) == (8 - sum(EXPECTED_MATH)) + (8 - sum(EXPECTED_FORMAT))
     assert list_views(cache) == {"ok": 4}
 
@@ -92,12 +96,12 @@ def test_records_without_a_gold_answer_are_counted_unknown_not_failed(
     path = write_cache(tiny_model, tmp_path / "gold", traces)
     report = run_filter(FilterConfig(cache=str(path), verifiers="math,format", name="g", workers=1))
     view = load_view(open_cache(path), "g")
-    assert view["kept"] == [0]  # an unknown record is not kept
+    assert view.kept == [0]  # an unknown record is not kept
     assert (report["passed"], report["failed"], report["unknown"]) == (1, 2, 1)
     assert report["pass_rate"] == 1 / 4 and report["unknown_rate"] == 1 / 4
     assert report["per_verifier"] == {"math": 1 / 4, "format": 3 / 4}
     assert report["per_verifier_unknown"] == {"math": 2 / 4, "format": 0.0}
-    assert [view["verdicts"][str(i)]["math"][0] for i in range(4)] == ["passed", "failed", "unknown", "unknown"]
+    assert [view.extra["verdicts"][str(i)]["math"][0] for i in range(4)] == ["passed", "failed", "unknown", "unknown"]
     assert report["reasons"]["math (unknown): no gold answer to compare with"] == 2
     printed = capsys.readouterr().out
     assert "passed 1 (25.0%), failed 2, unknown 1 (25.0%, could not be checked), kept 1" in printed
@@ -106,12 +110,13 @@ def test_records_without_a_gold_answer_are_counted_unknown_not_failed(
 
 def test_keep_first_and_best_of_n(cache: Path) -> None:
     run_filter(FilterConfig(cache=str(cache), verifiers="math", name="first", keep="first", workers=1))
-    assert load_view(open_cache(cache), "first")["kept"] == [0, 3, 7]  # one per prompt that has a pass
+    assert load_view(open_cache(cache), "first").kept == [0, 3, 7]  # one per prompt that has a pass
     run_filter(FilterConfig(cache=str(cache), verifiers="math", name="best", keep="best-of-n", workers=1))
-    best = load_view(open_cache(cache), "best")["kept"]
+    best = load_view(open_cache(cache), "best").kept
     assert len(best) == 3 and {TRACES[i][0] for i in best} == {"p0", "p1", "p3"}
 
 
+@pytest.mark.slow
 def test_cli_and_bad_input(cache: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "distill", "filter", str(cache), "--verifiers", "math", "--name", "m"],
@@ -122,10 +127,63 @@ def test_cli_and_bad_input(cache: Path) -> None:
     assert out.returncode == 0, out.stderr[-2000:]
     assert "view 'm': 4 of 8 records kept" in out.stdout
     assert json.loads((cache / "views" / "m.json").read_text())["report"]["passed"] == 4
-    with pytest.raises(DistillError, match="Unknown verifier.*known: math, code"):
+    with pytest.raises(DistillError, match="unknown verifier.*vibes.*known: math, code"):
         run_filter(FilterConfig(cache=str(cache), verifiers="math,vibes"))
     with pytest.raises(DistillError, match="--keep must be one of"):
         run_filter(FilterConfig(cache=str(cache), keep="some"))
+
+
+def test_the_default_worker_count_respects_the_cap(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    many = set(range(4 * MAX_DEFAULT_WORKERS))  # a big node: more cores than sympy workers are worth
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: many, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: len(many))
+    asked: list[int] = []
+    real_map = TimeoutPool.map
+
+    def spy(self: TimeoutPool, items: list, timeout: float, workers: int, progress: object = None) -> list:
+        asked.append(workers)
+        return real_map(self, items, timeout=timeout, workers=workers, progress=progress)
+
+    monkeypatch.setattr(TimeoutPool, "map", spy)
+    assert default_workers() == MAX_DEFAULT_WORKERS
+    report = run_filter(FilterConfig(cache=str(cache), verifiers="math", name="default-workers"))
+    assert asked == [MAX_DEFAULT_WORKERS] and report["passed"] == sum(EXPECTED_MATH)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert default_workers() == 2
+
+
+def _no_tokenizer_files(tok: Path) -> None:
+    for f in tok.iterdir():
+        f.unlink()
+
+
+def _corrupt_tokenizer_json(tok: Path) -> None:
+    (tok / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+
+
+def _no_tokenizer_json(tok: Path) -> None:  # transformers then loads the special tokens alone, without a word
+    (tok / "tokenizer.json").unlink()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", [_no_tokenizer_files, _corrupt_tokenizer_json, _no_tokenizer_json])
+def test_a_damaged_saved_tokenizer_is_one_sentence_and_no_view(cache: Path, damage: Callable[[Path], None]) -> None:
+    damage(cache / "tokenizer")
+    out = subprocess.run(
+        [sys.executable, "-m", "distill", "filter", str(cache), "--verifiers", "math", "--name", "m"],
+        capture_output=True,
+        text=True,
+        env={**os.environ},
+    )
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+    [sentence] = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert f"tokenizer saved with cache {cache}" in sentence
+    assert f"copy the teacher's tokenizer files (tokenizer.json, tokenizer_config.json) into {cache / 'tokenizer'}" in (
+        sentence
+    )
+    assert list_views(cache) == {} and not (cache / "views").exists()
 
 
 def test_lang_judges_the_reasoning_against_the_question_script(tiny_model: Path, tmp_path: Path) -> None:
@@ -147,5 +205,5 @@ def test_lang_judges_the_reasoning_against_the_question_script(tiny_model: Path,
     report = run_filter(FilterConfig(cache=str(path), verifiers="lang", name="lang", workers=1))
     view = load_view(open_cache(path), "lang")
     # the gold answer "10" has no script: judged against it, the Chinese reasoning would fail as "not latin"
-    assert view["kept"] == [0, 2] and report["passed"] == 2
-    assert "not cjk" in view["verdicts"]["1"]["lang"][1]
+    assert view.kept == [0, 2] and report["passed"] == 2
+    assert "not cjk" in view.extra["verdicts"]["1"]["lang"][1]

@@ -2,11 +2,11 @@
 
 - a 3-step run writes every metric, checkpoints and a model directory transformers loads;
 - `--resume` from its step-2 checkpoint recomputes step 3 exactly (same prompts, same samples);
-- after `load_weights`, vLLM's logprobs of a perturbed policy match the trainer's (weight sync),
-  and the transformers engine's do too;
 - bad input exits 1 with one sentence (a policy without weights too);
 - a sample with an unknown verdict (no gold answer, a sandbox that failed to build, a verifier
   that raised) gets reward NaN, not 0, and advantage 0.
+
+The engines' weight sync (`load_weights`) is tested in tests/engines/.
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.vllm
 def test_a_run_logs_every_metric_and_exports_a_model(run: Path) -> None:
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -131,6 +132,7 @@ def test_a_run_logs_every_metric_and_exports_a_model(run: Path) -> None:
     assert latest_checkpoint(run / "checkpoints").name == "step-00000003"
 
 
+@pytest.mark.vllm
 def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> None:
     out = tmp_path / "resumed"
     shutil.copytree(run, out)
@@ -146,66 +148,6 @@ def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> N
     # without --resume an existing run is refused
     again = distill(*RUN_ARGS, "--steps", "3", "--out", str(out))
     assert again.returncode == 1 and "pass --resume" in again.stderr
-
-
-SYNC_CHECK = """
-import sys, torch
-from transformers import AutoModelForCausalLM
-from distill.engines import Request, SamplingSpec
-from distill.engines.vllm_engine import VLLMEngine
-
-model_dir = sys.argv[1]
-engine = VLLMEngine(model_dir, dtype="float32", max_model_len=512, max_logprobs=1)
-policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-torch.manual_seed(0)
-with torch.no_grad():
-    for p in policy.parameters():
-        p.add_(0.05 * torch.randn_like(p))
-
-def gap(seed):
-    spec = SamplingSpec(1.0, 1.0, 24, 0, [])
-    c = next(engine.generate([Request(("p", seed), [5, 9, 14, 20, 31, 7], seed)], spec))
-    ids = torch.tensor([list(c.prompt_ids) + list(c.completion_ids)])
-    with torch.no_grad():
-        lp = torch.log_softmax(policy(ids).logits[0, len(c.prompt_ids) - 1 : -1], -1)
-    mine = lp.gather(-1, torch.tensor(c.completion_ids).long()[:, None])[:, 0]
-    return (mine - torch.tensor(c.sampled_logprobs)).abs().max().item()
-
-before = gap(1)
-engine.load_weights(policy.state_dict())
-print(before, gap(2))
-"""
-
-
-def test_vllm_logprobs_match_the_trainer_after_load_weights() -> None:
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    proc = subprocess.run([sys.executable, "-c", SYNC_CHECK, str(TEACHER)], capture_output=True, text=True, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    before, after = map(float, proc.stdout.split()[-2:])
-    assert before > 0.1  # the perturbation is visible to the engine's old weights...
-    assert after < 1e-4  # ...and gone once the new ones are loaded
-
-
-def test_hf_engine_load_weights() -> None:
-    from transformers import AutoModelForCausalLM
-
-    from distill.engines import Request
-    from distill.engines.hf_engine import HFEngine
-
-    engine = HFEngine(str(TEACHER))
-    policy = AutoModelForCausalLM.from_pretrained(TEACHER, dtype=torch.float32)
-    with torch.no_grad():
-        for p in policy.parameters():
-            p.mul_(1.1)
-    req = Request(("p", 0), [5, 9, 14, 20], completion_ids=[31, 7, 40, 12])
-    before = next(engine.score([req], 0)).sampled_logprobs
-    engine.load_weights(policy.state_dict())
-    after = next(engine.score([req], 0)).sampled_logprobs
-    with torch.no_grad():
-        lp = torch.log_softmax(policy(torch.tensor([[5, 9, 14, 20, 31, 7, 40, 12]])).logits[0, 3:7], -1)
-    mine = lp.gather(-1, torch.tensor([[31], [7], [40], [12]]))[:, 0].numpy()
-    assert abs(before - mine).max() > 1e-3
-    assert abs(after - mine).max() < 1e-5
 
 
 @pytest.mark.parametrize(
@@ -301,3 +243,20 @@ def test_a_verifier_that_raises_gives_unknown_verdicts_for_its_items_only(monkey
     assert [v.status for v in verdicts["repetition"]] == [PASSED, UNKNOWN, FAILED, PASSED]
     assert verdicts["repetition"][1].reason == "could not check: RuntimeError: cannot read this"
     assert rewards[[0, 2, 3]].tolist() == [1.0, 0.0, 1.0] and torch.isnan(rewards[1])
+
+
+def test_prompts_from_a_file_with_named_columns(tmp_path: Path) -> None:
+    """grpo reads prompts with the same options as generate and eval: --prompt-field / --answer-field."""
+    from distill.tasks import arith
+
+    rows = [{"problem_text": p["prompt"], "gold": p["answer"], "prompt": "decoy"} for p in arith.load("train")[:4]]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["--policy", "arith-teacher", "--prompts", str(path), "--prompt-field", "problem_text"]
+    args += ["--answer-field", "gold", "--backend", "hf", "--group-size", "2", "--batch-size", "4"]
+    args += ["--micro-batch", "4", "--max-new-tokens", "96", "--steps", "1", "--out", str(tmp_path / "o")]
+    proc = distill(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = metrics(tmp_path / "o")
+    assert row["reward_math_unknown"] == 0  # every gold answer was found in the named column
+    assert row["reward_math_mean"] > 0.5  # and the prompts were the problems, not the decoy column

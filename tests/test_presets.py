@@ -29,7 +29,7 @@ ALL_PRESETS = [("teacher", p) for p in sorted((REPO / "teachers").glob("*.yaml")
 def test_every_preset_file_validates(kind: str, path: Path) -> None:
     preset = load_preset_file(path, kind)
     assert preset.name == path.stem  # the short name is the file name
-    assert preset.hub_id and preset.tokenizer_family
+    assert preset.hub_id
     if kind == "teacher":
         assert 1 <= preset.top_k <= 128 and 0 < preset.sampling.temperature <= 2 and 0 < preset.sampling.top_p <= 1
         assert preset.engine.tensor_parallel_size >= 1
@@ -44,13 +44,13 @@ def test_required_presets_exist() -> None:
 
 
 def test_unknown_name_lists_known_names() -> None:
-    with pytest.raises(DistillError, match=r"Unknown student 'qwen-3b'.*qwen-0.5b, qwen-1.5b, qwen-7b"):
+    with pytest.raises(DistillError, match=r"Unknown model 'qwen-3b'.*qwen-0.5b, qwen-1.5b, qwen-7b"):
         resolve_preset("qwen-3b", "student")
 
 
 def test_path_directory_and_hub_id_resolve(tmp_path: Path) -> None:
     custom = tmp_path / "mine.yaml"
-    custom.write_text("name: mine\nhub_id: org/model\ntokenizer_family: qwen2.5\ntop_k: 64\n")
+    custom.write_text("name: mine\nhub_id: org/model\ntop_k: 64\n")
     assert resolve_preset(str(custom), "teacher").top_k == 64
     model_dir = tmp_path / "my-model"
     model_dir.mkdir()
@@ -59,15 +59,24 @@ def test_path_directory_and_hub_id_resolve(tmp_path: Path) -> None:
     assert isinstance(hub, TeacherPreset) and hub.hub_id == "someorg/some-model" and hub.top_k == 20
 
 
+def test_an_old_preset_with_a_retired_field_still_loads(tmp_path: Path) -> None:
+    """`tokenizer_family` was required once and never read: old YAMLs carrying it load, the field ignored."""
+    old = tmp_path / "old.yaml"
+    old.write_text("name: old\nhub_id: org/model\ntokenizer_family: qwen2.5\ntop_k: 8\n")
+    preset = load_preset_file(old, "teacher")
+    assert preset.top_k == 8 and not hasattr(preset, "tokenizer_family")
+    assert resolve_preset(str(old), "teacher").hub_id == "org/model"
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\ntokenizer_family: 3\ntrain: {lr: fast, epochs: 2}\ncolour: blue\n")
+    bad.write_text("name: bad\nrevision: 3\ntrain: {lr: fast, epochs: 2}\ncolour: blue\n")
     with pytest.raises(DistillError) as err:
         load_preset_file(bad, "student")
     msg = str(err.value)
     for problem in (
         "missing required field 'hub_id'",
-        "tokenizer_family must be str",
+        "revision must be str",
         "train.lr must be float",
         "unknown field 'colour'",
     ):
@@ -133,3 +142,21 @@ def test_presets_resolve_from_an_installed_wheel(tmp_path: Path) -> None:
     assert where.startswith(str(target)) and ids == "Qwen/Qwen2.5-Math-1.5B Qwen/QwQ-32B"
     assert bundled == "True True"  # the embedded default's teacher and base student ship their weights
     assert preset_dir("teacher") == REPO / "teachers"  # and the checkout uses its own folder
+
+
+def test_one_resolver_for_every_kind_of_model_spec(tmp_path: Path) -> None:
+    """A name of either kind, a YAML of either kind, a run directory and a hub id resolve alike."""
+    student_as_teacher = resolve_preset("arith-student", "teacher")
+    assert isinstance(student_as_teacher, TeacherPreset) and student_as_teacher.hub_id.endswith("arith-student")
+    teacher_as_student = resolve_preset("arith-teacher", "student")
+    assert isinstance(teacher_as_student, StudentPreset) and teacher_as_student.hub_id.endswith("arith-teacher")
+    yaml_of_other_kind = resolve_preset(str(preset_dir("student") / "qwen-1.5b.yaml"), "teacher")
+    assert isinstance(yaml_of_other_kind, TeacherPreset) and yaml_of_other_kind.hub_id == "Qwen/Qwen2.5-Math-1.5B"
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "config.json").write_text("{}")
+    assert resolve_preset(str(run), "teacher").hub_id == str((run / "model").resolve())
+    assert resolve_preset(str(run / "model"), "student").hub_id == str((run / "model").resolve())
+    assert resolve_preset("org/model", "student").hub_id == "org/model"
+    with pytest.raises(DistillError, match=r"Unknown model 'nope'.*arith-teacher.*arith-student"):
+        resolve_preset("nope", "teacher")

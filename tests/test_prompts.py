@@ -11,7 +11,8 @@ import pytest
 
 from distill.errors import DistillError
 from distill.presets import R1_INSTRUCTION
-from distill.prompts import last_boxed, load_prompts, load_traces, render_prompt, shard_slice
+from distill.prompts import load_prompts, load_traces, render_prompt, shard_slice
+from distill.verify import last_boxed
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -115,6 +116,20 @@ def test_render_follows_the_r1_convention(tiny_model: Path) -> None:
     assert "<|im_start|>system\nBe brief." in render_prompt(tok, "x", "", "Be brief.", "")
 
 
-def test_last_boxed_handles_nesting() -> None:
-    assert last_boxed("a \\boxed{1} then \\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
-    assert last_boxed("none") is None
+@pytest.mark.parametrize(
+    ("solution", "gold"),
+    [
+        ("a \\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),  # nested braces, the last box
+        ("so the answer is \\boxed {\\frac{1}{2}}.", "\\frac{1}{2}"),  # a space before the brace
+        ("hence \\fbox{7}", "7"),
+        ("so $\\boxed 5$", "5"),
+        ("the set \\boxed{\\{1, 2\\}}", "\\{1, 2\\}"),  # escaped braces do not close the box
+        ("\\boxed{ 3 } and a dangling \\boxed{", "3"),  # stripped; a box that never closes is no gold
+        ("none", None),
+    ],
+)
+def test_numinamath_gold_is_the_verifiers_last_box(tmp_path: Path, solution: str, gold: str | None) -> None:
+    """The prompt loader reads a solution's boxed gold with the math verifier's parser, not a weaker copy."""
+    (tmp_path / "p.jsonl").write_text(json.dumps({"problem": "?", "solution": solution}) + "\n")
+    prompts, _ = load_prompts(str(tmp_path / "p.jsonl"), mapping="numinamath")
+    assert prompts[0]["answer"] == gold == last_boxed(solution)

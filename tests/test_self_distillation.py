@@ -28,6 +28,8 @@ from distill.generate import GenerateConfig, run_generate
 from distill.score import ScoreConfig, run_score
 from distill.train import TrainConfig, run_train
 
+pytestmark = pytest.mark.vllm  # every test reads the `caches` fixture, made by real vLLM generation
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_TEACHER = ROOT / "teachers" / "arith-teacher"
 BUDGET = 1e-3  # nats per position

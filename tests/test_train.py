@@ -128,9 +128,12 @@ def test_kd_training_lowers_the_loss_and_exports_a_loadable_model(
     assert model.generate(ids, max_new_tokens=5, do_sample=False).shape[1] == ids.shape[1] + 5
     meta = json.loads((out / "distill_train.json").read_text())
     assert meta["source"]["cache_key"] == open_cache(teacher_cache).key and meta["config"]["alpha"] == 0.5
+    # the record travels with the model: no absolute path of this machine (outside the working directory: names)
+    assert '"/' not in (out / "distill_train.json").read_text() and meta["config"]["out"] == "run"
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
 
+@pytest.mark.vllm
 def test_exported_student_runs_in_vllm(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
     out = run_train(config(student, teacher_cache, tmp_path / "run", max_steps=2, alpha=1.0))
     prompts = tmp_path / "p.jsonl"
@@ -162,6 +165,7 @@ def test_exported_student_runs_in_vllm(student: Path, teacher_cache: Path, tmp_p
     assert cache.provenance["engine"] == "vllm" and 0 < cache[0].num_tokens <= 6
 
 
+@pytest.mark.slow
 def test_kill_then_resume_gives_the_uninterrupted_losses(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
     run_train(config(student, teacher_cache, tmp_path / "whole", max_steps=8))
     whole = metrics(tmp_path / "whole")
@@ -188,6 +192,7 @@ def test_kill_then_resume_gives_the_uninterrupted_losses(student: Path, teacher_
             assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), (a["step"], key)
 
 
+@pytest.mark.torchrun
 def test_two_processes_on_gloo_match_one(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
     run_train(config(student, teacher_cache, tmp_path / "one", max_steps=4))
     cmd = [
@@ -212,6 +217,15 @@ def test_two_processes_on_gloo_match_one(student: Path, teacher_cache: Path, tmp
     w1 = AutoModel(tmp_path / "one" / "model")
     w2 = AutoModel(tmp_path / "two" / "model")
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    # DDP, asked for by name (FSDP2 never falls back to it quietly), trains the same model
+    cmd[cmd.index(str(tmp_path / "two"))] = str(tmp_path / "ddp")
+    ddp = subprocess.run(
+        [*cmd, "--sharding", "ddp"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "sharding: DDP over 2 processes" in ddp.stderr
+    w3 = AutoModel(tmp_path / "ddp" / "model")
+    assert max((w1[k] - w3[k]).abs().max().item() for k in w1) < 1e-4
 
 
 def AutoModel(path: Path) -> dict[str, torch.Tensor]:  # noqa: N802 - reads like the transformers loader it wraps
@@ -306,7 +320,7 @@ def test_unknown_student(teacher_cache: Path, tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert out.returncode == 1 and "Unknown student 'qwen-3b'" in out.stderr and "qwen-1.5b" in out.stderr
+    assert out.returncode == 1 and "Unknown model 'qwen-3b'" in out.stderr and "qwen-1.5b" in out.stderr
 
 
 def test_tokenizer_mismatch_names_both(teacher_cache: Path, tmp_path: Path) -> None:

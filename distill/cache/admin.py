@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from distill.atomic import TMP_SUFFIX
-from distill.cache.format import INDEX_NAME, SHARD_GLOB
+from distill.cache.format import INDEX_NAME, SHARD_GLOB, read_index
 from distill.cache.lock import LOCK_NAME, WriterLock
-from distill.cache.reader import TeacherCache, load_index
+from distill.cache.reader import TeacherCache
 from distill.cache.views import list_views
 from distill.errors import DistillError
 
@@ -40,7 +40,7 @@ def cache_info(path: str | Path) -> dict[str, Any]:
         "extra_temperature": cache.spec.extra_temperature,
         "precision": cache.spec.precision,
         "vocab_size": cache.spec.vocab_size,
-        "shards": len(cache.index["shards"]),
+        "shards": len(cache.index.shards),
         "bytes_on_disk": on_disk,
         "bytes_per_token": round(on_disk / cache.num_tokens, 3) if cache.num_tokens else None,
         "teacher": prov.get("teacher"),
@@ -76,13 +76,13 @@ def garbage(root: Path, incomplete: bool = False) -> list[Path]:
                     found.append(d)
                 continue
             try:
-                index = load_index(d)
+                index = read_index(d)
             except DistillError:
                 continue  # not ours to delete; `ls` reports it
-            if incomplete and not index.get("complete"):
+            if incomplete and not index.complete:
                 found.append(d)
                 continue
-            listed = {e["name"] for e in index["shards"]}
+            listed = {e.name for e in index.shards}
             for f in sorted(d.iterdir()):
                 if f.name.endswith(TMP_SUFFIX) or (f.match(SHARD_GLOB) and f.name not in listed):
                     found.append(f)
@@ -149,8 +149,8 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
     writer = CacheWriter(path, first.spec, key, provenance)
     try:
         for c in caches:
-            for entry in c.index["shards"]:
-                writer.adopt_shard(c.path / entry["name"], entry)
+            for entry in c.index.shards:
+                writer.adopt_shard(c.path / entry.name, entry)
         tokenizer = _SavedTokenizer(first.tokenizer_path) if first.tokenizer_path else None
         return writer.finish(tokenizer=tokenizer)
     finally:

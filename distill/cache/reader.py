@@ -15,8 +15,6 @@ read, and a mismatch raises naming the shard. Any number of processes can read o
 from __future__ import annotations
 
 import hashlib
-import json
-import struct
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,29 +25,19 @@ from distill.cache import codec
 from distill.cache.format import (
     FIELD_INDEX,
     INDEX_NAME,
-    READABLE_VERSIONS,
     TOKENIZER_DIR,
+    CacheIndex,
     CacheSpec,
     Record,
+    ShardEntry,
+    read_index,
+    read_shard_header,
     topk_tail_logprobs,
 )
 from distill.errors import DistillError
 from distill.paths import cache_root
 
 _DTYPES = {"U8": np.uint8, "I64": np.int64}
-
-
-def read_shard_header(path: Path) -> tuple[dict[str, Any], int]:
-    """The safetensors header of a shard (tensor table + string metadata) and where its data starts."""
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > 512 * 2**20:
-                raise ValueError("header too large")
-            header = json.loads(f.read(size))
-    except (OSError, ValueError, struct.error) as e:
-        raise DistillError(f"Shard {path} is unreadable ({e}); run `distill cache verify` and regenerate it.") from e
-    return header, 8 + size
 
 
 def sha256_file(path: Path) -> str:
@@ -64,29 +52,21 @@ def sha256_file(path: Path) -> str:
 class Shard:
     """One memory-mapped shard file; decodes its records on demand."""
 
-    def __init__(self, path: Path, entry: dict[str, Any], spec: CacheSpec, check: bool = True) -> None:
+    def __init__(self, path: Path, entry: ShardEntry, spec: CacheSpec, check: bool = True) -> None:
         self.path = path
         if check:
             actual = sha256_file(path)
-            if actual != entry["sha256"]:
+            if actual != entry.sha256:
                 raise DistillError(
                     f"Shard {path.name} of cache {path.parent} failed its checksum (corrupt or modified); "
                     "delete the cache and regenerate it, or restore the file."
                 )
-        header, start = read_shard_header(path)
-        meta = header.get("__metadata__", {})
-        if meta.get("distill_format") not in {str(v) for v in READABLE_VERSIONS}:
-            raise DistillError(
-                f"Shard {path} has format {meta.get('distill_format')!r}, which this distill does not read "
-                f"(it reads {', '.join(map(str, READABLE_VERSIONS))}); upgrade distill or regenerate the cache."
-            )
+        header = read_shard_header(path)
         self.spec = spec
-        self.metas: list[dict[str, Any]] = json.loads(meta["meta"])
+        self.metas: list[dict[str, Any]] = header.metas
         raw = np.memmap(path, dtype=np.uint8, mode="r")
-        tensors = {}
-        for name, desc in header.items():
-            if name == "__metadata__":
-                continue
+        start, tensors = header.data_start, {}
+        for name, desc in header.tensors.items():
             begin, end = desc["data_offsets"]
             tensors[name] = raw[start + begin : start + end].view(_DTYPES[desc["dtype"]]).reshape(desc["shape"])
         self.blob = tensors["blob"]
@@ -112,26 +92,6 @@ class Shard:
         return Record(meta=dict(self.metas[row]), **arrays)
 
 
-def load_index(path: Path) -> dict[str, Any]:
-    """Parse and check a cache's index.json."""
-    index_path = path / INDEX_NAME
-    if not index_path.is_file():
-        raise DistillError(
-            f"{path} is not a teacher cache (no {INDEX_NAME}); point at a directory made by `distill generate`."
-        )
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, ValueError) as e:
-        raise DistillError(f"{index_path} is unreadable ({e}); the cache is damaged, regenerate it.") from e
-    version = index.get("format_version")
-    if version not in READABLE_VERSIONS:
-        raise DistillError(
-            f"Cache {path} has format version {version!r}, which this distill does not know (it reads "
-            f"versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade distill or regenerate the cache."
-        )
-    return index
-
-
 def resolve_cache_path(path: str | Path) -> Path:
     """A cache directory from a path, or from a key (or unique key prefix) under the cache root."""
     p = Path(path).expanduser()
@@ -152,26 +112,26 @@ class TeacherCache(Sequence[Record]):
 
     def __init__(self, path: str | Path, allow_incomplete: bool = False, check: bool = True) -> None:
         self.path = resolve_cache_path(path)
-        self.index = load_index(self.path)
-        if not self.index.get("complete") and not allow_incomplete:
+        self.index: CacheIndex = read_index(self.path)
+        if not self.index.complete and not allow_incomplete:
             raise DistillError(
                 f"Cache {self.path} is incomplete (its generation was interrupted); rerun the same "
                 "`distill generate` command to finish it."
             )
-        self.key: str = self.index["key"]
-        self.format_version: int = self.index["format_version"]
-        self.spec = CacheSpec(**self.index["spec"])
-        self.provenance: dict[str, Any] = self.index.get("provenance", {})
-        self._entries = self.index["shards"]
-        counts = [e["records"] for e in self._entries]
+        self.key = self.index.key
+        self.format_version = self.index.format_version
+        self.spec = self.index.spec
+        self.provenance = self.index.provenance
+        self._entries = self.index.shards
+        counts = [e.records for e in self._entries]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
         self._shards: dict[int, Shard] = {}
         self._check = check
         for e in self._entries:
-            f = self.path / e["name"]
-            if not f.is_file() or f.stat().st_size != e["bytes"]:
+            f = self.path / e.name
+            if not f.is_file() or f.stat().st_size != e.bytes:
                 raise DistillError(
-                    f"Shard {e['name']} of cache {self.path} is missing or has the wrong size; "
+                    f"Shard {e.name} of cache {self.path} is missing or has the wrong size; "
                     "the cache is damaged, regenerate it."
                 )
 
@@ -183,19 +143,19 @@ class TeacherCache(Sequence[Record]):
 
     @property
     def complete(self) -> bool:
-        return bool(self.index.get("complete"))
+        return self.index.complete
 
     @property
     def num_tokens(self) -> int:
         """Completion tokens over all records."""
-        return int(sum(e["tokens"] for e in self._entries))
+        return self.index.tokens
 
     def __len__(self) -> int:
         return int(self._starts[-1])
 
     def shard(self, s: int) -> Shard:
         if s not in self._shards:
-            self._shards[s] = Shard(self.path / self._entries[s]["name"], self._entries[s], self.spec, self._check)
+            self._shards[s] = Shard(self.path / self._entries[s].name, self._entries[s], self.spec, self._check)
         return self._shards[s]
 
     def _locate(self, i: int) -> tuple[int, int]:
@@ -222,11 +182,7 @@ class TeacherCache(Sequence[Record]):
 
     def metas(self) -> list[dict[str, Any]]:
         """Every record's metadata, in record order, without decoding arrays or checking checksums."""
-        out = []
-        for e in self._entries:
-            header, _ = read_shard_header(self.path / e["name"])
-            out.extend(json.loads(header["__metadata__"]["meta"]))
-        return out
+        return [m for e in self._entries for m in read_shard_header(self.path / e.name).metas]
 
     def keys(self) -> list[tuple[str, int]]:
         """(prompt_id, sample_index) of every record, in record order."""
@@ -242,16 +198,16 @@ class TeacherCache(Sequence[Record]):
         problems = []
         for e in self._entries:
             try:
-                shard = Shard(self.path / e["name"], e, self.spec, check=True)
-                if len(shard) != e["records"] or int(shard.lengths[:, 1].sum()) != e["tokens"]:
-                    problems.append(f"{e['name']}: record or token count disagrees with {INDEX_NAME}")
+                shard = Shard(self.path / e.name, e, self.spec, check=True)
+                if len(shard) != e.records or int(shard.lengths[:, 1].sum()) != e.tokens:
+                    problems.append(f"{e.name}: record or token count disagrees with {INDEX_NAME}")
                     continue
                 for row in range(len(shard)):
                     shard.record(row)
             except DistillError as err:
                 problems.append(str(err))
             except Exception as err:  # a shard that passes its checksum but does not decode
-                problems.append(f"{e['name']}: does not decode ({type(err).__name__}: {err})")
+                problems.append(f"{e.name}: does not decode ({type(err).__name__}: {err})")
         return problems
 
 

@@ -11,16 +11,16 @@ refuse incomplete caches unless asked.
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from safetensors.numpy import save as save_safetensors
 
-from distill.atomic import TMP_SUFFIX, write_bytes_atomic, write_json_atomic
+from distill.atomic import TMP_SUFFIX, write_bytes_atomic
 from distill.cache import codec
 from distill.cache.format import (
     FIELDS,
@@ -30,11 +30,16 @@ from distill.cache.format import (
     SHARD_GLOB,
     SHARD_PATTERN,
     TOKENIZER_DIR,
+    CacheIndex,
     CacheSpec,
     Record,
+    ShardEntry,
+    read_index,
+    read_shard_header,
+    shard_metadata,
+    write_index,
 )
 from distill.cache.lock import LOCK_NAME, WriterLock
-from distill.cache.reader import load_index, read_shard_header
 from distill.errors import DistillError
 
 DEFAULT_SHARD_BYTES = 64 * 2**20
@@ -81,36 +86,32 @@ class CacheWriter:
             self._continue()
         else:
             self._clean(keep=set())
-            self.index = {
-                "format_version": FORMAT_VERSION,
-                "key": self.key,
-                "complete": False,
-                "spec": self.spec.to_json(),
-                "provenance": self.provenance,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "shards": [],
-            }
+            self.index = CacheIndex(self.key, self.spec, self.provenance, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
     # -----------------------------------------------------------------------------------------
     # reopening
 
     def _continue(self) -> None:
-        self.index = load_index(self.path)
-        if self.index["key"] != self.key or self.index["spec"] != self.spec.to_json():
+        self.index = read_index(self.path)
+        if self.index.key != self.key or self.index.spec != self.spec:
             raise DistillError(
-                f"{self.path} already holds a different cache (key {self.index['key']}); "
+                f"{self.path} already holds a different cache (key {self.index.key}); "
                 "choose another output directory or delete it."
             )
-        if self.index.get("complete"):
+        if self.index.complete:
             raise DistillError(f"Cache {self.path} is already complete; it cannot be appended to.")
-        listed = {e["name"] for e in self.index["shards"]}
+        if self.index.format_version != FORMAT_VERSION:
+            raise DistillError(
+                f"Cache {self.path} was started by an older distill (format version {self.index.format_version}) "
+                "and cannot be continued by this one; delete it and run the command again."
+            )
+        listed = {e.name for e in self.index.shards}
         self._clean(keep=listed)
-        for e in self.index["shards"]:
-            shard = self.path / e["name"]
-            if not shard.is_file() or shard.stat().st_size != e["bytes"]:
+        for e in self.index.shards:
+            shard = self.path / e.name
+            if not shard.is_file() or shard.stat().st_size != e.bytes:
                 raise DistillError(f"Shard {shard} listed in {INDEX_NAME} is missing or truncated; delete the cache.")
-            header, _ = read_shard_header(shard)
-            for m in json.loads(header["__metadata__"]["meta"]):
+            for m in read_shard_header(shard).metas:
                 self._done.add((str(m["prompt_id"]), int(m["sample_index"])))
 
     def _clean(self, keep: set[str]) -> None:
@@ -211,51 +212,36 @@ class CacheWriter:
             "spans": spans,
             "lengths": np.asarray(lengths, np.int64).reshape(-1, 2),
         }
-        header = {"distill_format": str(FORMAT_VERSION), **{k: str(v) for k, v in self.spec.to_json().items()}}
-        header["meta"] = json.dumps(metas, ensure_ascii=False)
-        data = save_safetensors(tensors, metadata=header)
-        name = SHARD_PATTERN.format(len(self.index["shards"]))
+        data = save_safetensors(tensors, metadata=shard_metadata(self.spec, metas))
+        name = SHARD_PATTERN.format(len(self.index.shards))
         write_bytes_atomic(self.path / name, data)
-        self.index["shards"].append(
-            {
-                "name": name,
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "records": len(self._buffer),
-                "tokens": int(tensors["lengths"][:, 1].sum()),
-            }
-        )
-        self._write_index()
+        sha256, tokens = hashlib.sha256(data).hexdigest(), int(tensors["lengths"][:, 1].sum())
+        self.index.shards.append(ShardEntry(name, len(data), sha256, len(self._buffer), tokens))
+        write_index(self.path, self.index)
         self._buffer, self._buffer_bytes = [], 0
 
-    def adopt_shard(self, source: Path, entry: dict[str, Any]) -> None:
+    def adopt_shard(self, source: Path, entry: ShardEntry) -> None:
         """Copy a finished shard of another cache with the same spec (used by merge); its records
         must not be here yet. The copy is checked against the source index's checksum."""
         self.flush()
         data = Path(source).read_bytes()
-        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise DistillError(f"Shard {source} failed its checksum; run `distill cache verify` on its cache.")
-        header, _ = read_shard_header(Path(source))
-        if header["__metadata__"].get("distill_format") != str(FORMAT_VERSION):
+        header = read_shard_header(Path(source))
+        if header.format_version != FORMAT_VERSION:
             raise DistillError(
-                f"Shard {source} is format version {header['__metadata__'].get('distill_format')}, not "
-                f"{FORMAT_VERSION}; regenerate its cache with this distill before merging."
+                f"Shard {source} is format version {header.format_version}, not {FORMAT_VERSION}; regenerate its "
+                "cache with this distill before merging."
             )
-        keys = [(str(m["prompt_id"]), int(m["sample_index"])) for m in json.loads(header["__metadata__"]["meta"])]
+        keys = [(str(m["prompt_id"]), int(m["sample_index"])) for m in header.metas]
         clash = [k for k in keys if k in self._done]
         if clash:
             raise DistillError(f"Record {clash[0]} of {source} is already in {self.path}; the caches overlap.")
-        name = SHARD_PATTERN.format(len(self.index["shards"]))
+        name = SHARD_PATTERN.format(len(self.index.shards))
         write_bytes_atomic(self.path / name, data)
-        self.index["shards"].append({**entry, "name": name})
+        self.index.shards.append(replace(entry, name=name))
         self._done.update(keys)
-        self._write_index()
-
-    def _write_index(self) -> None:
-        self.index["records"] = sum(e["records"] for e in self.index["shards"])
-        self.index["tokens"] = sum(e["tokens"] for e in self.index["shards"])
-        self.index["bytes"] = sum(e["bytes"] for e in self.index["shards"])
-        write_json_atomic(self.path / INDEX_NAME, self.index)
+        write_index(self.path, self.index)
 
     def finish(self, provenance: dict[str, Any] | None = None, tokenizer: Any = None) -> Path:
         """Flush, save the teacher's tokenizer (anything with `save_pretrained`) next to the shards,
@@ -267,16 +253,16 @@ class CacheWriter:
             tokenizer.save_pretrained(tmp)
             shutil.rmtree(self.path / TOKENIZER_DIR, ignore_errors=True)
             tmp.rename(self.path / TOKENIZER_DIR)
-        self.index["provenance"].update(provenance or {})
-        self.index["complete"] = True
-        self.index["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self._write_index()
+        self.index.provenance.update(provenance or {})
+        self.index.complete = True
+        self.index.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_index(self.path, self.index)
         self._lock.release()
         return self.path
 
     def close(self) -> None:
         """Save every buffered record as a shard and release the cache; it stays incomplete."""
-        if not self.index.get("complete"):
+        if not self.index.complete:
             self.flush()
         self._lock.release()
         # a writer that wrote nothing leaves nothing behind (no empty directory that looks like a cache)

@@ -13,6 +13,7 @@ from distill.errors import DistillError
 from distill.tasks import arith
 
 TASKS: dict[str, Callable[[str], list[dict[str, Any]]]] = {"arith": arith.load}
+SPLITS: dict[str, tuple[str, ...]] = {"arith": tuple(arith.SIZES)}
 
 
 def load_task_prompts(source: str) -> list[dict[str, Any]] | None:
@@ -23,4 +24,6 @@ def load_task_prompts(source: str) -> list[dict[str, Any]] | None:
     try:
         return TASKS[name](split or "train")
     except KeyError as e:
-        raise DistillError(f"Task {name!r} has no split {split!r}.") from e
+        raise DistillError(
+            f"Task {name!r} has no split {split!r}; known: {', '.join(f'{name}:{s}' for s in SPLITS[name])}."
+        ) from e

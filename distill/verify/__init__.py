@@ -52,6 +52,8 @@ from distill.verify.answers import (
     extract_boxed_answer,
     extract_program,
     final_answer,
+    gsm8k_answer,
+    last_boxed,
     normalise_answer,
 )
 from distill.verify.code_check import verify_code
@@ -61,6 +63,14 @@ from distill.verify.text_checks import verify_format, verify_lang, verify_repeti
 
 Verifier = Callable[..., Verdict]
 MAX_DEFAULT_WORKERS = 16  # each math worker holds sympy (~150 MB); more rarely helps
+
+
+def default_workers() -> int:
+    """Verifier workers when none are asked for: one per core this process may use, at most MAX_DEFAULT_WORKERS."""
+    # The affinity mask, not os.cpu_count(): under Slurm or a container the job gets a few of the node's cores.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
 
 VERIFIERS: dict[str, Verifier] = {
     "math": verify_math,
@@ -99,8 +109,8 @@ def verify_batch(
 ) -> list[Verdict]:
     """Verdicts of verifier `name` for every (completion, reference) pair, in order.
 
-    workers: parallel workers (default: one per CPU, at most 16). math uses that many pooled worker processes,
-        code that many sandboxed runs at once; the string checks run in this process.
+    workers: parallel workers (default: `default_workers()`: one per usable core, at most 16). math uses that
+        many pooled worker processes, code that many sandboxed runs at once; the string checks run in this process.
     progress: show a tqdm bar.
     options: passed to the verifier (math: `timeout`; lang: `threshold`; format: `finish_reason`; ...).
     """
@@ -110,7 +120,7 @@ def verify_batch(
         raise ValueError(
             f"verify_batch got {len(completions)} completions but {len(references)} references; give one each."
         )
-    workers = max(1, workers or min(os.cpu_count() or 1, MAX_DEFAULT_WORKERS))
+    workers = max(1, workers or default_workers())
     bar = _progress_bar(len(completions), name, progress)
     tick = bar.update if bar is not None else None
     try:
@@ -141,15 +151,19 @@ def verify_batch(
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "FAILED",
+    "MAX_DEFAULT_WORKERS",
     "PASSED",
     "STATUSES",
     "UNKNOWN",
     "VERIFIERS",
     "Verdict",
     "VerdictStatus",
+    "default_workers",
     "extract_boxed_answer",
     "extract_program",
     "final_answer",
+    "gsm8k_answer",
+    "last_boxed",
     "normalise_answer",
     "reference_for",
     "sandbox_isolation",

@@ -8,7 +8,9 @@ think block the prompt already opened) is searched whole.
 - math answers: the content of the last `\\boxed{...}` (also `\\fbox{...}` and the brace-less
   `\\boxed 5`), with nested braces matched by counting, not by a regex, because answers like
   `\\frac{\\sqrt{3}}{2}` nest;
-- programs: the last fenced code block (```` ```python ... ``` ````, any tag or none).
+- programs: the last fenced code block (```` ```python ... ``` ````, any tag or none);
+- gold answers: GSM8K's `#### 72` and the last box of a worked solution (NuminaMath), read by the
+  same parsers here for the prompt loaders and the math verifier, so the two never disagree.
 
 Everything here is pure string work on text the caller already holds: cheap, no subprocess.
 """
@@ -98,23 +100,41 @@ def _braced(text: str, start: int) -> str | None:
     return None
 
 
-def extract_boxed_answer(text: str) -> str | None:
-    """The content of the last `\\boxed{...}` after `</think>` (or in the whole text without a think block).
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` anywhere in `text`, think block or not.
 
-    Handles nested braces, `\\fbox{...}` and `\\boxed 5`. A box that never closes (a completion cut
-    off mid-answer) does not count. Returns the content stripped of surrounding whitespace, or None.
+    Handles nested braces, `\\fbox{...}`, `\\boxed {...}` and `\\boxed 5`. A box that never closes (a
+    completion cut off mid-answer) or holds nothing does not count. Returns the content stripped of
+    surrounding whitespace, or None. Gold solutions (NuminaMath's) are read with this directly;
+    completions go through `extract_boxed_answer`, which first drops the reasoning.
     """
-    section = answer_section(text)
     found: str | None = None
-    for m in _BOX.finditer(section):
+    for m in _BOX.finditer(text):
         if m.group(1) is None:
-            token = _BARE_TOKEN.match(section, m.end())
+            token = _BARE_TOKEN.match(text, m.end())
             content = token.group(0).rstrip(".,;:") if token else None  # `\boxed 5.` ends a sentence
         else:
-            content = _braced(section, m.end())
+            content = _braced(text, m.end())
         if content is not None and content.strip():
             found = content
     return found.strip() if found is not None else None
+
+
+def extract_boxed_answer(text: str) -> str | None:
+    """The content of the last `\\boxed{...}` after `</think>` (or in the whole text without a think block).
+
+    `last_boxed` on the answer section: a box the model wrote while reasoning is not its answer.
+    """
+    return last_boxed(answer_section(text))
+
+
+def gsm8k_answer(solution: str) -> str:
+    """GSM8K's gold: the number after the last `####` of a worked solution, without thousands separators.
+
+    A text without `####` is returned stripped (and without commas), so a gold that is already
+    just the number passes through.
+    """
+    return solution.rsplit("####", 1)[-1].strip().replace(",", "")
 
 
 def extract_program(completion: str) -> str | None:

@@ -28,7 +28,16 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from distill.verify.answers import FAILED, PASSED, UNKNOWN, Verdict, extract_boxed_answer, normalise_answer
+from distill.verify.answers import (
+    FAILED,
+    PASSED,
+    UNKNOWN,
+    Verdict,
+    extract_boxed_answer,
+    gsm8k_answer,
+    last_boxed,
+    normalise_answer,
+)
 from distill.verify.pool import shared_pool
 
 DEFAULT_TIMEOUT_S = 5.0
@@ -50,8 +59,8 @@ def gold_text(reference: Any) -> str | None:
         return str(reference)
     text = str(reference).strip()
     if "####" in text:
-        text = text.rsplit("####", 1)[1].strip().replace(",", "")
-    boxed = extract_boxed_answer(text) if "\\boxed" in text or "\\fbox" in text else None
+        text = gsm8k_answer(text)
+    boxed = last_boxed(text)
     text = boxed if boxed is not None else text
     if len(text) >= 2 and text[0] == text[-1] == "$":
         text = text.strip("$").strip()

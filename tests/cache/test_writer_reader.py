@@ -41,7 +41,7 @@ def assert_same(a, b) -> None:
 def test_round_trip_across_shards_is_exact_in_fp32(tmp_path: Path) -> None:
     records = write_cache(tmp_path / "c", 40)
     cache = open_cache(tmp_path / "c")
-    assert len(cache.index["shards"]) > 3  # several shards, so the index arithmetic is exercised
+    assert len(cache.index.shards) > 3  # several shards, so the index arithmetic is exercised
     assert len(cache) == 40 and cache.num_tokens == sum(r.num_tokens for r in records)
     for got, want in zip(cache, records, strict=True):
         assert_same(got, want)
@@ -167,7 +167,7 @@ def test_flipped_byte_fails_verify_and_reader_naming_the_shard(tmp_path: Path) -
     cache = open_cache(tmp_path / "c")
     problems = cache.verify()
     assert len(problems) == 1 and "shard-00001" in problems[0]
-    first_of_shard_1 = cache.index["shards"][0]["records"]
+    first_of_shard_1 = cache.index.shards[0].records
     cache[0]  # shard 0 is sound and still readable
     with pytest.raises(DistillError, match="shard-00001.*checksum"):
         cache[first_of_shard_1]

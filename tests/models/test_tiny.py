@@ -47,7 +47,7 @@ def test_small_head_size_is_refused(tmp_path: Path) -> None:
         build_tiny_model(tmp_path / "x", hidden_size=64, num_heads=4)
 
 
-@pytest.mark.slow
+@pytest.mark.vllm
 def test_real_vllm_generates_with_top_k_logprobs(tiny_model: Path) -> None:
     import vllm
 

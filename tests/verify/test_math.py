@@ -154,6 +154,7 @@ def test_pathological_answers_return_within_the_timeout(answer: str) -> None:
     assert elapsed < 1.5 + 2.0
 
 
+@pytest.mark.slow  # waits out the whole default timeout
 def test_the_single_item_call_enforces_the_default_timeout() -> None:
     start = time.monotonic()
     verdict = VERIFIERS["math"](think(f"\\boxed{{{POWER_TOWER}}}"), "5")

@@ -1,12 +1,13 @@
-"""What the teacher-side stages (generate, score) share: loading the teacher's tokenizer, turning
-engine completions into cache records, and streaming them into a cache with a progress bar.
+"""Recording teacher completions into a cache: what the teacher-side stages (generate, score) share.
 
-Kept out of the stages themselves because stages never import each other.
+An engine completion becomes a cache record (`to_record`); `stream_into_cache` appends them as they
+arrive, with a progress bar and a time-based flush; `summary_lines` reports the run. Kept out of the
+stages themselves because stages never import each other; the tokenizer side every stage shares
+(loading, stop tokens, decoding) is `distill.models.tokenizer`.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -18,74 +19,6 @@ import numpy as np
 
 from distill.cache import CacheWriter, Record
 from distill.engines import Completion
-from distill.errors import DistillError
-
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "chat_template.jinja",
-    "special_tokens_map.json",
-    "vocab.json",
-    "merges.txt",
-    "generation_config.json",
-)
-
-
-def load_tokenizer(model: str, revision: str | None = None) -> Any:
-    """The model's Hugging Face tokenizer, or a sentence saying why it cannot be had."""
-    from transformers import AutoTokenizer
-
-    if Path(model).is_absolute() and not Path(model).exists():
-        raise DistillError(
-            f"Model directory {model} does not exist (the bundled arith teacher and student are made by "
-            "`python scripts/train_arith_teacher.py --install`)."
-        )
-    try:
-        return AutoTokenizer.from_pretrained(model, revision=revision)
-    except Exception as e:  # OSError, ValueError, hub errors: all mean "not loadable"
-        raise DistillError(
-            f"Cannot load the tokenizer of {model}: {e}. Check the path or hub id (without hub access, "
-            "download the model elsewhere and pass its directory)."
-        ) from e
-
-
-def stop_token_ids(tokenizer: Any, model: str) -> list[int]:
-    """Tokens that end a completion: the tokenizer's eos plus the generation config's eos ids."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    gen = Path(model) / "generation_config.json"
-    if gen.is_file():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
-        ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    return sorted(ids)
-
-
-def extra_sample_problems(extra_samples: int, extra_temperature: float, backend: str) -> list[str]:
-    """What is wrong with `--extra-samples` / `--extra-temperature` for this backend, as sentences."""
-    out = []
-    if extra_samples < 0:
-        out.append(f"--extra-samples must be ≥ 0, got {extra_samples}")
-    if not extra_temperature > 0:
-        out.append(f"--extra-temperature must be > 0, got {extra_temperature}")
-    if extra_samples > 0 and backend != "hf":
-        out.append(
-            "--extra-samples draws from the teacher's full distribution, which vLLM does not expose (it returns the "
-            "top-k only); use --backend hf"
-        )
-    return out
-
-
-def decode_completion(tokenizer: Any, completion_ids: Any, prompt_ids: Any = None) -> str:
-    """A completion as text for the verifiers: special tokens kept (</think> is one), the trailing
-    end-of-sequence token dropped, and the `<think>` the prompt primed put back in front."""
-    text = tokenizer.decode(list(completion_ids), skip_special_tokens=False)
-    for stop in (tokenizer.eos_token, tokenizer.pad_token):
-        if stop and text.endswith(stop):
-            text = text[: -len(stop)]
-    if prompt_ids is not None:
-        primed = tokenizer.decode(list(prompt_ids[-8:]), skip_special_tokens=False)
-        if primed.rstrip().endswith("<think>") and "<think>" not in text.split("</think>")[0]:
-            text = "<think>\n" + text
-    return text
 
 
 def to_record(c: Completion, meta: dict[str, Any]) -> Record:

@@ -1,0 +1,141 @@
+"""What every command config shares: field docs, one validation path, and the shared option groups.
+
+A config is a keyword-only dataclass; each field carries a docstring (the string literal under it),
+which the CLI turns into the option's `--help` text, so an option is declared once, here. A config
+validates itself on construction (`__post_init__`): every problem is collected and raised together
+as one `DistillError`, before any heavy import or file write. Option groups that several commands
+share (where prompts come from, which engine runs the model) are small dataclasses a config inherits
+from, so `--prompt-field` means the same thing in every command that reads prompts.
+
+This module imports nothing heavy: `distill --help` builds every command from it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from distill.errors import DistillError
+
+Backend = Literal["vllm", "hf"]
+Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name → its docstring, over the class and its bases (a subclass's docstring wins)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body  # type: ignore[attr-defined]
+        for stmt, nxt in zip(body, body[1:], strict=False):
+            doc = nxt.value.value if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) else None
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and isinstance(doc, str):
+                docs[stmt.target.id] = " ".join(doc.split())
+    return docs
+
+
+@functools.cache
+def field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """Field name → its allowed values, for every field typed `Literal[...]` (or `Literal[...] | None`)."""
+    out = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        literals = [a for a in args if typing.get_origin(a) is Literal]
+        if literals:
+            out[name] = typing.get_args(literals[0]) + ((None,) if type(None) in args else ())
+    return out
+
+
+def option(name: str) -> str:
+    """The command-line spelling of a field: `batch_rows` → `--batch-rows`."""
+    return "--" + name.replace("_", "-")
+
+
+def raise_problems(command: str, problems: list[str]) -> None:
+    """One `DistillError` naming every problem, or nothing."""
+    if problems:
+        raise DistillError(f"Invalid {command} settings: " + "; ".join(problems) + ".")
+
+
+def at_least(value: int | float | None, low: int | float, option: str) -> list[str]:
+    """`[sentence]` when `value` (if given) is below `low`."""
+    return [f"{option} must be ≥ {low}, got {value}"] if value is not None and value < low else []
+
+
+@dataclass(kw_only=True)
+class Config:
+    """Base of the command configs: validate on construction."""
+
+    COMMAND = "command"
+
+    def __post_init__(self) -> None:
+        # the CLI enforces the choices itself; the Python API gets the same sentence here
+        wrong = [
+            f"{option(name)} must be one of {', '.join(str(c) for c in choices if c is not None)}, got "
+            f"{getattr(self, name)!r}"
+            for name, choices in field_choices(type(self)).items()
+            if getattr(self, name) not in choices
+        ]
+        raise_problems(self.COMMAND, wrong + self.problems())
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, as sentences (none: valid)."""
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# option groups shared by several commands
+
+
+@dataclass(kw_only=True)
+class PromptSource:
+    """Where prompts (and their gold answers) come from: generate, grpo and eval read them alike."""
+
+    prompts: str
+    """Prompt source: a file (.jsonl/.json/.parquet/.csv), a built-in set (gsm8k, math500, aime24, ...), a hub
+    dataset org/name, or task:split (arith:train)."""
+    prompt_field: str | None = None
+    """Column holding the problem [auto]."""
+    answer_field: str | None = None
+    """Column holding the gold answer [auto]."""
+    mapping: str | None = None
+    """Built-in column mapping (e.g. gsm8k) for a local file with that dataset's layout."""
+    limit: int | None = None
+    """Use only the first N prompts."""
+
+    def prompt_problems(self) -> list[str]:
+        return at_least(self.limit, 1, "--limit")
+
+
+@dataclass(kw_only=True)
+class ModelRuntime:
+    """Which engine runs a model, and in which dtype."""
+
+    backend: Backend = "vllm"
+    """Engine: vllm, or hf (transformers; no vLLM needed)."""
+    dtype: Dtype | None = None
+    """Model dtype: auto, bfloat16, float16 or float32 [preset]."""
+
+
+@dataclass(kw_only=True)
+class TeacherRuntime(ModelRuntime):
+    """A teacher engine: context length and tensor parallelism too."""
+
+    max_model_len: int | None = None
+    """Context length for the engine [preset]."""
+    tensor_parallel_size: int | None = None
+    """GPUs one engine spans (vLLM tensor parallelism) [preset]."""
+
+    def runtime_problems(self) -> list[str]:
+        return at_least(self.max_model_len, 1, "--max-model-len") + at_least(
+            self.tensor_parallel_size, 1, "--tensor-parallel-size"
+        )

@@ -1,0 +1,238 @@
+"""Configs of the commands that train a student: `distill train` and `distill grpo`.
+
+None means "the student preset's default" (train) or "the model's preset default" (grpo).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from distill.configs.base import Config, ModelRuntime, PromptSource, at_least
+
+KdKind = Literal["forward", "reverse", "jsd", "sampled"]
+Tail = Literal["bucket", "renorm"]
+GrpoLoss = Literal["grpo", "dapo", "dr_grpo"]
+ScaleRewards = Literal["group", "none"]
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    """What every training run takes: its seed, whether it resumes, its gradient clip."""
+
+    seed: int = 0
+    """Seed for initialisation, data order and sampling."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    grad_clip: float = 1.0
+    """Gradient norm clip."""
+
+    def run_problems(self, save_every: int) -> list[str]:
+        out = at_least(save_every, 1, "--save-every")
+        if not self.grad_clip > 0:
+            out.append(f"--grad-clip must be > 0, got {self.grad_clip}")
+        return out
+
+
+@dataclass(kw_only=True)
+class TrainConfig(Config, RunOptions):
+    """Train a student: CE + KL to the cached teacher.
+
+    Loss: alpha·CE + (1 − alpha)·τ²·KD, per completion token. What is exact at which temperature:
+
+    \b
+    --kd forward|reverse|jsd --tail bucket   τ = 1 only (the tempered tail mass is unknown)
+    --kd forward|reverse|jsd --tail renorm   any τ (the top-k tempers exactly)
+    --kd sampled                             τ = the cache's --extra-temperature (unbiased KL)
+    --alpha 1                                SFT: any cache, or --traces without one
+    """
+
+    COMMAND = "train"
+
+    student: str
+    """Student preset name (qwen-1.5b, ...), preset YAML, model directory, run directory or hub id."""
+    cache: str | None = None
+    """Teacher cache (path or key) to distil from."""
+    view: str | None = None
+    """Train only on the records of this view (from distill filter)."""
+    traces: str | None = None
+    """Plain trace file (prompt + completion, or chat rows) for SFT without a cache."""
+    alpha: float = 0.5
+    """Weight of cross-entropy; 1 − alpha weighs the KD term (1 = SFT)."""
+    kd: KdKind = "forward"
+    """KD divergence over the teacher's top-k: forward, reverse or jsd; or sampled (unbiased KL from tokens drawn
+    from the teacher: a cache made by `distill score --extra-samples M`)."""
+    tail: Tail = "bucket"
+    """Teacher mass outside the top-k: bucket (one extra class, exact; τ = 1 only) or renorm (both sides
+    renormalised over the top-k; exact at any τ)."""
+    temperature: float = 1.0
+    """Distillation temperature τ (both sides softened, KD weighted by τ²). τ ≠ 1 needs --tail renorm, or --kd
+    sampled from samples drawn at τ."""
+    beta: float = 0.5
+    """Mixing weight of the generalised JSD."""
+    lora: bool = False
+    """Train LoRA adapters (merged on export) instead of all weights."""
+    epochs: int | None = None
+    """Passes over the records [preset]."""
+    max_steps: int | None = None
+    """Optimizer steps (instead of --epochs)."""
+    lr: float | None = None
+    """Peak learning rate [preset]."""
+    warmup_ratio: float | None = None
+    """Fraction of steps warming up [preset]."""
+    weight_decay: float | None = None
+    """AdamW weight decay [preset]."""
+    max_length: int | None = None
+    """Tokens per packed row [preset]."""
+    batch_rows: int = 8
+    """Packed rows per optimizer step, over all processes (a multiple of the torchrun world size)."""
+    micro_rows: int = 1
+    """Rows per forward pass per process (the rest accumulates)."""
+    chunk_size: int | None = None
+    """Tokens per chunk of the output-layer loss [auto: 64 MiB]."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward."""
+    sharding: Literal["fsdp2", "ddp"] = "fsdp2"
+    """Under torchrun: fsdp2 shards parameters, gradients and optimiser state over the processes; ddp replicates
+    the model on each."""
+    out: Path = Path("runs/student")
+    """Run directory (checkpoints, metrics, model/)."""
+    save_every: int = 50
+    """Checkpoint every N steps."""
+    init: Literal["pretrained", "random"] | None = None
+    """pretrained weights, or random (the model's config only) [preset]."""
+
+    def problems(self) -> list[str]:
+        out = self.run_problems(self.save_every)
+        if not 0.0 <= self.alpha <= 1.0:
+            out.append(f"--alpha must be in [0, 1], got {self.alpha}")
+        if not self.temperature > 0:
+            out.append(f"--temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.beta < 1.0 and self.kd == "jsd":
+            out.append(f"--beta must be in (0, 1), got {self.beta}")
+        if self.alpha < 1 and self.kd != "sampled" and self.tail == "bucket" and self.temperature != 1:
+            out.append(
+                f"--tail bucket is exact only at --temperature 1 (the teacher's tempered tail mass is unknown), got "
+                f"{self.temperature}; use --tail renorm, which tempers the top-k exactly, or --kd sampled"
+            )
+        if (self.cache is None) == (self.traces is None):
+            out.append("give exactly one of --cache (teacher cache) or --traces (plain trace file)")
+        if self.traces is not None and self.alpha != 1.0:
+            out.append("plain --traces carry no teacher logprobs: use --alpha 1 (SFT) or a --cache")
+        if self.view is not None and self.cache is None:
+            out.append("--view selects records of a --cache; give the cache too")
+        if self.epochs is not None and self.max_steps is not None:
+            out.append("give --epochs or --max-steps, not both")
+        out += at_least(self.epochs, 1, "--epochs") + at_least(self.max_steps, 1, "--max-steps")
+        out += at_least(self.max_length, 2, "--max-length") + at_least(self.chunk_size, 1, "--chunk-size")
+        out += at_least(self.lr, 0, "--lr") + at_least(self.weight_decay, 0, "--weight-decay")
+        if self.warmup_ratio is not None and not 0 <= self.warmup_ratio < 1:
+            out.append(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.batch_rows < 1 or self.micro_rows < 1:
+            out.append("--batch-rows and --micro-rows must be ≥ 1")
+        elif self.batch_rows % world:
+            lo = max(world, self.batch_rows // world * world)
+            out.append(
+                f"--batch-rows {self.batch_rows} is not a multiple of the {world} torchrun processes: every process "
+                f"takes the same share of a step; use e.g. {lo} or {lo + world}"
+            )
+        return out
+
+
+@dataclass(kw_only=True)
+class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions):
+    """Polish a policy with GRPO on verifier rewards."""
+
+    COMMAND = "grpo"
+
+    policy: str
+    """Model to polish: a `distill train` OUT/model or run directory, a preset name, preset YAML or hub id."""
+    group_size: int = 8
+    """G: completions per prompt; advantages compare the completions of one prompt (≥ 2)."""
+    batch_size: int = 64
+    """Completions per step; a multiple of G (prompts per step = batch size / G)."""
+    micro_batch: int = 16
+    """Completions per forward/backward pass (the rest of the batch accumulates)."""
+    beta: float = 0.04
+    """Weight of the k3 KL to the frozen initial policy (0: no reference model is loaded)."""
+    epsilon: float = 0.2
+    """Clip range below 1 of the ratio π_θ/π_θold (and above, unless --epsilon-high)."""
+    epsilon_high: float | None = None
+    """Clip range above 1 (DAPO's clip-higher, e.g. 0.28) [--epsilon]."""
+    iterations: int = 1
+    """μ: optimiser steps per batch of rollouts (1 = on-policy, ratio 1)."""
+    loss: GrpoLoss = "grpo"
+    """Token aggregation: grpo (mean per sequence, then over sequences), dapo (mean over all tokens), dr_grpo
+    (sum / (batch size × max new tokens))."""
+    scale_rewards: ScaleRewards | None = None
+    """group: divide advantages by the group's reward std; none: mean-only [group; none for dr_grpo]."""
+    rewards: str = "math,format"
+    """Comma-separated verifiers whose verdicts make the reward: math, code, format, lang, repetition."""
+    reward_weights: str | None = None
+    """Comma-separated weight per reward, e.g. 1,0.2 [all 1]."""
+    max_new_tokens: int | None = None
+    """Completion length limit [preset]; longer completions end with finish reason 'length'."""
+    temperature: float = 1.0
+    """Rollout sampling temperature (top-p is 1); the policy's logprobs are taken at it too."""
+    lr: float = 1e-6
+    """AdamW learning rate (constant)."""
+    steps: int = 100
+    """Rollout steps; each samples one batch and makes μ optimiser steps."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end)."""
+    out: Path = Path("runs/grpo")
+    """Run directory (checkpoints, metrics.jsonl, model/)."""
+    gpu_memory_utilization: float = 0.3
+    """Share of the GPU the colocated vLLM engine takes; the trainer needs the rest."""
+    weights: list[float] = field(default_factory=list, init=False)
+    names: list[str] = field(default_factory=list, init=False)
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
+        from distill.verify import VERIFIERS
+
+        out = self.prompt_problems() + self.run_problems(self.save_every)
+        if self.group_size < 2:
+            out.append(
+                f"--group-size must be at least 2, got {self.group_size}: GRPO scores each completion against "
+                "the other completions of the same prompt"
+            )
+        elif self.batch_size < self.group_size or self.batch_size % self.group_size:
+            lo = max(self.group_size, self.batch_size // self.group_size * self.group_size)
+            out.append(
+                f"--batch-size {self.batch_size} is not a multiple of --group-size {self.group_size}: a batch is whole "
+                f"groups (prompts per step × G); use e.g. {lo} or {lo + self.group_size}"
+            )
+        out += at_least(self.micro_batch, 1, "--micro-batch") + at_least(self.beta, 0, "--beta")
+        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
+        out += at_least(self.iterations, 1, "--iterations") + at_least(self.steps, 1, "--steps")
+        if self.temperature <= 0:
+            out.append(
+                f"--temperature must be > 0 (GRPO needs different completions per prompt), got {self.temperature}"
+            )
+        out += at_least(self.max_new_tokens, 1, "--max-new-tokens")
+        if not 0 < self.gpu_memory_utilization < 1:
+            out.append(f"--gpu-memory-utilization must be in (0, 1), got {self.gpu_memory_utilization}")
+        self.names = [r.strip() for r in self.rewards.split(",") if r.strip()]
+        unknown = [r for r in self.names if r not in VERIFIERS]
+        if unknown or not self.names:
+            out.append(
+                f"unknown reward(s) {', '.join(unknown) or '(none given)'} in --rewards; known: {', '.join(VERIFIERS)}"
+            )
+        try:
+            ws = [float(w) for w in self.reward_weights.split(",")] if self.reward_weights else [1.0] * len(self.names)
+        except ValueError:
+            ws = []
+            out.append(f"--reward-weights must be comma-separated numbers, got {self.reward_weights!r}")
+        if ws and len(ws) != len(self.names):
+            out.append(f"--reward-weights gives {len(ws)} weights for {len(self.names)} rewards; give one per reward")
+        self.weights = ws
+        return out
+
+    @property
+    def scale(self) -> str:
+        return self.scale_rewards or ("none" if self.loss == "dr_grpo" else "group")

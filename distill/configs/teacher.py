@@ -1,0 +1,111 @@
+"""Configs of the teacher-side commands: `distill generate` and `distill score`.
+
+Both write a teacher cache, so they share the cache options and the extra-sample options
+(tokens drawn from the teacher's full distribution for `train --kd sampled`). None means
+"the teacher preset's default".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distill.configs.base import Config, PromptSource, TeacherRuntime, at_least
+
+
+@dataclass(kw_only=True)
+class CacheOutput:
+    """Where and how a teacher cache is written."""
+
+    out: Path | None = None
+    """Cache directory [$DISTILL_HOME/caches/KEY]."""
+    top_k: int | None = None
+    """Teacher logprobs kept per position; 0 = none (generate only) [preset]."""
+    precision: Literal["compact", "fp32"] = "compact"
+    """Logprob storage: compact (quantised, ~2 bytes per logit) or fp32 (exact)."""
+    extra_samples: int = 0
+    """Tokens drawn per position from the teacher's full distribution, with their logprobs, for `train --kd
+    sampled` (--backend hf: vLLM returns the top-k alone)."""
+    extra_temperature: float = 1.0
+    """Temperature the extra tokens are drawn at (= the training --temperature)."""
+    shard_size_mb: float = 64.0
+    """Cache shard size in MiB."""
+    flush_every_s: float = 300.0
+    """Also flush a shard this often, in seconds (bounds what a kill loses)."""
+
+    def cache_problems(self, backend: str) -> list[str]:
+        out = at_least(self.top_k, 0, "--top-k") + at_least(self.extra_samples, 0, "--extra-samples")
+        if not self.extra_temperature > 0:
+            out.append(f"--extra-temperature must be > 0, got {self.extra_temperature}")
+        if self.extra_samples > 0 and backend != "hf":
+            out.append(
+                "--extra-samples draws from the teacher's full distribution, which vLLM does not expose (it returns "
+                "the top-k only); use --backend hf"
+            )
+        if not self.shard_size_mb > 0 or not self.flush_every_s > 0:
+            out.append("--shard-size-mb and --flush-every-s must be > 0")
+        return out
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(Config, PromptSource, TeacherRuntime, CacheOutput):
+    """Teacher traces + top-k logprobs into a cache (vLLM)."""
+
+    COMMAND = "generate"
+
+    teacher: str
+    """Teacher preset name, preset YAML, model directory, run directory or hub id."""
+    samples_per_prompt: int | None = None
+    """Completions per prompt [preset]."""
+    max_new_tokens: int | None = None
+    """Completion length limit [preset]."""
+    temperature: float | None = None
+    """Sampling temperature [preset]."""
+    top_p: float | None = None
+    """Nucleus sampling threshold [preset]."""
+    seed: int = 0
+    """Base seed; every (prompt, sample) derives its own from it."""
+    shard_index: int = 0
+    """This worker's slice of the prompts (0-based)."""
+    num_shards: int = 1
+    """Number of workers slicing the prompts (then `distill cache merge`)."""
+    long_prompts: Literal["skip", "fail"] = "skip"
+    """Prompts longer than the context: skip them (counted) or fail."""
+
+    def problems(self) -> list[str]:
+        out = self.prompt_problems() + self.runtime_problems() + self.cache_problems(self.backend)
+        out += at_least(self.samples_per_prompt, 1, "--samples-per-prompt")
+        out += at_least(self.max_new_tokens, 1, "--max-new-tokens") + at_least(self.temperature, 0, "--temperature")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            out.append(f"--top-p must be in (0, 1], got {self.top_p}")
+        if self.num_shards < 1 or not 0 <= self.shard_index < self.num_shards:
+            out.append(
+                f"--shard-index must be in [0, --num-shards) and --num-shards ≥ 1, got {self.shard_index} of "
+                f"{self.num_shards}"
+            )
+        return out
+
+
+@dataclass(kw_only=True)
+class ScoreConfig(Config, TeacherRuntime, CacheOutput):
+    """Teacher-forced logprobs over existing traces."""
+
+    COMMAND = "score"
+
+    teacher: str
+    """Teacher preset name, preset YAML, model directory, run directory or hub id."""
+    traces: str
+    """A cache (path or key), or a file: prompt + completion columns, or chat rows."""
+    view: str | None = None
+    """Score only the records of this view of the cache."""
+    prompt_field: str | None = None
+    """Trace file: column holding the problem [auto]."""
+    completion_field: str | None = None
+    """Trace file: column holding the completion [auto]."""
+    limit: int | None = None
+    """Score only the first N traces."""
+
+    def problems(self) -> list[str]:
+        out = self.runtime_problems() + self.cache_problems(self.backend) + at_least(self.limit, 1, "--limit")
+        return out + at_least(self.top_k, 1, "--top-k")
