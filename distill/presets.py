@@ -142,6 +142,19 @@ class StudentPreset:
 
 
 KINDS: dict[str, type] = {"teacher": TeacherPreset, "student": StudentPreset}
+# (lowest, highest) allowed value of numeric preset fields, by class (None: unbounded)
+RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
+    "EngineArgs": {"tensor_parallel_size": (1, None), "max_model_len": (1, None), "gpu_memory_utilization": (0, 1)},
+    "Sampling": {
+        "temperature": (0, None),
+        "top_p": (0, 1),
+        "max_new_tokens": (1, None),
+        "samples_per_prompt": (1, None),
+    },
+    "TeacherPreset": {"top_k": (0, None)},
+    "TrainDefaults": {"lr": (0, None), "max_length": (2, None), "epochs": (1, None), "warmup_ratio": (0, 1)},
+    "LoraDefaults": {"r": (1, None), "dropout": (0, 1)},
+}
 _FOLDERS = {"teacher": "teachers", "student": "students"}
 # Fields older presets carry that nothing reads any more: skipped on load, so such a YAML still works.
 # (tokenizer_family: whether two tokenizers agree is checked on the tokenizers themselves, distill.vocab.)
@@ -169,9 +182,15 @@ def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
             continue
         kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}", problems)
     try:
-        return cls(**kwargs)
+        built = cls(**kwargs)
     except TypeError:
         return None
+    # a value of the right type can still be out of range: the engine would fail on it much later
+    for name, (low, high) in RANGES.get(cls.__name__, {}).items():
+        v = getattr(built, name)
+        if isinstance(v, int | float) and ((low is not None and v < low) or (high is not None and v > high)):
+            problems.append(f"{where}.{name} must be in [{low}, {high if high is not None else '∞'}], got {v!r}")
+    return built
 
 
 def _coerce(hint: Any, value: Any, where: str, problems: list[str]) -> Any:

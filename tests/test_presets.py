@@ -70,7 +70,7 @@ def test_an_old_preset_with_a_retired_field_still_loads(tmp_path: Path) -> None:
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: bad\nrevision: 3\ntrain: {lr: fast, epochs: 2}\ncolour: blue\n")
+    bad.write_text("name: bad\nrevision: 3\ntrain: {lr: fast, epochs: 0}\nlora: {dropout: 1.5}\ncolour: blue\n")
     with pytest.raises(DistillError) as err:
         load_preset_file(bad, "student")
     msg = str(err.value)
@@ -79,6 +79,8 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "revision must be str",
         "train.lr must be float",
         "unknown field 'colour'",
+        "train.epochs must be in [1, ∞], got 0",
+        "lora.dropout must be in [0, 1], got 1.5",
     ):
         assert problem in msg
     assert isinstance(load_preset_file(REPO / "students" / "qwen-7b.yaml", "student"), StudentPreset)
