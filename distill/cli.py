@@ -77,7 +77,7 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
                 annotation=Annotated[hints[f.name], make(help=docs.get(f.name, ""))],
             )
         )
-    own = config.__dict__.get("__annotations__", {})
+    own = inspect.get_annotations(config)  # the fields this config declares itself, not its groups
     # required options first, then the command's own, then the shared groups', each as declared
     params.sort(key=lambda p: (p.default is not inspect.Parameter.empty, p.name not in own))
 
