@@ -62,6 +62,9 @@ CATALOGUE = [
     case("eval", "--model", "nope", "--prompts", "arith:test", "--out", "{w}/e.json", says="Unknown model 'nope'",
          leaves="{w}/e.json"),
     case("generate", "--teacher", "r1-distill-qwen-70b", "--prompts", "arith:test", says="Known presets:"),
+    # a hub preset with no hub access (the student preset resolves for eval, as in every command)
+    case("eval", "--model", "qwen-1.5b", "--prompts", "arith:test", "--backend", "hf",
+         says="Cannot load the tokenizer of Qwen/Qwen2.5-Math-1.5B"),
     case("filter", "{w}/cache", "--verifiers", "math,vibes", "--name", "v", says="unknown verifier(s) vibes",
          leaves="{w}/cache/views/v.json"),
     case("generate", "--teacher", "arith-teacher", "--prompts", "{w}/prompts.jsonl", "--mapping", "nope",

@@ -39,7 +39,7 @@ def load_tokenizer(model: str, revision: str | None = None) -> Any:
         return AutoTokenizer.from_pretrained(model, revision=revision)
     except Exception as e:  # OSError, ValueError, hub errors: all mean "not loadable"
         raise DistillError(
-            f"Cannot load the tokenizer of {model}: {e}. Check the path or hub id (without hub access, "
+            f"Cannot load the tokenizer of {model}: {_first_line(e)}. Check the path or hub id (without hub access, "
             "download the model elsewhere and pass its directory)."
         ) from e
 
@@ -94,3 +94,8 @@ def cache_tokenizer(cache: Any) -> Any:
             f"(is {path / 'tokenizer.json'} missing?): {fix}."
         )
     return tok
+
+
+def _first_line(e: Exception) -> str:
+    """An exception's message as one line (transformers' hub errors run to several)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(" .:")
