@@ -7,11 +7,14 @@ seed's kept traces (drawn with the seed) becomes a view; a KD student and an SFT
 it with the same steps, batch and seed as the demo's students, and both are evaluated on
 `arith:test` as the demo evaluates. The full-data points are the demo's own KD and SFT students
 (the same training run: all kept traces, same steps and seed), so they are read, not retrained.
-Every stage is a `distill` command, as a user would run it.
+Every stage is a `distill` command, as a user would run it. A student already evaluated
+(OUT/seed-N/nM-kd/eval.json) is read, not retrained, so an interrupted curve resumes where it stopped.
+On a shared machine, OMP_NUM_THREADS=1 keeps each run at ~7k tokens/s (two threads on a busy pair of
+cores fell to under 1k).
 
 Writes OUT/results.json (per run and aggregated) and OUT/kd_vs_sft.png (pass@1 against the number of
 traces, mean and spread over seeds, the teacher as a line), prints a table and how many traces SFT
-needs to match KD at the smallest size (log-linear interpolation between measured sizes; "more
+needs to match KD at each size but the largest (log-linear interpolation between measured sizes; "more
 than all" when even all the traces leave SFT below).
 
     python scripts/kd_vs_sft.py --demos runs/demo-seeds [--fractions 0.0625 0.25 1] [--out runs/kd-vs-sft]
@@ -81,8 +84,11 @@ def main() -> None:
             for name, loss in (("kd", kd_args), ("sft", ["--alpha", "1"])):
                 out = args.out / f"seed-{seed}" / f"n{n}-{name}"
                 print(f"== seed {seed}, {n} traces, {name}", flush=True)
-                model = distill("train", *common, *loss, "--view", view, "--seed", str(seed), "--out", str(out))
-                pass1 = evaluate(model, out, seed, args.eval_problems)
+                if (out / "eval.json").is_file():  # measured by an earlier (interrupted) run of this script
+                    pass1 = json.loads((out / "eval.json").read_text())["summary"]["pass@1"]
+                else:
+                    model = distill("train", *common, *loss, "--view", view, "--seed", str(seed), "--out", str(out))
+                    pass1 = evaluate(model, out, seed, args.eval_problems)
                 runs.append({"seed": seed, "traces": n, "fraction": fraction, "loss": name, "pass1": pass1})
                 print(f"   pass@1 {100 * pass1:.1f}", flush=True)
 
@@ -98,12 +104,12 @@ def main() -> None:
         }
         for name in ("kd", "sft")
     }
-    match = traces_to_match(stats, sizes)
+    match = {n: traces_to_match(stats, sizes, n) for n in sizes[:-1]}
     teacher = statistics.mean(100 * s["teacher_pass1"] for s in summaries)
     seeds = [s["seed"] for s in summaries]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(
-        json.dumps({"runs": runs, "pass1": stats, "sft_traces_to_match_kd_at_smallest": match,
+        json.dumps({"runs": runs, "pass1": stats, "sft_traces_to_match_kd": match,
                     "teacher_pass1": teacher, "settings": {"steps": summaries[0]["steps"],
                     "kd_alpha": summaries[0]["kd_alpha"], "kd_temperature": summaries[0]["kd_temperature"],
                     "seeds": seeds, "fractions": fractions}}, indent=2)
@@ -115,12 +121,13 @@ def main() -> None:
     for n in sizes:
         kd, sft = stats["kd"][n], stats["sft"][n]
         print(f"{n:>8}{kd['mean']:>10.1f} ± {kd['std']:<4.1f}{sft['mean']:>10.1f} ± {sft['std']:<4.1f}")
-    print(f"SFT needs {match} traces to match KD at {sizes[0]} traces")
+    for n, m in match.items():
+        print(f"SFT needs {m} traces to match KD at {n} traces")
 
 
-def traces_to_match(stats: dict, sizes: list[int]) -> str:
-    """How many traces SFT needs to reach KD's mean at the smallest size (interpolated in log traces)."""
-    target = stats["kd"][sizes[0]]["mean"]
+def traces_to_match(stats: dict, sizes: list[int], at: int) -> str:
+    """How many traces SFT needs to reach KD's mean at `at` traces (interpolated in log traces)."""
+    target = stats["kd"][at]["mean"]
     sft = [stats["sft"][n]["mean"] for n in sizes]
     if sft[0] >= target:
         return f"{sizes[0]} (SFT is already there)"
@@ -145,6 +152,8 @@ def plot(stats: dict, sizes: list[int], teacher: float, path: Path) -> None:
         ax.fill_between(sizes, mean - std, mean + std, color=color, alpha=0.2)
     ax.axhline(teacher, color="C2", linestyle="--", label="teacher")
     ax.set(xscale="log", xlabel="kept teacher traces trained on", ylabel="pass@1 on arith:test (%)", ylim=(0, 100))
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])  # the measured sizes, not log-scale minor ticks
+    ax.minorticks_off()
     ax.set_title("KD vs SFT, same steps: mean ± std over seeds")
     ax.legend()
     fig.tight_layout()
