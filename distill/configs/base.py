@@ -66,9 +66,9 @@ def raise_problems(command: str, problems: list[str]) -> None:
         raise DistillError(f"Invalid {command} settings: " + "; ".join(problems) + ".")
 
 
-def at_least(value: int | float | None, low: int | float, option: str) -> list[str]:
+def at_least(value: int | float | None, low: int | float, flag: str) -> list[str]:
     """`[sentence]` when `value` (if given) is below `low`."""
-    return [f"{option} must be ≥ {low}, got {value}"] if value is not None and value < low else []
+    return [f"{flag} must be ≥ {low}, got {value}"] if value is not None and value < low else []
 
 
 @dataclass(kw_only=True)
