@@ -1,10 +1,11 @@
 """Run directories shared by the training stages (`distill train`, `distill grpo`).
 
-A run directory holds `checkpoints/step-NNNNNNNN/state.pt` (each written under a temp name, fsynced,
-then renamed, so a kill never leaves a half checkpoint that `--resume` would pick), `metrics.jsonl`
-(one JSON row per step; on resume rows past the checkpoint are dropped and recomputed), and
-`model/`, the exported Hugging Face directory (weights, tokenizer, generation config and a JSON
-record of the run) that transformers and vLLM load, also written under a temp name and renamed.
+A run directory holds `run.json` (the run's manifest: distill.runs), `checkpoints/step-NNNNNNNN/state.pt`
+(each written under a temp name, fsynced, then renamed, so a kill never leaves a half checkpoint that
+`--resume` would pick), `metrics.jsonl` (one JSON row per step; on resume rows past the checkpoint are
+dropped and recomputed), and `model/`, the exported Hugging Face directory (weights, tokenizer,
+generation config and a JSON record of the run) that transformers and vLLM load, also written under
+a temp name and renamed.
 
 `RunDirectory` is the lifecycle both recipes share, so its rules and sentences exist once: refuse
 to start over an existing run or to resume one without a checkpoint (checked before anything heavy
@@ -28,6 +29,7 @@ import torch
 
 from distill.atomic import TMP_SUFFIX, write_json_atomic
 from distill.errors import DistillError
+from distill.runs import MANIFEST, RunRecord
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
@@ -138,6 +140,10 @@ class RunDirectory:
                 f"{self.path} already holds a run; pass --resume to continue it or choose another --out."
             )
 
+    def record(self, stage: str, cfg: Any, enabled: bool = True) -> RunRecord:
+        """The run's manifest, OUT/run.json, kept in the registry; enter it (after `check_start`) to start."""
+        return RunRecord(stage, self.path / MANIFEST, cfg, resume=cfg.resume, enabled=enabled)
+
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> Path:
         """Write `state` plus the step and the RNG states as checkpoint `step`; keeps the last two."""
         return write_checkpoint(self.checkpoints, step, {**state, "step": step, "rng": rng_state()})
@@ -164,13 +170,33 @@ class RunDirectory:
         with open(self.metrics, "a") as f:
             f.write(json.dumps(row) + "\n")
 
+    def metric_rows(self) -> list[dict[str, Any]]:
+        """Every step's metrics so far (a resumed run's included)."""
+        if not self.metrics.exists():
+            return []
+        return [json.loads(r) for r in self.metrics.read_text().splitlines() if r.strip()]
+
+    def final_metrics(self, keys: tuple[str, ...], last: int = 50) -> dict[str, float]:
+        """Each of `keys` averaged over the last `last` steps (one step's value is noise), plus `steps`."""
+        rows = self.metric_rows()
+        tail = rows[-last:]
+        out: dict[str, float] = {"steps": rows[-1]["step"] if rows else 0}
+        for key in keys:
+            values = [r[key] for r in tail if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if values:
+                out[key] = sum(values) / len(values)
+        return out
+
     def stop_if_not_finite(self, loss: float, step: int) -> None:
         """Stop the run with a sentence when the loss of `step` is NaN or infinite; the checkpoints stay."""
         if not math.isfinite(loss):
-            raise DistillError(
-                f"The loss became {loss} at step {step}; training stopped. The last good checkpoint is kept in "
-                f"{self.checkpoints}; lower --lr or check the data, then --resume."
+            last = latest_checkpoint(self.checkpoints)
+            where = (
+                f"The last good checkpoint is kept ({last}); lower --lr or check the data, then --resume."
+                if last is not None
+                else "No checkpoint was saved before it; lower --lr or check the data, and start again."
             )
+            raise DistillError(f"The loss became {loss} at step {step}; training stopped. {where}")
 
     def export(self, model: Any, tokenizer: Any, record_name: str, record: dict[str, Any]) -> Path:
         """Write the Hugging Face directory `model/` with the run's record (`portable_paths` applied)."""

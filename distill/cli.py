@@ -6,6 +6,8 @@
     distill train      student on CE + KL to the cached teacher
     distill grpo       polish the student with verifier rewards
     distill eval       pass@1 / cons@n with the same verifiers
+    distill runs       every recorded run: settings, losses, scores, status
+    distill compare    runs side by side: settings that differ, curves, accuracy
     distill cache      ls | info | verify | gc
     distill demo       the whole pipeline on the embedded default
 
@@ -32,12 +34,14 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from distill.configs import (
+    CompareConfig,
     Config,
     DemoConfig,
     EvalConfig,
     FilterConfig,
     GenerateConfig,
     GRPOConfig,
+    RunsConfig,
     ScoreConfig,
     TrainConfig,
     field_docs,
@@ -131,13 +135,17 @@ def cache_info(
 ) -> None:
     """Summarise one cache.
 
-    Records, tokens, top-k, bytes per token, teacher, tokenizer, views (--json for scripts).
+    Records, tokens, top-k, bytes per token, teacher, tokenizer, views, and the runs trained on it (--json for
+    scripts).
     """
     from distill.cache.admin import cache_info as info
+    from distill.runs import Registry
+    from distill.runs.table import format_table, run_json, run_rows
 
     d = info(path)
+    runs = Registry().runs(cache_key=d["key"])
     if as_json:
-        typer.echo(json.dumps(d, indent=2))
+        typer.echo(json.dumps({**d, "runs": [run_json(m, p) for m, p in runs]}, indent=2))
         return
     for key in ("path", "key", "complete", "records", "tokens", "top_k", "precision", "vocab_size", "shards"):
         typer.echo(f"{key:<22}{d[key]}")
@@ -146,6 +154,9 @@ def cache_info(
     typer.echo(f"{'tokenizer':<22}{d['tokenizer_fingerprint']}")
     views = ", ".join(f"{k} ({v} kept)" for k, v in d["views"].items()) or "none"
     typer.echo(f"{'views':<22}{views}")
+    typer.echo(f"{'runs':<22}{len(runs)} trained on this cache" + (":" if runs else ""))
+    if runs:
+        typer.echo(format_table(run_rows(runs)))
 
 
 def cache_verify(
@@ -223,6 +234,8 @@ COMMANDS = {
     "train": config_command(TrainConfig, "distill.train:run_train"),
     "grpo": config_command(GRPOConfig, "distill.grpo:run_grpo"),
     "eval": config_command(EvalConfig, "distill.evaluate:run_eval"),
+    "runs": config_command(RunsConfig, "distill.experiments:run_runs"),
+    "compare": config_command(CompareConfig, "distill.experiments:run_compare"),
     "demo": config_command(DemoConfig, "distill.demo:run_demo"),
 }
 CACHE_COMMANDS = {"ls": cache_ls, "info": cache_info, "verify": cache_verify, "gc": cache_gc, "merge": cache_merge}

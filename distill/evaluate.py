@@ -11,6 +11,8 @@ Reported:
   must not rise because a check broke — so a benchmark with unknowns reports a lower bound, and
   says how loose it is.
 Per-problem results (every sample's text, extracted answer, verdict status and reason) go to `--out` as JSON.
+The eval records itself as a run (its manifest beside --out, NAME.run.json) and, when the model came from a
+train/grpo run, attaches its summary to that run's manifest under the benchmark's name (`distill runs`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,11 @@ from distill.configs import EvalConfig
 from distill.engines import Request, SamplingSpec, open_engine, request_seed
 from distill.errors import DistillError
 from distill.models.tokenizer import decode_completion, load_tokenizer, stop_token_ids
+from distill.paths import distill_home
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, render_prompt
+from distill.runs import MANIFEST, RunRecord, attach_eval, read_manifest, run_of_model
+from distill.runs.manifest import new_run_id
 from distill.verify import Verdict, final_answer, normalise_answer, reference_for, verify_batch
 
 
@@ -91,11 +96,46 @@ def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdi
     return {"summary": summary, "problems": rows}
 
 
+def benchmark_name(cfg: EvalConfig) -> str:
+    """How a run's eval results are keyed: the prompt source as typed (a file by its name), and the limit."""
+    name = Path(cfg.prompts).name if Path(cfg.prompts).is_file() else cfg.prompts
+    return name + (f"[:{cfg.limit}]" if cfg.limit else "")
+
+
+def manifest_path(cfg: EvalConfig) -> Path:
+    """Where an eval's own manifest goes: beside --out (NAME.run.json), else under $DISTILL_HOME/evals."""
+    if cfg.out:
+        return Path(cfg.out).with_suffix("." + MANIFEST)
+    return distill_home() / "evals" / f"{new_run_id()}.{MANIFEST}"
+
+
 def run_eval(cfg: EvalConfig) -> dict:
-    """Generate, verify, print the summary table; write per-problem JSON to `cfg.out`."""
+    """Generate, verify, print the summary table; write per-problem JSON to `cfg.out`; record the run and attach
+    the summary to the run whose model was evaluated."""
     preset = resolve_preset(cfg.model, "teacher")
     prompts, where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
     tokenizer = load_tokenizer(preset.hub_id, preset.revision)
+    parent = run_of_model(preset.hub_id)
+    name = Path(cfg.out).stem if cfg.out else f"eval-{Path(cfg.model).name}"
+    # bad input stopped above, before the run records itself: nothing is left behind
+    with RunRecord("eval", manifest_path(cfg), cfg, name=name) as record:
+        record.update(model=preset.hub_id, parent_run=read_manifest(parent).id if parent else None)
+        result = _evaluate(cfg, preset, prompts, where, tokenizer)
+        benchmark = benchmark_name(cfg)
+        s = result["summary"]
+        results = {k: v for k, v in s.items() if k.startswith(("pass@", "cons@")) or k in SUMMARY_KEYS}
+        results.update(eval_run=record.manifest.id, temperature=cfg.temperature, top_p=cfg.top_p)
+        record.finish({benchmark: results}, eval={benchmark: results})
+        if attach_eval(preset.hub_id, benchmark, results):
+            typer.echo(f"results attached to run {record.manifest.parent_run} as {benchmark}", err=True)
+    return result
+
+
+SUMMARY_KEYS = ("problems", "samples", "unknown", "unknown_rate")
+
+
+def _evaluate(cfg: EvalConfig, preset: Any, prompts: list[dict], where: str, tokenizer: Any) -> dict:
+    """Sample, verify and score every problem; print the table."""
     style = preset.prompt
     rendered = {
         q["id"]: render_prompt(tokenizer, q["prompt"], style.instruction, style.system_prompt, style.think_prefix)

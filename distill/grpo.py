@@ -37,7 +37,8 @@ vLLM's external_launcher executor, one engine shard per training rank; not built
 Output and resume as `distill train`: checkpoints under OUT/checkpoints written under a temp name
 and renamed; `--resume` restores policy, optimiser, RNG and step (prompt order and sampling seeds
 derive from seed and step, so a resumed run draws the same prompts); OUT/metrics.jsonl one row per
-step; OUT/model a Hugging Face directory with tokenizer that transformers and vLLM load.
+step (and the `--report-to` trackers); OUT/run.json the run's manifest in the registry (distill.runs); OUT/model a
+Hugging Face directory with tokenizer that transformers and vLLM load.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ from distill.losses import group_advantages, grpo_objective, zero_spread_groups
 from distill.models.tokenizer import decode_completion, load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, render_prompt
+from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.tracking import open_trackers
 from distill.verify import UNKNOWN, Verdict, reference_for, verify_batch
 
 GRPO_CONFIG = "distill_grpo.json"
@@ -220,7 +223,6 @@ class GRPORecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.run.check_start(cfg.resume)
         torch.manual_seed(cfg.seed)
         self.preset = resolve_policy(cfg.policy)
         self.tokenizer = load_tokenizer(self.preset.hub_id, self.preset.revision)
@@ -385,50 +387,77 @@ class GRPORecipe:
         row["logprob_mismatch_mean"], row["logprob_mismatch_max"] = float(d.mean()), float(d.max())
         return row
 
-    def train(self) -> None:
+    def provenance(self) -> dict[str, Any]:
+        """What the run's manifest records once set up: the policy it starts from and the prompts."""
+        parent = run_of_model(self.preset.hub_id)
+        return {
+            "model": self.cfg.policy,
+            "parent_run": read_manifest(parent).id if parent else None,
+            "summary": {"prompts": self.where, "prompt_count": len(self.prompts)},
+        }
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The manifest's final metrics: reward, KL and completion length over the last 10 steps, and steps."""
+        keys = (
+            "reward_mean",
+            "kl",
+            "completion_len_mean",
+            "truncated_frac",
+            *(f"reward_{n}_mean" for n in self.cfg.names),
+        )
+        return self.run.final_metrics(keys, last=10)
+
+    def train(self, record: RunRecord) -> None:
         from tqdm import tqdm
 
         cfg = self.cfg
         self.run.start_metrics(self.step)
+        m = record.manifest
+        trackers = open_trackers(cfg.report_to, self.run.path, m.id, m.name, m.config, cfg.resume)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
-        while self.step < cfg.steps:
-            start = time.perf_counter()
-            rollout = self.rollout()
-            rollout_s = time.perf_counter() - start
-            rewards, verdicts = compute_rewards(cfg.names, cfg.weights, rollout)
-            reward_s = time.perf_counter() - start - rollout_s
-            advantages = group_advantages(rewards, cfg.group_size, cfg.scale)
-            keep = [i for i in range(len(rewards)) if not math.isnan(float(rewards[i]))]
-            row: dict[str, Any] = {"step": self.step + 1}
-            row.update(self._rollout_metrics(rollout, rewards, verdicts))
-            if keep:
-                batches = micro_batches(rollout.completions, keep, cfg.micro_batch, pad)
-                row.update(self.update(batches, advantages, [c.sampled_logprobs for c in rollout.completions]))
-                synced = time.perf_counter()
-                self.engine.load_weights(self.policy.state_dict())
-                row["sync_s"] = time.perf_counter() - synced
-            else:
-                self.log(f"warning: step {self.step + 1}: no sample had a computable reward; nothing to learn from")
-            self.step += 1
-            row["rollout_s"], row["reward_s"], row["seconds"] = rollout_s, reward_s, time.perf_counter() - start
-            self.run.log_metrics(row)
-            if row["reward_std"] == 0.0:
-                bar.write(
-                    f"warning: step {row['step']}: every reward is {row['reward_mean']:g}, so every advantage is 0 "
-                    "and only the KL term moves the policy (zero_spread_frac in metrics.jsonl tracks this); use "
-                    "a larger --group-size, prompts nearer the policy's ability or a higher --temperature.",
-                    file=sys.stderr,
+        try:
+            while self.step < cfg.steps:
+                start = time.perf_counter()
+                rollout = self.rollout()
+                rollout_s = time.perf_counter() - start
+                rewards, verdicts = compute_rewards(cfg.names, cfg.weights, rollout)
+                reward_s = time.perf_counter() - start - rollout_s
+                advantages = group_advantages(rewards, cfg.group_size, cfg.scale)
+                keep = [i for i in range(len(rewards)) if not math.isnan(float(rewards[i]))]
+                row: dict[str, Any] = {"step": self.step + 1}
+                row.update(self._rollout_metrics(rollout, rewards, verdicts))
+                if keep:
+                    batches = micro_batches(rollout.completions, keep, cfg.micro_batch, pad)
+                    row.update(self.update(batches, advantages, [c.sampled_logprobs for c in rollout.completions]))
+                    synced = time.perf_counter()
+                    self.engine.load_weights(self.policy.state_dict())
+                    row["sync_s"] = time.perf_counter() - synced
+                else:
+                    self.log(f"warning: step {self.step + 1}: no sample had a computable reward; nothing to learn from")
+                self.step += 1
+                row["rollout_s"], row["reward_s"], row["seconds"] = rollout_s, reward_s, time.perf_counter() - start
+                self.run.log_metrics(row)
+                trackers.log({f"grpo/{k}": v for k, v in row.items() if k != "step"}, self.step)
+                record.heartbeat(row)
+                if row["reward_std"] == 0.0:
+                    bar.write(
+                        f"warning: step {row['step']}: every reward is {row['reward_mean']:g}, so every advantage is 0 "
+                        "and only the KL term moves the policy (zero_spread_frac in metrics.jsonl tracks this); use "
+                        "a larger --group-size, prompts nearer the policy's ability or a higher --temperature.",
+                        file=sys.stderr,
+                    )
+                bar.set_postfix_str(
+                    f"reward {row['reward_mean']:.3f} zero-spread {row['zero_spread_frac']:.2f} "
+                    f"kl {row.get('kl', 0.0):.4f} {row['seconds']:.1f}s",
+                    refresh=False,
                 )
-            bar.set_postfix_str(
-                f"reward {row['reward_mean']:.3f} zero-spread {row['zero_spread_frac']:.2f} "
-                f"kl {row.get('kl', 0.0):.4f} {row['seconds']:.1f}s",
-                refresh=False,
-            )
-            bar.update(1)
-            if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                self._save_checkpoint()
-        bar.close()
+                bar.update(1)
+                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    self._save_checkpoint()
+        finally:  # an error then starts on its own line, not after the bar; the trackers end their runs
+            bar.close()
+            trackers.close()
 
     def _rollout_metrics(self, rollout: Rollout, rewards: torch.Tensor, verdicts: dict) -> dict[str, Any]:
         ok = ~torch.isnan(rewards)
@@ -479,8 +508,12 @@ def _padded(arrays: list[np.ndarray], length: int) -> list[np.ndarray]:
 def run_grpo(cfg: GRPOConfig) -> Path:
     """Run GRPO and export; prints the output model directory as the last line of stdout."""
     recipe = GRPORecipe(cfg)
-    recipe.setup()
-    recipe.train()
-    path = recipe.save()
+    recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
+    recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind
+    with recipe.run.record("grpo", cfg) as record:
+        record.update(**recipe.provenance())
+        recipe.train(record)
+        path = recipe.save()
+        record.finish(recipe.final_metrics())
     typer.echo(str(path))
     return path

@@ -16,6 +16,9 @@ One recipe that reads top to bottom: setup → train → save → cleanup. Choic
   optimiser, scheduler, RNG and the data position (the step), so the remaining losses equal an
   uninterrupted run's; a NaN/inf loss stops the run naming the step and keeps the last good
   checkpoint (the run directory's rules live in distill.checkpoints.RunDirectory, shared with grpo);
+- the run records itself: OUT/run.json (its manifest: config, cache, status, final metrics; see
+  distill.runs) in the registry that `distill runs` and `distill compare` read; metrics go to
+  OUT/metrics.jsonl and to the `--report-to` trackers (TensorBoard by default; wandb, mlflow);
 - the output is a Hugging Face directory (weights, tokenizer, generation config, `distill_train.json`
   with the training config and the cache it came from) that transformers and vLLM load; LoRA
   adapters are merged on export.
@@ -43,9 +46,12 @@ from distill.data import PackedLoader
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX, distill_loss
 from distill.presets import resolve_preset
+from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.tracking import open_trackers
 from distill.vocab import reconcile
 
 TRAIN_CONFIG = "distill_train.json"
+TRACKED = ("loss", "ce", "kd", "lr", "grad_norm", "tokens_per_s")  # what --report-to trackers get, as train/NAME
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +142,6 @@ class Trainer:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.run.check_start(cfg.resume)
         self.preset = resolve_preset(cfg.student, "student")
         self._seed_everything(cfg.seed)
         self._setup_data()
@@ -184,6 +189,7 @@ class Trainer:
                 self.log(f"note: {decision.message}")
             self.tokenizer = decision.tokenizer
             records, lengths, top_k, extra_k = cache, cache.lengths(), cache.spec.top_k, cache.spec.extra_k
+            self.top_k = top_k
             self.source = {"cache": str(cache.path), "cache_key": cache.key, "view": cfg.view}
         else:
             self.tokenizer = student_tok
@@ -191,7 +197,9 @@ class Trainer:
             indices = np.arange(len(records))
             lengths = np.array([[len(r.prompt_ids), len(r.completion_ids)] for r in records])
             top_k, extra_k = 0, 0
+            self.top_k = 0
             self.source = {"traces": str(cfg.traces)}
+        self.records = len(indices)
         max_length = cfg.max_length or self.preset.train.max_length
         no_room = int((lengths[np.asarray(indices), 0] >= max_length).sum())
         if no_room == len(indices):
@@ -299,68 +307,89 @@ class Trainer:
     # -----------------------------------------------------------------------------------------
     # train
 
-    def train(self) -> None:
+    def provenance(self) -> dict[str, Any]:
+        """What the run's manifest records once set up: the resolved config, the cache, the parent model."""
+        cfg, train = self.cfg, self.preset.train
+        parent = run_of_model(self.preset.hub_id)
+        resolved = {
+            "lr": cfg.lr or train.lr,
+            "epochs": cfg.epochs if cfg.epochs is not None or cfg.max_steps else train.epochs,
+            "warmup_ratio": cfg.warmup_ratio if cfg.warmup_ratio is not None else train.warmup_ratio,
+            "weight_decay": cfg.weight_decay if cfg.weight_decay is not None else train.weight_decay,
+            "max_length": cfg.max_length or train.max_length,
+            "init": cfg.init or self.preset.init,
+        }
+        return {
+            "config": resolved,
+            "cache_key": self.source.get("cache_key"),
+            "cache": self.source.get("cache") or self.source.get("traces"),
+            "view": cfg.view,
+            "model": cfg.student,
+            "parent_run": read_manifest(parent).id if parent else None,
+            "summary": {"top_k": self.top_k, "total_steps": self.total_steps, "records": self.records},
+        }
+
+    def train(self, record: RunRecord) -> None:
         from tqdm import tqdm
 
+        trackers = None
         if self.rank == 0:
             self.run.start_metrics(self.step)
-        tb = self._tensorboard()
+            m = record.manifest
+            trackers = open_trackers(self.cfg.report_to, self.run.path, m.id, m.name, m.config, self.cfg.resume)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
-        start, tokens_seen = time.perf_counter(), 0
-        while self.step < self.total_steps:
-            batches, step_tokens = self.loader.step(self.step)
-            sums = [0.0, 0.0, 0.0]  # loss, ce, kd: sums over this rank's loss tokens
-            for batch in batches:
-                batch = _to(batch, self.device)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
-                    out = self.module(batch)
-                n = out.num_tokens
-                # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
-                (out.loss * n / max(step_tokens, 1) * self.world).backward()
-                sums = [s + float(v.detach()) * n for s, v in zip(sums, (out.loss, out.ce, out.kd), strict=True)]
-            loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
-            self.run.stop_if_not_finite(loss, self.step + 1)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
-            )
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            tokens_seen += step_tokens
-            rate = tokens_seen / (time.perf_counter() - start)
-            row = {
-                "step": self.step,
-                "loss": loss,
-                "ce": ce,
-                "kd": kd,
-                "lr": self.scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "tokens": step_tokens,
-                "tokens_per_s": rate,
-            }
-            if self.rank == 0:
-                self.run.log_metrics(row)
-                if tb is not None:
-                    for k in ("loss", "ce", "kd", "lr", "grad_norm", "tokens_per_s"):
-                        tb.add_scalar(f"train/{k}", row[k], self.step)
-                bar.set_postfix_str(f"loss {loss:.4f} ce {ce:.4f} kl {kd:.4f} {rate:,.0f} tok/s", refresh=False)
-                bar.update(1)
-            if self.step % self.cfg.save_every == 0 or self.step == self.total_steps:
-                self._save_checkpoint()
-        bar.close()
-        if tb is not None:
-            tb.close()
-
-    def _tensorboard(self) -> Any:
-        if self.rank != 0:
-            return None
         try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            self.log("note: tensorboard is not installed; metrics go to metrics.jsonl only")
-            return None
-        return SummaryWriter(str(self.run.path / "tensorboard"))
+            start, tokens_seen = time.perf_counter(), 0
+            while self.step < self.total_steps:
+                batches, step_tokens = self.loader.step(self.step)
+                sums = [0.0, 0.0, 0.0]  # loss, ce, kd: sums over this rank's loss tokens
+                for batch in batches:
+                    batch = _to(batch, self.device)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
+                        out = self.module(batch)
+                    n = out.num_tokens
+                    # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
+                    (out.loss * n / max(step_tokens, 1) * self.world).backward()
+                    sums = [s + float(v.detach()) * n for s, v in zip(sums, (out.loss, out.ce, out.kd), strict=True)]
+                loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
+                self.run.stop_if_not_finite(loss, self.step + 1)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
+                )
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                tokens_seen += step_tokens
+                rate = tokens_seen / (time.perf_counter() - start)
+                row = {
+                    "step": self.step,
+                    "loss": loss,
+                    "ce": ce,
+                    "kd": kd,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "grad_norm": float(grad_norm),
+                    "tokens": step_tokens,
+                    "tokens_per_s": rate,
+                }
+                if self.rank == 0:
+                    self.run.log_metrics(row)
+                    trackers.log({f"train/{k}": row[k] for k in TRACKED}, self.step)
+                    record.heartbeat(row)
+                    bar.set_postfix_str(f"loss {loss:.4f} ce {ce:.4f} kl {kd:.4f} {rate:,.0f} tok/s", refresh=False)
+                    bar.update(1)
+                if self.step % self.cfg.save_every == 0 or self.step == self.total_steps:
+                    self._save_checkpoint()
+        finally:  # an error then starts on its own line, not after the bar; the trackers end their runs
+            bar.close()
+            if trackers is not None:
+                trackers.close()
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The manifest's final metrics: loss, CE and KD over the last 50 steps, steps, tokens trained on."""
+        out = self.run.final_metrics(("loss", "ce", "kd"))
+        out["tokens"] = sum(r["tokens"] for r in self.run.metric_rows())
+        return out
 
     # -----------------------------------------------------------------------------------------
     # checkpoints
@@ -459,10 +488,15 @@ def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
 def run_train(cfg: TrainConfig) -> Path:
     """Train and export; prints the output directory as the last line of stdout (rank 0)."""
     trainer = Trainer(cfg)
+    trainer.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     try:
-        trainer.setup()
-        trainer.train()
-        path = trainer.save()
+        trainer.setup()  # bad input stops here, before the run records itself: nothing is left behind
+        with trainer.run.record("train", cfg, enabled=trainer.rank == 0) as record:
+            record.update(**trainer.provenance())
+            trainer.train(record)
+            path = trainer.save()
+            if trainer.rank == 0:
+                record.finish(trainer.final_metrics())
     finally:
         trainer.cleanup()
     if trainer.rank == 0:

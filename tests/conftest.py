@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,10 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # mlflow honours only this, or DO_NOT_TRACK=true
+# Module and session fixtures run before the per-test DISTILL_HOME below: they record their runs here, never in
+# the user's registry (~/.cache/distill).
+os.environ["DISTILL_HOME"] = tempfile.mkdtemp(prefix="distill-tests-home-")
 
 VLLM_MISSING = (
     "this test needs vLLM, which is not installed: install the CPU build with `pip install -e '.[cpu,dev]'` "

@@ -43,8 +43,11 @@ def test_a_checkpoint_carries_the_step_and_restores_the_rng(tmp_path: Path) -> N
 def test_a_non_finite_loss_stops_the_run_naming_the_step(tmp_path: Path) -> None:
     run = RunDirectory(tmp_path / "run")
     run.stop_if_not_finite(0.5, 1)
+    with pytest.raises(DistillError, match=r"loss became nan at step 3; .* No checkpoint was saved .* start again"):
+        run.stop_if_not_finite(float("nan"), 3)  # nothing to --resume from: the sentence must not suggest it
+    run.save_checkpoint(5, {})
     for bad in (float("nan"), float("inf")):
-        with pytest.raises(DistillError, match=rf"loss became {bad} at step 7; .* kept in .*checkpoints; lower --lr"):
+        with pytest.raises(DistillError, match=rf"loss became {bad} at step 7; .* kept .*step-00000005.*--resume"):
             run.stop_if_not_finite(bad, 7)
 
 

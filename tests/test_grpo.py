@@ -91,7 +91,7 @@ def metrics(out: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("grpo") / "run"
-    proc = distill(*RUN_ARGS, "--steps", "3", "--out", str(out))
+    proc = distill(*RUN_ARGS, "--steps", "3", "--out", str(out), "--report-to", "tensorboard,mlflow")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == str(out / "model")
     (out.parent / "stderr.txt").write_text(proc.stderr)
@@ -130,6 +130,25 @@ def test_a_run_logs_every_metric_and_exports_a_model(run: Path) -> None:
     assert any(moved)
     assert json.loads((run / "model" / "distill_grpo.json").read_text())["steps"] == 3
     assert latest_checkpoint(run / "checkpoints").name == "step-00000003"
+
+
+@pytest.mark.vllm
+def test_a_run_records_its_manifest_and_reports_to_its_trackers(run: Path) -> None:
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = metrics(run)
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["stage"] == "grpo" and manifest["status"] == "finished" and manifest["model"] == "arith-teacher"
+    assert manifest["config"]["group_size"] == int(RUN_ARGS[RUN_ARGS.index("--group-size") + 1])
+    assert manifest["metrics"]["steps"] == 3
+    assert manifest["metrics"]["reward_mean"] == pytest.approx(sum(r["reward_mean"] for r in rows) / 3)
+    client = MlflowClient((run / "mlruns").resolve().as_uri())
+    history = client.get_metric_history((run / "mlflow_run_id").read_text().strip(), "grpo/reward_mean")
+    assert sorted((h.step, h.value) for h in history) == [(r["step"], r["reward_mean"]) for r in rows]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("grpo/kl")] == [1, 2, 3]
 
 
 @pytest.mark.vllm

@@ -131,6 +131,12 @@ def test_kd_training_lowers_the_loss_and_exports_a_loadable_model(
     # the record travels with the model: no absolute path of this machine (outside the working directory: names)
     assert '"/' not in (out / "distill_train.json").read_text() and meta["config"]["out"] == "run"
     assert (tmp_path / "run" / "tensorboard").is_dir()
+    # the run recorded itself: resolved settings, the cache, final metrics over the last steps
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["stage"] == "train" and run["status"] == "finished" and run["cache_key"] == open_cache(teacher_cache).key
+    assert run["config"]["lr"] == 3e-3 and run["config"]["init"] is not None and run["summary"]["top_k"] > 0
+    assert run["metrics"]["steps"] == 12 and run["metrics"]["tokens"] == sum(r["tokens"] for r in rows)
+    assert run["metrics"]["kd"] == pytest.approx(np.mean([r["kd"] for r in rows]))  # all 12 are the last 50
 
 
 @pytest.mark.vllm
@@ -180,6 +186,7 @@ def test_kill_then_resume_gives_the_uninterrupted_losses(student: Path, teacher_
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "model").exists()  # it really died before the end
+    killed_id = json.loads((out / "run.json").read_text())["id"]
     resumed = subprocess.run(
         cli(*train_args(student, teacher_cache, out, steps=8), "--resume"), capture_output=True, text=True
     )
@@ -187,6 +194,8 @@ def test_kill_then_resume_gives_the_uninterrupted_losses(student: Path, teacher_
     assert "resumed from" in resumed.stderr
     got = metrics(out)
     assert [r["step"] for r in got] == list(range(1, 9))
+    run = json.loads((out / "run.json").read_text())  # the resumed run is the same run, finished
+    assert run["id"] == killed_id and run["status"] == "finished" and len(run["resumed"]) == 1
     for a, b in zip(got, whole, strict=True):
         for key in ("loss", "ce", "kd", "grad_norm"):
             assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), (a["step"], key)

@@ -12,17 +12,20 @@ Constructing a config validates it; every problem is reported in one `DistillErr
 
 from distill.configs.base import Config, field_docs
 from distill.configs.demo import DemoConfig
+from distill.configs.experiments import CompareConfig, RunsConfig
 from distill.configs.judge import EvalConfig, FilterConfig
 from distill.configs.student import GRPOConfig, TrainConfig
 from distill.configs.teacher import GenerateConfig, ScoreConfig
 
 __all__ = [
+    "CompareConfig",
     "Config",
     "DemoConfig",
     "EvalConfig",
     "FilterConfig",
     "GRPOConfig",
     "GenerateConfig",
+    "RunsConfig",
     "ScoreConfig",
     "TrainConfig",
     "field_docs",

@@ -20,7 +20,7 @@ ScaleRewards = Literal["group", "none"]
 
 @dataclass(kw_only=True)
 class RunOptions:
-    """What every training run takes: its seed, whether it resumes, its gradient clip."""
+    """What every training run takes: its seed, whether it resumes, its gradient clip, where its metrics go."""
 
     seed: int = 0
     """Seed for initialisation, data order and sampling."""
@@ -28,9 +28,14 @@ class RunOptions:
     """Continue the run in --out from its last checkpoint."""
     grad_clip: float = 1.0
     """Gradient norm clip."""
+    report_to: str = "tensorboard"
+    """Comma-separated experiment trackers for the metrics: tensorboard (OUT/tensorboard), wandb (offline unless
+    WANDB_API_KEY or WANDB_MODE says otherwise), mlflow (MLFLOW_TRACKING_URI, else OUT/mlruns), or none."""
 
     def run_problems(self, save_every: int) -> list[str]:
-        out = at_least(save_every, 1, "--save-every")
+        from distill.tracking import tracker_problems
+
+        out = at_least(save_every, 1, "--save-every") + tracker_problems(self.report_to)
         if not self.grad_clip > 0:
             out.append(f"--grad-clip must be > 0, got {self.grad_clip}")
         return out

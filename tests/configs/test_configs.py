@@ -12,11 +12,13 @@ from typer.testing import CliRunner
 
 from distill.cli import COMMANDS, app
 from distill.configs import (
+    CompareConfig,
     DemoConfig,
     EvalConfig,
     FilterConfig,
     GenerateConfig,
     GRPOConfig,
+    RunsConfig,
     ScoreConfig,
     TrainConfig,
     field_docs,
@@ -31,6 +33,8 @@ CONFIGS = {
     "train": TrainConfig,
     "grpo": GRPOConfig,
     "eval": EvalConfig,
+    "runs": RunsConfig,
+    "compare": CompareConfig,
     "demo": DemoConfig,
 }
 
