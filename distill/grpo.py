@@ -455,9 +455,12 @@ class GRPORecipe:
                 bar.update(1)
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                     self._save_checkpoint()
-        finally:  # an error then starts on its own line, not after the bar; the trackers end their runs
+        except BaseException:
+            trackers.close(failed=True)  # the trackers' runs end as failed, like the manifest
+            raise
+        finally:  # an error then starts on its own line, not after the bar
             bar.close()
-            trackers.close()
+        trackers.close()
 
     def _rollout_metrics(self, rollout: Rollout, rewards: torch.Tensor, verdicts: dict) -> dict[str, Any]:
         ok = ~torch.isnan(rewards)

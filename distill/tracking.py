@@ -64,7 +64,7 @@ def tracker_problems(report_to: str) -> list[str]:
 class _Tracker(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 class Trackers:
@@ -84,16 +84,16 @@ class Trackers:
             for tracker in self._trackers:
                 tracker.log(clean, step)
 
-    def close(self) -> None:
-        """Finish every tracker (flushes files, ends runs); calling it again does nothing."""
+    def close(self, failed: bool = False) -> None:
+        """Finish every tracker (flushes files, ends runs, as failed ones if `failed`); again: nothing."""
         while self._trackers:
-            self._trackers.pop().close()
+            self._trackers.pop().close(failed)
 
     def __enter__(self) -> Trackers:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=kind is not None)
 
 
 class _TensorBoard:
@@ -104,7 +104,7 @@ class _TensorBoard:
         for name, value in metrics.items():
             self.writer.add_scalar(name, value, step)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -115,8 +115,8 @@ class _WandB:
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log(metrics, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 class _MLflow:
@@ -129,8 +129,8 @@ class _MLflow:
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 def _first_line(e: Exception) -> str:

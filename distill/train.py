@@ -380,10 +380,14 @@ class Trainer:
                     bar.update(1)
                 if self.step % self.cfg.save_every == 0 or self.step == self.total_steps:
                     self._save_checkpoint()
-        finally:  # an error then starts on its own line, not after the bar; the trackers end their runs
-            bar.close()
+        except BaseException:
             if trackers is not None:
-                trackers.close()
+                trackers.close(failed=True)  # the trackers' runs end as failed, like the manifest
+            raise
+        finally:  # an error then starts on its own line, not after the bar
+            bar.close()
+        if trackers is not None:
+            trackers.close()
 
     def final_metrics(self) -> dict[str, Any]:
         """The manifest's final metrics: loss, CE and KD over the last 50 steps, steps, tokens trained on."""

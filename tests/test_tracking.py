@@ -122,6 +122,14 @@ def test_a_resumed_run_continues_the_same_mlflow_and_wandb_runs(
     assert len(folders) == 2 and all((f / "run-run-1.wandb").exists() for f in folders)
 
 
+def test_a_run_that_fails_ends_its_tracker_runs_as_failed(local_env: None, tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), open_trackers("mlflow", tmp_path / "run", "r", "r", {}, resume=False) as trackers:
+        trackers.log({"train/loss": 1.0}, 1)
+        raise RuntimeError("the loss became nan")
+    client, run_id = mlflow_run(tmp_path / "run")
+    assert client.get_run(run_id).info.status == "FAILED"
+
+
 def test_tracker_problems_names_each_mistake(monkeypatch: pytest.MonkeyPatch) -> None:
     assert tracker_problems("tensorboard,wandb,mlflow") == []
     assert tracker_problems("none") == [] and tracker_problems("") == []
