@@ -133,7 +133,8 @@ def test_a_run_logs_every_metric_and_exports_a_model(run: Path) -> None:
 
 
 @pytest.mark.vllm
-def test_a_run_records_its_manifest_and_reports_to_its_trackers(run: Path) -> None:
+def test_a_run_records_its_manifest_and_reports_to_its_trackers(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3 reads its file store only when allowed
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
