@@ -19,7 +19,8 @@ log q = log_softmax(z / τ). Per position t:
 Modules: `kd` (per-position partitions and divergences), `chunked` (the loss over the output layer
 in chunks of positions, never materialising (N, V) logits, and its naive reference), `memory`
 (peak-memory measurement used by the tests and scripts/bench_train.py), `grpo` (the GRPO stage's
-clipped objective, k3 KL and group advantages).
+clipped objective, k3 KL and group advantages), `onpolicy` (on-policy distillation's per-token reverse-KL
+advantages over grpo's clipped objective, and its statistics).
 
     out = distill_loss(hidden, lm_head.weight, targets, topk_ids, topk_logprobs, alpha=0.5)
     out.loss.backward()
@@ -36,8 +37,15 @@ from distill.losses.chunked import (
 from distill.losses.grpo import LOSS_TYPES, SCALE_REWARDS, group_advantages, grpo_objective, k3_kl, zero_spread_groups
 from distill.losses.kd import KD_KINDS, TAILS, divergence, sampled_kl, student_partition, teacher_partition
 from distill.losses.memory import measure_peak_memory
+from distill.losses.onpolicy import (
+    AGGREGATIONS,
+    onpolicy_reverse_objective,
+    reverse_kl_advantages,
+    reverse_kl_by_position,
+)
 
 __all__ = [
+    "AGGREGATIONS",
     "CHUNK_ELEMENTS",
     "IGNORE_INDEX",
     "KD_KINDS",
@@ -53,6 +61,9 @@ __all__ = [
     "k3_kl",
     "measure_peak_memory",
     "naive_distill_loss",
+    "onpolicy_reverse_objective",
+    "reverse_kl_advantages",
+    "reverse_kl_by_position",
     "sampled_kl",
     "student_partition",
     "teacher_partition",

@@ -103,7 +103,8 @@ def grpo_objective(
     logp: (batch_size, num_tokens) the current policy's logprobs of the sampled tokens (with grad).
     old_logp: (batch_size, num_tokens) π_θold's, saved right after the rollout (no grad).
     ref_logp: (batch_size, num_tokens) the frozen reference's, or None when beta == 0.
-    advantages: (batch_size,) one per sequence.
+    advantages: (batch_size,) one per sequence, or (batch_size, num_tokens) one per token (on-policy
+        distillation's reverse-KL advantages: distill.losses.onpolicy).
     mask: (batch_size, num_tokens) 1 on completion tokens, 0 on padding.
     batch_sequences, batch_tokens: sequences and unmasked tokens of the whole batch when these
         tensors are one micro-batch of it (default: these tensors are the whole batch).
@@ -115,7 +116,8 @@ def grpo_objective(
     if beta != 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp")
     m = mask.float()
-    a = advantages.float()[:, None]  # (B, 1)
+    a = advantages.float()
+    a = a[:, None] if a.dim() == 1 else a  # (B, 1) or (B, T)
     log_ratio = (logp.float() - old_logp.float()) * m  # zero on padding: ratio 1, no overflow there
     ratio = torch.exp(log_ratio)  # (B, T)
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
