@@ -3,7 +3,7 @@
 generate (the bundled arith teacher through real vLLM, top-20 logprobs into a cache, on the
 `arith:distill` prompts it was never trained on, so it gets some wrong) → filter (math + format
 verifiers: a view of the correct traces) → train two students from the same cache with the same
-steps, batch and seed, KD (α = 0.5, τ = 1, top-20 + tail bucket: the exact target) and SFT (α = 1)
+steps, batch and seed, KD (reverse KL, α = 0.5, τ = 1, top-20 + tail bucket: the exact target) and SFT (α = 1)
 → eval teacher and both students on `arith:test` → a table, `summary.json` and `report.md` with
 plots (CE and KL curves, accuracy bars, filter pass rates, the teacher's per-token entropy).
 
@@ -36,6 +36,7 @@ from distill.presets import preset_dir
 
 STAGES = 7
 
+KL_TITLE = {"forward": "KL(teacher ‖ student)", "reverse": "KL(student ‖ teacher)", "jsd": "JSD(teacher, student)"}
 BATCH_ROWS = 4  # small steps: on 2 CPU cores the students are limited by optimiser steps, not data
 
 
@@ -102,7 +103,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     runs = {}
     entropy = teacher_entropy(Path(cache)) if view.kept else np.zeros(0)
     for i, (name, alpha) in enumerate((("kd", str(kd_alpha)), ("sft", "1.0"))):
-        how = f"alpha {alpha}" + (f", temperature {kd_temperature:g}" if name == "kd" else "")
+        how = f"alpha {alpha}" + (f", --kd {cfg.kd}, temperature {kd_temperature:g}" if name == "kd" else "")
         typer.echo(f"[{3 + i}/{STAGES}] train the {name.upper()} student ({how}, {steps} steps, seed {seed})")
         args = [
             "train",
@@ -126,7 +127,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             tail,
         ]
         if name == "kd":
-            args += ["--temperature", str(kd_temperature)]
+            args += ["--temperature", str(kd_temperature), "--kd", cfg.kd]
         if view.kept:
             args += ["--view", "correct"]
         if not bundled:
@@ -171,6 +172,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "steps": steps,
         "kd_temperature": kd_temperature,
         "kd_alpha": kd_alpha,
+        "kd_kind": cfg.kd,
         "kd_tail": tail,
         "batch_rows": BATCH_ROWS,
         "teacher_entropy_mean": float(entropy.mean()) if len(entropy) else None,
@@ -220,7 +222,7 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]], entropy: n
     kd = metrics["kd"]
     axes[1].plot([r["step"] for r in kd], [r["kd"] for r in kd], color="C0", label="KD student")
     axes[1].set(
-        title=f"KL(teacher ‖ student) at τ = {summary['kd_temperature']:g}, "
+        title=f"{KL_TITLE[summary['kd_kind']]} at τ = {summary['kd_temperature']:g}, "
         + ("top-20 + tail" if summary["kd_tail"] == "bucket" else "top-20 renormalised"),
         xlabel="step",
         ylabel="nats / token",
@@ -267,7 +269,8 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]], entropy: n
         "# distill demo report",
         "",
         f"Teacher: {who}; seed {summary['seed']}; {summary['steps']} training steps per student "
-        f"(KD: α = {summary['kd_alpha']:g}, τ = {summary['kd_temperature']:g}, --tail {summary['kd_tail']}; "
+        f"(KD: --kd {summary['kd_kind']}, α = {summary['kd_alpha']:g}, τ = {summary['kd_temperature']:g}, "
+        f"--tail {summary['kd_tail']}; "
         "SFT: α = 1); "
         f"{summary['seconds']:.0f} s.",
         "",

@@ -46,11 +46,13 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
         n: json.loads((tmp_path / "demo" / n / "model" / "distill_train.json").read_text())["config"]
         for n in ("kd", "sft")
     }
-    kd = (configs["kd"]["alpha"], configs["kd"]["temperature"], configs["kd"]["tail"])
-    assert kd == (summary["kd_alpha"], summary["kd_temperature"], summary["kd_tail"]) == (0.5, 1.0, "bucket")
+    kd = (configs["kd"]["kd"], configs["kd"]["alpha"], configs["kd"]["temperature"], configs["kd"]["tail"])
+    want = (summary["kd_kind"], summary["kd_alpha"], summary["kd_temperature"], summary["kd_tail"])
+    assert kd == want == ("reverse", 0.5, 1.0, "bucket")
     assert configs["sft"]["alpha"] == 1.0
-    assert {k: v for k, v in configs["kd"].items() if k not in ("alpha", "temperature", "out")} == {
-        k: v for k, v in configs["sft"].items() if k not in ("alpha", "temperature", "out")
+    loss = ("kd", "alpha", "temperature", "out")  # the loss's settings (and where it wrote); nothing else differs
+    assert {k: v for k, v in configs["kd"].items() if k not in loss} == {
+        k: v for k, v in configs["sft"].items() if k not in loss
     }
     assert all(0 <= summary[k] <= 1 for k in ("teacher_pass1", "kd_pass1", "sft_pass1"))
     for name in ("report.md", "curves.png", "accuracy.png", "filter.png", "entropy.png"):
