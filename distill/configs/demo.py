@@ -35,9 +35,9 @@ class DemoConfig(Config):
     """α of the KD student (weight of CE; 1 − α weighs KD). The SFT student has α = 1. Pure KD (α = 0) measured no
     better (48.0 vs 50.4 pass@1, seed 0), so half the weight stays on the trace token."""
     kd: Literal["forward", "reverse", "jsd"] = "reverse"
-    """Divergence of the KD student over the teacher's top-20 + tail: reverse (mode-seeking; measured best on the
-    demo cache: 55.0 and 56.1 pass@1 at training seeds 0 and 1, forward 51.7 and 46.1, SFT 46.5 and 46.8), forward
-    or jsd."""
+    """Divergence of the KD student over the teacher's top-20 + tail: reverse (mode-seeking; the best of six
+    students on the seed-0 demo cache at training seeds 0, 1, 2: 55.0, 56.1, 53.9 pass@1; forward 51.7, 46.1, 46.6;
+    SFT 46.5, 46.8, 46.2), forward or jsd."""
 
     def problems(self) -> list[str]:
         out = at_least(self.prompts, 1, "--prompts") + at_least(self.steps, 1, "--steps")
