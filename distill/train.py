@@ -338,45 +338,19 @@ class Trainer:
             m = record.manifest
             trackers = open_trackers(self.cfg.report_to, self.run.path, m.id, m.name, m.config, self.cfg.resume)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
+        start, tokens_seen = time.perf_counter(), 0
         try:
-            start, tokens_seen = time.perf_counter(), 0
             while self.step < self.total_steps:
-                batches, step_tokens = self.loader.step(self.step)
-                sums = [0.0, 0.0, 0.0]  # loss, ce, kd: sums over this rank's loss tokens
-                for batch in batches:
-                    batch = _to(batch, self.device)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
-                        out = self.module(batch)
-                    n = out.num_tokens
-                    # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
-                    (out.loss * n / max(step_tokens, 1) * self.world).backward()
-                    sums = [s + float(v.detach()) * n for s, v in zip(sums, (out.loss, out.ce, out.kd), strict=True)]
-                loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
-                self.run.stop_if_not_finite(loss, self.step + 1)
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
-                )
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                tokens_seen += step_tokens
-                rate = tokens_seen / (time.perf_counter() - start)
-                row = {
-                    "step": self.step,
-                    "loss": loss,
-                    "ce": ce,
-                    "kd": kd,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "grad_norm": float(grad_norm),
-                    "tokens": step_tokens,
-                    "tokens_per_s": rate,
-                }
+                row = self._step()
+                tokens_seen += row["tokens"]
+                row["tokens_per_s"] = rate = tokens_seen / (time.perf_counter() - start)
                 if self.rank == 0:
                     self.run.log_metrics(row)
                     trackers.log({f"train/{k}": row[k] for k in TRACKED}, self.step)
                     record.heartbeat(row)
-                    bar.set_postfix_str(f"loss {loss:.4f} ce {ce:.4f} kl {kd:.4f} {rate:,.0f} tok/s", refresh=False)
+                    bar.set_postfix_str(
+                        f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f} {rate:,.0f} tok/s", refresh=False
+                    )
                     bar.update(1)
                 if self.step % self.cfg.save_every == 0 or self.step == self.total_steps:
                     self._save_checkpoint()
@@ -388,6 +362,37 @@ class Trainer:
             bar.close()
         if trackers is not None:
             trackers.close()
+
+    def _step(self) -> dict[str, Any]:
+        """One optimizer step over the step's micro-batches; its metrics row."""
+        batches, step_tokens = self.loader.step(self.step)
+        sums = [0.0, 0.0, 0.0]  # loss, ce, kd: sums over this rank's loss tokens
+        for batch in batches:
+            batch = _to(batch, self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
+                out = self.module(batch)
+            n = out.num_tokens
+            # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
+            (out.loss * n / max(step_tokens, 1) * self.world).backward()
+            sums = [s + float(v.detach()) * n for s, v in zip(sums, (out.loss, out.ce, out.kd), strict=True)]
+        loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
+        self.run.stop_if_not_finite(loss, self.step + 1)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
+        )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return {
+            "step": self.step,
+            "loss": loss,
+            "ce": ce,
+            "kd": kd,
+            "lr": self.scheduler.get_last_lr()[0],
+            "grad_norm": float(grad_norm),
+            "tokens": step_tokens,
+        }
 
     def final_metrics(self) -> dict[str, Any]:
         """The manifest's final metrics: loss, CE and KD over the last 50 steps, steps, tokens trained on."""
