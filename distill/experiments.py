@@ -32,6 +32,7 @@ from distill.runs.table import (
     run_rows,
     show,
     student_of,
+    visible_columns,
 )
 
 # settings that never tell two experiments apart: where they wrote, how they were launched, how they logged
@@ -258,7 +259,7 @@ def _curve(path: Path, metric: str) -> tuple[list[int], list[float]]:
 def _markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
-    columns = [c for c in rows[0] if any(r.get(c, "-") != "-" for r in rows)]
+    columns = visible_columns(rows)
     out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     out += ["| " + " | ".join(r.get(c, "-") for c in columns) + " |" for r in rows]
     return "\n".join(out)

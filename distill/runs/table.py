@@ -119,11 +119,16 @@ def show(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def visible_columns(rows: list[dict[str, str]]) -> list[str]:
+    """The columns of `rows` (in the first row's order) that are not '-' everywhere."""
+    return [c for c in rows[0] if any(r.get(c, "-") != "-" for r in rows)] if rows else []
+
+
 def format_table(rows: list[dict[str, str]]) -> str:
     """Rows (dicts with the same keys, in order) as aligned text columns; columns that are '-' everywhere dropped."""
     if not rows:
         return ""
-    columns = [c for c in rows[0] if any(r.get(c, "-") != "-" for r in rows)]
+    columns = visible_columns(rows)
     widths = {c: max(len(c), *(len(r.get(c, "-")) for r in rows)) for c in columns}
     lines = ["  ".join(c.ljust(widths[c]) for c in columns).rstrip()]
     lines += ["  ".join(r.get(c, "-").ljust(widths[c]) for c in columns).rstrip() for r in rows]
