@@ -47,7 +47,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -57,150 +57,27 @@ import typer
 
 from distill.checkpoints import RunDirectory
 from distill.configs import GRPOConfig
-from distill.engines import Completion, Request, SamplingSpec, open_engine, request_seed
+from distill.engines import SamplingSpec, open_engine
 from distill.errors import DistillError
 from distill.losses import group_advantages, grpo_objective, zero_spread_groups
-from distill.models.tokenizer import decode_completion, load_tokenizer, stop_token_ids
-from distill.presets import resolve_preset
-from distill.prompts import load_prompts, render_prompt
+from distill.models.tokenizer import load_tokenizer, stop_token_ids
+from distill.prompts import load_prompts
+from distill.rollouts import (
+    MicroBatch,
+    Rollout,
+    completion_logprobs,
+    compute_rewards,
+    logprob_mismatch,
+    micro_batches,
+    prompt_order,
+    render_prompts,
+    resolve_policy,
+    sample_rollout,
+)
 from distill.runs import RunRecord, read_manifest, run_of_model
 from distill.tracking import open_trackers
-from distill.verify import UNKNOWN, Verdict, reference_for, verify_batch
 
 GRPO_CONFIG = "distill_grpo.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# pieces of a step
-
-
-@dataclass
-class Rollout:
-    """One step's completions, in group order (G consecutive rows per prompt)."""
-
-    completions: list[Completion]
-    texts: list[str]
-    prompts: list[dict[str, Any]]
-    """The prompt of each row."""
-
-
-def resolve_policy(spec: str) -> Any:
-    """The policy's preset (resolved as eval resolves its model), refused when it has no weights."""
-    preset = resolve_preset(spec, "teacher")
-    path = Path(preset.hub_id)
-    if path.is_dir() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
-        raise DistillError(
-            f"Policy {spec!r} has no weights in {path} (a random-init preset); GRPO polishes a trained model: "
-            "pass a `distill train` output directory (OUT/model) as --policy."
-        )
-    return preset
-
-
-def prompt_order(num_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
-    """Prompt indices of `step`: consecutive slices of a fresh seeded permutation per epoch."""
-    out, perms = [], {}
-    for k in range(step * per_step, (step + 1) * per_step):
-        epoch, pos = divmod(k, num_prompts)
-        if epoch not in perms:
-            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_prompts)
-        out.append(int(perms[epoch][pos]))
-    return out
-
-
-def reward_references(name: str, prompts: list[dict[str, Any]], completions: list[Completion]) -> list[Any]:
-    """What verifier `name` checks each completion against."""
-    pairs = zip(prompts, completions, strict=True)
-    return [reference_for(name, q.get("answer"), q["prompt"], c.finish_reason) for q, c in pairs]
-
-
-def compute_rewards(
-    names: list[str], weights: list[float], rollout: Rollout
-) -> tuple[torch.Tensor, dict[str, list[Verdict]]]:
-    """(N,) weighted rewards, NaN where any verdict is unknown (could not be computed), and every verdict.
-
-    An unknown verdict says nothing about the completion, so scoring it 0 would punish a right answer
-    whose check timed out; the NaN drops the sample instead (counted as `reward_skipped`).
-    """
-    verdicts: dict[str, list[Verdict]] = {}
-    for name in names:
-        refs = reward_references(name, rollout.prompts, rollout.completions)
-        try:
-            verdicts[name] = verify_batch(name, rollout.texts, refs)
-        except Exception:  # one bad item must not sink the batch: check one by one, failures unknown
-            verdicts[name] = []
-            for text, ref in zip(rollout.texts, refs, strict=True):
-                try:
-                    verdicts[name] += verify_batch(name, [text], [ref], workers=1)
-                except Exception as e:
-                    verdicts[name].append(Verdict(UNKNOWN, f"could not check: {type(e).__name__}: {e}"))
-    rewards = []
-    for i in range(len(rollout.texts)):
-        vs = [verdicts[n][i] for n in names]
-        if any(v.unknown for v in vs):
-            rewards.append(math.nan)
-        else:
-            rewards.append(sum(w * float(v.passed) for w, v in zip(weights, vs, strict=True)))
-    return torch.tensor(rewards, dtype=torch.float32), verdicts
-
-
-@dataclass
-class MicroBatch:
-    """Padded rows: prompts left-padded to a common length, completions right-padded after them."""
-
-    input_ids: torch.Tensor
-    """(b, P + T) int64"""
-    attention_mask: torch.Tensor
-    """(b, P + T)"""
-    position_ids: torch.Tensor
-    """(b, P + T)"""
-    completion_ids: torch.Tensor
-    """(b, T) int64"""
-    mask: torch.Tensor
-    """(b, T) float: 1 on completion tokens"""
-    rows: list[int]
-    """Rows of the step's batch."""
-
-
-def micro_batches(completions: list[Completion], rows: list[int], size: int, pad: int) -> list[MicroBatch]:
-    """`rows` of `completions` in micro-batches of `size`, padded as `MicroBatch` describes."""
-    out = []
-    for start in range(0, len(rows), size):
-        part = rows[start : start + size]
-        ps = [list(completions[i].prompt_ids) for i in part]
-        cs = [[int(t) for t in completions[i].completion_ids] for i in part]
-        p, t = max(map(len, ps)), max(map(len, cs))
-        ids = torch.full((len(part), p + t), pad, dtype=torch.long)
-        att = torch.zeros((len(part), p + t), dtype=torch.long)
-        comp = torch.full((len(part), t), pad, dtype=torch.long)
-        mask = torch.zeros((len(part), t))
-        for j, (pi, ci) in enumerate(zip(ps, cs, strict=True)):
-            ids[j, p - len(pi) : p] = torch.tensor(pi)
-            ids[j, p : p + len(ci)] = torch.tensor(ci)
-            att[j, p - len(pi) : p + len(ci)] = 1
-            comp[j, : len(ci)] = torch.tensor(ci)
-            mask[j, : len(ci)] = 1
-        pos = (att.cumsum(-1) - 1).clamp(min=0)
-        out.append(MicroBatch(ids, att, pos, comp, mask, part))
-    return out
-
-
-def completion_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float, device: Any) -> tuple[Any, Any]:
-    """(b, T) logprobs of the completion tokens at `temperature` and at 1 (raw, comparable with the engine's)."""
-    t = mb.completion_ids.shape[1]
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
-        # only the T + 1 last positions through the output layer; the last one predicts past the end
-        logits = model(
-            input_ids=mb.input_ids.to(device),
-            attention_mask=mb.attention_mask.to(device),
-            position_ids=mb.position_ids.to(device),
-            use_cache=False,
-            logits_to_keep=t + 1,
-        ).logits[:, :-1]  # (b, T, V): memory hot spot
-    logits = logits.float()
-    target = mb.completion_ids.to(device)[..., None]
-    logp = torch.log_softmax(logits / temperature, -1).gather(-1, target)[..., 0]
-    raw = logp if temperature == 1.0 else torch.log_softmax(logits, -1).gather(-1, target)[..., 0]
-    return logp, raw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,12 +121,7 @@ class GRPORecipe:
         self.engine_args = self.preset.engine
         sampling = getattr(self.preset, "sampling", None)
         self.max_new_tokens = cfg.max_new_tokens or (sampling.max_new_tokens if sampling else 1024)
-        # rendered exactly as `distill eval` renders them
-        for q in prompts:
-            text = render_prompt(
-                self.tokenizer, q["prompt"], style.instruction, style.system_prompt, style.think_prefix
-            )
-            q["ids"] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        render_prompts(prompts, self.tokenizer, style)
         self.prompts = prompts
 
     def _load_policy(self) -> torch.nn.Module:
@@ -311,20 +183,7 @@ class GRPORecipe:
     def rollout(self) -> Rollout:
         cfg, g = self.cfg, self.cfg.group_size
         chosen = [self.prompts[i] for i in prompt_order(len(self.prompts), cfg.batch_size // g, self.step, cfg.seed)]
-        requests = [
-            Request(
-                (str(slot), i),
-                q["ids"],
-                request_seed(cfg.seed, f"{self.step}:{slot}:{q['id']}", i),
-                max_new_tokens=min(self.max_new_tokens, self.engine.max_model_len - len(q["ids"])),
-            )
-            for slot, q in enumerate(chosen)
-            for i in range(g)
-        ]
-        done = {c.key: c for c in self.engine.generate(iter(requests), self.spec)}
-        completions = [done[r.key] for r in requests]
-        texts = [decode_completion(self.tokenizer, c.completion_ids, c.prompt_ids) for c in completions]
-        return Rollout(completions, texts, [q for q in chosen for _ in range(g)])
+        return sample_rollout(self.engine, self.spec, self.tokenizer, chosen, g, self.step, cfg.seed)
 
     def update(
         self, batches: list[MicroBatch], advantages: torch.Tensor, engine_logprobs: list[np.ndarray]
@@ -377,14 +236,7 @@ class GRPORecipe:
         row["ratio_max"] = max(p["ratio_max"] for p in passes)
         row["kl"] = row["kl"] if self.reference is not None else 0.0
         # the engine's logprobs of its own samples against the trainer's π_θold (both at temperature 1)
-        diffs = [
-            (r.cpu() - torch.from_numpy(np.stack(_padded([engine_logprobs[i] for i in mb.rows], r.shape[1])))).abs()[
-                mb.mask.bool()
-            ]
-            for mb, r in zip(batches, raw, strict=True)
-        ]
-        d = torch.cat(diffs) if diffs else torch.zeros(1)
-        row["logprob_mismatch_mean"], row["logprob_mismatch_max"] = float(d.mean()), float(d.max())
+        row["logprob_mismatch_mean"], row["logprob_mismatch_max"] = logprob_mismatch(batches, raw, engine_logprobs)
         return row
 
     def provenance(self) -> dict[str, Any]:
@@ -502,10 +354,6 @@ class GRPORecipe:
             "steps": self.step,
         }
         return self.run.export(self.policy, self.tokenizer, GRPO_CONFIG, record)
-
-
-def _padded(arrays: list[np.ndarray], length: int) -> list[np.ndarray]:
-    return [np.pad(np.asarray(a, np.float32), (0, length - len(a))) for a in arrays]
 
 
 def run_grpo(cfg: GRPOConfig) -> Path:

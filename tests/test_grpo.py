@@ -26,7 +26,7 @@ from distill.checkpoints import latest_checkpoint
 from distill.presets import resolve_preset
 
 if TYPE_CHECKING:
-    from distill.grpo import Rollout
+    from distill.rollouts import Rollout
 
 TEACHER = Path(resolve_preset("arith-teacher", "teacher").hub_id)
 RUN_ARGS = [
@@ -202,7 +202,7 @@ def rollout_of(texts: list[str], prompts: list[dict]) -> Rollout:
     import numpy as np
 
     from distill.engines import Completion
-    from distill.grpo import Rollout
+    from distill.rollouts import Rollout
 
     completions = [
         Completion((str(i // 2), i % 2), [1, 2], np.zeros(3, np.int32), np.zeros((3, 1), np.int32),
@@ -213,7 +213,7 @@ def rollout_of(texts: list[str], prompts: list[dict]) -> Rollout:
 
 
 def test_a_reward_that_cannot_be_computed_is_skipped_and_counted() -> None:
-    from distill.grpo import compute_rewards
+    from distill.rollouts import compute_rewards
     from distill.losses import group_advantages
     from distill.verify import UNKNOWN
 
@@ -231,7 +231,7 @@ def test_a_sandbox_failure_drops_the_sample_instead_of_scoring_it_0(monkeypatch:
     """The code verifier's sandbox failure used to slip past a match on reason text and score 0."""
     import dataclasses
 
-    from distill.grpo import compute_rewards
+    from distill.rollouts import compute_rewards
     from distill.verify import code_check
 
     ref = {"io": [{"stdin": "1 2\n", "stdout": "3\n"}], "time_limit_s": 2}
@@ -248,7 +248,7 @@ def test_a_sandbox_failure_drops_the_sample_instead_of_scoring_it_0(monkeypatch:
 
 
 def test_a_verifier_that_raises_gives_unknown_verdicts_for_its_items_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from distill.grpo import compute_rewards
+    from distill.rollouts import compute_rewards
     from distill.verify import FAILED, PASSED, UNKNOWN, VERIFIERS, Verdict
 
     def picky(completion: str, reference: object, **options: object) -> Verdict:

@@ -1,0 +1,211 @@
+"""Rollouts shared by the stages that learn from the policy's own samples (`distill grpo`, `distill onpolicy`).
+
+Kept out of the stages because stages never import each other. What is here:
+- `resolve_policy`: the model to sample from, refused when it has no weights;
+- `render_prompts` / `sample_rollout`: prompts rendered exactly as `distill eval` renders them, G seeded
+  samples per prompt (the seed derives from run seed, step and slot, so a resumed run draws the same);
+- `compute_rewards`: the verifiers' weighted verdicts, NaN where a verdict is unknown;
+- `micro_batches` / `completion_logprobs`: left-padded prompts + right-padded completions, and the
+  completion tokens' logprobs from one forward pass (only the T + 1 last positions reach the output layer);
+- `logprob_mismatch`: the engine's logprobs of its own samples against the trainer's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.engines import Completion, Request, SamplingSpec, request_seed
+from distill.errors import DistillError
+from distill.models.tokenizer import decode_completion
+from distill.presets import resolve_preset
+from distill.prompts import render_prompt
+from distill.verify import UNKNOWN, Verdict, reference_for, verify_batch
+
+
+@dataclass
+class Rollout:
+    """One step's completions, in group order (G consecutive rows per prompt)."""
+
+    completions: list[Completion]
+    texts: list[str]
+    prompts: list[dict[str, Any]]
+    """The prompt of each row."""
+
+
+def resolve_policy(spec: str) -> Any:
+    """The policy's preset (resolved as eval resolves its model), refused when it has no weights."""
+    preset = resolve_preset(spec, "teacher")
+    path = Path(preset.hub_id)
+    if path.is_dir() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+        raise DistillError(
+            f"Policy {spec!r} has no weights in {path} (a random-init preset); GRPO polishes a trained model: "
+            "pass a `distill train` output directory (OUT/model) as --policy."
+        )
+    return preset
+
+
+def prompt_order(num_prompts: int, per_step: int, step: int, seed: int) -> list[int]:
+    """Prompt indices of `step`: consecutive slices of a fresh seeded permutation per epoch."""
+    out, perms = [], {}
+    for k in range(step * per_step, (step + 1) * per_step):
+        epoch, pos = divmod(k, num_prompts)
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_prompts)
+        out.append(int(perms[epoch][pos]))
+    return out
+
+
+def render_prompts(prompts: list[dict[str, Any]], tokenizer: Any, style: Any) -> None:
+    """Give every prompt its token ids `q["ids"]`, rendered exactly as `distill eval` renders them."""
+    for q in prompts:
+        text = render_prompt(tokenizer, q["prompt"], style.instruction, style.system_prompt, style.think_prefix)
+        q["ids"] = tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def sample_rollout(
+    engine: Any,
+    spec: SamplingSpec,
+    tokenizer: Any,
+    prompts: list[dict[str, Any]],
+    group_size: int,
+    step: int,
+    seed: int,
+) -> Rollout:
+    """G completions of each of `prompts` (rendered, with "ids"), each with a seed of its own."""
+    requests = [
+        Request(
+            (str(slot), i),
+            q["ids"],
+            request_seed(seed, f"{step}:{slot}:{q['id']}", i),
+            max_new_tokens=min(spec.max_new_tokens, engine.max_model_len - len(q["ids"])),
+        )
+        for slot, q in enumerate(prompts)
+        for i in range(group_size)
+    ]
+    done = {c.key: c for c in engine.generate(iter(requests), spec)}
+    completions = [done[r.key] for r in requests]
+    texts = [decode_completion(tokenizer, c.completion_ids, c.prompt_ids) for c in completions]
+    return Rollout(completions, texts, [q for q in prompts for _ in range(group_size)])
+
+
+def reward_references(name: str, prompts: list[dict[str, Any]], completions: list[Completion]) -> list[Any]:
+    """What verifier `name` checks each completion against."""
+    pairs = zip(prompts, completions, strict=True)
+    return [reference_for(name, q.get("answer"), q["prompt"], c.finish_reason) for q, c in pairs]
+
+
+def compute_rewards(
+    names: list[str], weights: list[float], rollout: Rollout
+) -> tuple[torch.Tensor, dict[str, list[Verdict]]]:
+    """(N,) weighted rewards, NaN where any verdict is unknown (could not be computed), and every verdict.
+
+    An unknown verdict says nothing about the completion, so scoring it 0 would punish a right answer
+    whose check timed out; the NaN drops the sample instead (counted as `reward_skipped`).
+    """
+    verdicts: dict[str, list[Verdict]] = {}
+    for name in names:
+        refs = reward_references(name, rollout.prompts, rollout.completions)
+        try:
+            verdicts[name] = verify_batch(name, rollout.texts, refs)
+        except Exception:  # one bad item must not sink the batch: check one by one, failures unknown
+            verdicts[name] = []
+            for text, ref in zip(rollout.texts, refs, strict=True):
+                try:
+                    verdicts[name] += verify_batch(name, [text], [ref], workers=1)
+                except Exception as e:
+                    verdicts[name].append(Verdict(UNKNOWN, f"could not check: {type(e).__name__}: {e}"))
+    rewards = []
+    for i in range(len(rollout.texts)):
+        vs = [verdicts[n][i] for n in names]
+        if any(v.unknown for v in vs):
+            rewards.append(math.nan)
+        else:
+            rewards.append(sum(w * float(v.passed) for w, v in zip(weights, vs, strict=True)))
+    return torch.tensor(rewards, dtype=torch.float32), verdicts
+
+
+@dataclass
+class MicroBatch:
+    """Padded rows: prompts left-padded to a common length, completions right-padded after them."""
+
+    input_ids: torch.Tensor
+    """(b, P + T) int64"""
+    attention_mask: torch.Tensor
+    """(b, P + T)"""
+    position_ids: torch.Tensor
+    """(b, P + T)"""
+    completion_ids: torch.Tensor
+    """(b, T) int64"""
+    mask: torch.Tensor
+    """(b, T) float: 1 on completion tokens"""
+    rows: list[int]
+    """Rows of the step's batch."""
+
+
+def micro_batches(completions: list[Completion], rows: list[int], size: int, pad: int) -> list[MicroBatch]:
+    """`rows` of `completions` in micro-batches of `size`, padded as `MicroBatch` describes."""
+    out = []
+    for start in range(0, len(rows), size):
+        part = rows[start : start + size]
+        ps = [list(completions[i].prompt_ids) for i in part]
+        cs = [[int(t) for t in completions[i].completion_ids] for i in part]
+        p, t = max(map(len, ps)), max(map(len, cs))
+        ids = torch.full((len(part), p + t), pad, dtype=torch.long)
+        att = torch.zeros((len(part), p + t), dtype=torch.long)
+        comp = torch.full((len(part), t), pad, dtype=torch.long)
+        mask = torch.zeros((len(part), t))
+        for j, (pi, ci) in enumerate(zip(ps, cs, strict=True)):
+            ids[j, p - len(pi) : p] = torch.tensor(pi)
+            ids[j, p : p + len(ci)] = torch.tensor(ci)
+            att[j, p - len(pi) : p + len(ci)] = 1
+            comp[j, : len(ci)] = torch.tensor(ci)
+            mask[j, : len(ci)] = 1
+        pos = (att.cumsum(-1) - 1).clamp(min=0)
+        out.append(MicroBatch(ids, att, pos, comp, mask, part))
+    return out
+
+
+def completion_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float, device: Any) -> tuple[Any, Any]:
+    """(b, T) logprobs of the completion tokens at `temperature` and at 1 (raw, comparable with the engine's)."""
+    t = mb.completion_ids.shape[1]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
+        # only the T + 1 last positions through the output layer; the last one predicts past the end
+        logits = model(
+            input_ids=mb.input_ids.to(device),
+            attention_mask=mb.attention_mask.to(device),
+            position_ids=mb.position_ids.to(device),
+            use_cache=False,
+            logits_to_keep=t + 1,
+        ).logits[:, :-1]  # (b, T, V): memory hot spot
+    logits = logits.float()
+    target = mb.completion_ids.to(device)[..., None]
+    logp = torch.log_softmax(logits / temperature, -1).gather(-1, target)[..., 0]
+    raw = logp if temperature == 1.0 else torch.log_softmax(logits, -1).gather(-1, target)[..., 0]
+    return logp, raw
+
+
+def logprob_mismatch(
+    batches: list[MicroBatch], trainer_logprobs: list[torch.Tensor], engine_logprobs: list[np.ndarray]
+) -> tuple[float, float]:
+    """Mean and max |engine − trainer| logprob over the completion tokens (both raw, at temperature 1).
+
+    A broken weight sync or a numerics gap between the sampling engine and the trainer shows up here.
+    trainer_logprobs: one (b, T) tensor per micro-batch; engine_logprobs: (T_i,) per row of the step's batch.
+    """
+    diffs = []
+    for mb, r in zip(batches, trainer_logprobs, strict=True):
+        eng = np.stack(
+            [
+                np.pad(np.asarray(engine_logprobs[i], np.float32), (0, r.shape[1] - len(engine_logprobs[i])))
+                for i in mb.rows
+            ]
+        )
+        diffs.append((r.cpu() - torch.from_numpy(eng)).abs()[mb.mask.bool()])
+    d = torch.cat(diffs) if diffs else torch.zeros(1)
+    return float(d.mean()), float(d.max())
