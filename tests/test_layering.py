@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "distill"
-STAGES = {"generate", "score", "filter", "train", "grpo", "evaluate", "demo", "experiments"}
+STAGES = {"generate", "score", "filter", "train", "grpo", "onpolicy", "evaluate", "demo", "experiments"}
 HEAVY = {"torch", "vllm", "transformers", "numpy", "datasets", "peft", "safetensors"}
 
 

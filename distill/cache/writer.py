@@ -55,7 +55,10 @@ class CacheWriter:
         key: str,
         provenance: dict[str, Any] | None = None,
         shard_bytes: int = DEFAULT_SHARD_BYTES,
+        extend: bool = False,
     ) -> None:
+        """`extend`: a complete cache of the same key may be reopened to append more records (a finished
+        on-policy run resumed for more steps); it is incomplete again until the next `finish()`."""
         problems = spec.problems()
         if problems:
             raise DistillError("Invalid cache settings: " + "; ".join(problems) + ".")
@@ -64,6 +67,7 @@ class CacheWriter:
         self.key = key
         self.provenance = dict(provenance or {})
         self.shard_bytes = shard_bytes
+        self.extend = extend
         self._buffer: list[tuple[Record, dict[str, bytes]]] = []
         self._buffer_bytes = 0
         self._done: set[tuple[str, int]] = set()
@@ -98,7 +102,9 @@ class CacheWriter:
                 f"{self.path} already holds a different cache (key {self.index.key}); "
                 "choose another output directory or delete it."
             )
-        if self.index.complete:
+        if self.index.complete and self.extend:
+            self.index.complete = False
+        elif self.index.complete:
             raise DistillError(f"Cache {self.path} is already complete; it cannot be appended to.")
         if self.index.format_version != FORMAT_VERSION:
             raise DistillError(

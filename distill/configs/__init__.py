@@ -14,6 +14,7 @@ from distill.configs.base import Config, field_docs
 from distill.configs.demo import DemoConfig
 from distill.configs.experiments import CompareConfig, RunsConfig
 from distill.configs.judge import EvalConfig, FilterConfig
+from distill.configs.onpolicy import OnPolicyConfig
 from distill.configs.student import GRPOConfig, TrainConfig
 from distill.configs.teacher import GenerateConfig, ScoreConfig
 
@@ -25,6 +26,7 @@ __all__ = [
     "FilterConfig",
     "GRPOConfig",
     "GenerateConfig",
+    "OnPolicyConfig",
     "RunsConfig",
     "ScoreConfig",
     "TrainConfig",

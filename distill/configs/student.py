@@ -148,7 +148,40 @@ class TrainConfig(Config, RunOptions):
 
 
 @dataclass(kw_only=True)
-class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions):
+class VerifierRewards:
+    """Which verifiers' verdicts make a completion's reward, and their weights (grpo, onpolicy)."""
+
+    rewards: str = "math,format"
+    """Comma-separated verifiers whose verdicts make the reward: math, code, format, lang, repetition."""
+    reward_weights: str | None = None
+    """Comma-separated weight per reward, e.g. 1,0.2 [all 1]."""
+    weights: list[float] = field(default_factory=list, init=False)
+    names: list[str] = field(default_factory=list, init=False)
+
+    def reward_problems(self) -> list[str]:
+        """Every invalid reward setting, as sentences; parses --rewards / --reward-weights into names, weights."""
+        from distill.verify import VERIFIERS
+
+        out = []
+        self.names = [r.strip() for r in self.rewards.split(",") if r.strip()]
+        unknown = [r for r in self.names if r not in VERIFIERS]
+        if unknown or not self.names:
+            out.append(
+                f"unknown reward(s) {', '.join(unknown) or '(none given)'} in --rewards; known: {', '.join(VERIFIERS)}"
+            )
+        try:
+            ws = [float(w) for w in self.reward_weights.split(",")] if self.reward_weights else [1.0] * len(self.names)
+        except ValueError:
+            ws = []
+            out.append(f"--reward-weights must be comma-separated numbers, got {self.reward_weights!r}")
+        if ws and len(ws) != len(self.names):
+            out.append(f"--reward-weights gives {len(ws)} weights for {len(self.names)} rewards; give one per reward")
+        self.weights = ws
+        return out
+
+
+@dataclass(kw_only=True)
+class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRewards):
     """Polish a policy with GRPO on verifier rewards."""
 
     COMMAND = "grpo"
@@ -174,10 +207,6 @@ class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions):
     (sum / (batch size × max new tokens))."""
     scale_rewards: ScaleRewards | None = None
     """group: divide advantages by the group's reward std; none: mean-only [group; none for dr_grpo]."""
-    rewards: str = "math,format"
-    """Comma-separated verifiers whose verdicts make the reward: math, code, format, lang, repetition."""
-    reward_weights: str | None = None
-    """Comma-separated weight per reward, e.g. 1,0.2 [all 1]."""
     max_new_tokens: int | None = None
     """Completion length limit [preset]; longer completions end with finish reason 'length'."""
     temperature: float = 1.0
@@ -192,13 +221,9 @@ class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions):
     """Run directory (checkpoints, metrics.jsonl, model/)."""
     gpu_memory_utilization: float = 0.3
     """Share of the GPU the colocated vLLM engine takes; the trainer needs the rest."""
-    weights: list[float] = field(default_factory=list, init=False)
-    names: list[str] = field(default_factory=list, init=False)
 
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
-        from distill.verify import VERIFIERS
-
         out = self.prompt_problems() + self.run_problems(self.save_every)
         if self.group_size < 2:
             out.append(
@@ -222,20 +247,7 @@ class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions):
         out += at_least(self.max_new_tokens, 1, "--max-new-tokens")
         if not 0 < self.gpu_memory_utilization < 1:
             out.append(f"--gpu-memory-utilization must be in (0, 1), got {self.gpu_memory_utilization}")
-        self.names = [r.strip() for r in self.rewards.split(",") if r.strip()]
-        unknown = [r for r in self.names if r not in VERIFIERS]
-        if unknown or not self.names:
-            out.append(
-                f"unknown reward(s) {', '.join(unknown) or '(none given)'} in --rewards; known: {', '.join(VERIFIERS)}"
-            )
-        try:
-            ws = [float(w) for w in self.reward_weights.split(",")] if self.reward_weights else [1.0] * len(self.names)
-        except ValueError:
-            ws = []
-            out.append(f"--reward-weights must be comma-separated numbers, got {self.reward_weights!r}")
-        if ws and len(ws) != len(self.names):
-            out.append(f"--reward-weights gives {len(ws)} weights for {len(self.names)} rewards; give one per reward")
-        self.weights = ws
+        out += self.reward_problems()
         return out
 
     @property

@@ -34,6 +34,18 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings
 
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, max_model_len: int | None = None) -> HFEngine:
+        """An engine over a model already loaded (e.g. a trainer's teacher), without a second copy of it."""
+        engine = cls.__new__(cls)
+        import transformers
+
+        engine.version = transformers.__version__
+        engine.model = model
+        engine.device = next(model.parameters()).device
+        engine.max_model_len = max_model_len or model.config.max_position_embeddings
+        return engine
+
     @torch.no_grad()
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Replace the model's weights with `state_dict` (same architecture and names), in place."""

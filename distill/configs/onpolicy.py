@@ -1,0 +1,108 @@
+"""Config of `distill onpolicy`: the student samples, the teacher grades every token it wrote."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from distill.configs.base import Backend, Config, ModelRuntime, PromptSource, at_least
+from distill.configs.student import RunOptions, VerifierRewards
+
+OnPolicyLoss = Literal["reverse", "topk"]
+OnPolicyKd = Literal["forward", "reverse", "jsd"]
+Aggregation = Literal["token", "sequence"]
+
+
+@dataclass(kw_only=True)
+class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRewards):
+    """On-policy distillation: the student samples completions, the teacher scores every token of them."""
+
+    COMMAND = "onpolicy"
+
+    student: str
+    """Model that samples and learns: a `distill train`/`grpo` OUT/model or run directory, a preset name, preset
+    YAML or hub id (it must have weights)."""
+    teacher: str
+    """Teacher that scores the student's tokens: a preset name, preset YAML, model directory or hub id; its
+    tokenizer must be the student's."""
+    loss: OnPolicyLoss = "reverse"
+    """reverse: per-token reverse KL log π_teacher − log π_student of each sampled token as a dense advantage
+    under the clipped ratio (Qwen3 / Tinker); topk: the `distill train` KD loss (--kd) over the teacher's top-k at
+    every sampled position (GKD, λ = 1)."""
+    kd: OnPolicyKd = "reverse"
+    """--loss topk: the divergence over the teacher's top-k plus its tail bucket (forward, reverse, jsd)."""
+    beta: float = 0.5
+    """--kd jsd: the mixture weight β (0 < β < 1)."""
+    top_k: int | None = None
+    """Teacher logprobs kept per position, for --loss topk and the scores cache OUT/cache [teacher preset]."""
+    teacher_backend: Backend = "hf"
+    """Teacher scoring: hf (a transformers forward in the trainer's numerics: exact, the default) or vllm (prompt
+    logprobs from a second vLLM engine in this process)."""
+    teacher_gpu_memory_utilization: float = 0.3
+    """--teacher-backend vllm: share of the GPU the teacher's engine takes."""
+    group_size: int = 4
+    """Completions sampled per prompt (≥ 2 when --reward-weight > 0: rewards are normalised within a prompt)."""
+    batch_size: int = 64
+    """Completions per step; a multiple of --group-size."""
+    micro_batch: int = 16
+    """Completions per forward/backward pass (the rest of the batch accumulates)."""
+    reward_weight: float = 0.0
+    """w: each completion's group-normalised verifier reward (--rewards) times w is added to every token's
+    advantage (0: pure distillation; > 0 mixes in GRPO)."""
+    epsilon: float = 0.2
+    """--loss reverse: clip range below 1 of the ratio π_θ/π_θold (and above, unless --epsilon-high)."""
+    epsilon_high: float | None = None
+    """--loss reverse: clip range above 1 [--epsilon]."""
+    iterations: int = 1
+    """μ: optimiser steps per batch of rollouts (1: the ratio is 1 and the clip never binds)."""
+    aggregation: Aggregation = "token"
+    """--loss reverse: token (every token weighs the same) or sequence (every completion weighs the same)."""
+    drop_truncated: bool = False
+    """Leave completions that hit --max-new-tokens out of the update (by default their tokens are trained on:
+    each token's teacher verdict is valid whether or not the completion finished)."""
+    max_new_tokens: int | None = None
+    """Completion length limit [student preset]; longer completions end with finish reason 'length'."""
+    self_check: int = 4
+    """Before step 1: greedy completions the teacher writes and then scores, so a broken scoring path shows at
+    once (0: skip)."""
+    lr: float = 1e-6
+    """AdamW learning rate (constant); 0 measures the reverse KL without changing the student."""
+    steps: int = 100
+    """Rollout steps; each samples one batch and makes μ optimiser steps."""
+    save_every: int = 10
+    """Checkpoint every N steps (and at the end)."""
+    out: Path = Path("runs/onpolicy")
+    """Run directory (checkpoints, metrics.jsonl, cache/ of the teacher's scores, model/)."""
+    gpu_memory_utilization: float = 0.3
+    """Share of the GPU the student's colocated vLLM engine takes; the trainer needs the rest."""
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
+        out = self.prompt_problems() + self.run_problems(self.save_every)
+        if self.group_size < 1 or (self.reward_weight and self.group_size < 2):
+            out.append(
+                f"--group-size must be ≥ 1 (≥ 2 with --reward-weight: rewards are compared within a prompt), "
+                f"got {self.group_size}"
+            )
+        elif self.batch_size < self.group_size or self.batch_size % self.group_size:
+            lo = max(self.group_size, self.batch_size // self.group_size * self.group_size)
+            out.append(
+                f"--batch-size {self.batch_size} is not a multiple of --group-size {self.group_size}; "
+                f"use e.g. {lo} or {lo + self.group_size}"
+            )
+        out += at_least(self.micro_batch, 1, "--micro-batch") + at_least(self.reward_weight, 0, "--reward-weight")
+        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
+        if not 0 < self.beta < 1:
+            out.append(f"--beta must be in (0, 1), got {self.beta}")
+        out += at_least(self.iterations, 1, "--iterations") + at_least(self.steps, 1, "--steps")
+        out += at_least(self.max_new_tokens, 1, "--max-new-tokens") + at_least(self.top_k, 1, "--top-k")
+        out += at_least(self.self_check, 0, "--self-check") + at_least(self.lr, 0, "--lr")
+        for flag, share in (
+            ("--gpu-memory-utilization", self.gpu_memory_utilization),
+            ("--teacher-gpu-memory-utilization", self.teacher_gpu_memory_utilization),
+        ):
+            if not 0 < share < 1:
+                out.append(f"{flag} must be in (0, 1), got {share}")
+        return out + self.reward_problems()

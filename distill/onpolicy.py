@@ -1,0 +1,668 @@
+"""`distill onpolicy`: the student samples, the teacher grades every token it wrote (on-policy distillation).
+
+    distill onpolicy --student runs/sft/model --teacher arith-teacher --prompts arith:train --steps 100
+
+One recipe that reads top to bottom: setup (tokenizer and template guards → models → engines → teacher
+self-check) → loop (rollout → teacher scoring → [rewards] → μ updates → weight sync → log → checkpoint) → save.
+Each step:
+
+- rollout: `batch_size / G` prompts, G completions each, sampled at temperature 1 by the student's engine
+  (vLLM in this process with its weights synced in place after every update, as `distill grpo` does; or
+  `--backend hf`). Temperature 1 because log π_θold − log π_T on samples of π_θold estimates
+  KL(π_θold‖π_T) only when the samples come from π_θold itself;
+- teacher scoring: the prompt rendered with the *teacher's* chat template, followed by the student's
+  completion ids verbatim (never re-tokenised), teacher-forced in one pass: the teacher's logprob of every
+  sampled token and its top-k with the exact tail mass. `--teacher-backend hf` (default) runs the teacher as a
+  transformers forward with the trainer's own numerics — a student identical to the teacher then sees
+  advantages of exactly 0; `vllm` uses a second engine's prompt-logprobs path (the top-k tail then derives
+  from the top-k). The scores are appended to OUT/cache in the cache format (`distill cache info`, notebooks);
+- loss: `reverse` — A_t = log π_T(x_t) − log π_θold(x_t) (+ w · group-normalised reward) per token under
+  the clipped ratio (distill.losses.onpolicy); `topk` — `distill_loss` with α = 0 over the teacher's top-k at
+  every sampled position (GKD with λ = 1), plus w · the reward policy gradient when --reward-weight > 0;
+- π_θold is the trainer's own forward right after the rollout (as grpo); the engine's logprobs of its own
+  samples are only compared with it (`logprob_mismatch`);
+- truncated completions (finish reason "length") are trained on by default — every token's teacher
+  verdict is valid whether or not the completion ended — and left out with --drop-truncated; either way
+  `truncated_frac` is logged.
+
+Guards learned from the anchors: the student's and teacher's regular vocabularies must be one (the ids
+are scored verbatim), the templates must open the completion the same way (think prefix) and end it with
+a token the teacher also ends on; both are refused with a sentence before any model loads. Before step 1
+the teacher writes a few greedy completions and scores them through the same scoring path: its mean
+logprob (near 0 for greedy text) and the gap to the logprobs it generated them with (≈ 0 when scoring is
+aligned) are logged and kept in run.json, so a shifted or broken scoring path shows before any update.
+
+Output and resume as `distill grpo`: OUT/checkpoints, OUT/metrics.jsonl (and `--report-to` trackers),
+OUT/run.json, OUT/model; `--resume` restores policy, optimiser, RNG and step and redraws the same samples.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import typer
+
+from distill.cache import CacheSpec, CacheWriter
+from distill.checkpoints import RunDirectory
+from distill.configs.onpolicy import OnPolicyConfig
+from distill.engines import Completion, Request, SamplingSpec, open_engine
+from distill.errors import DistillError
+from distill.fingerprint import cache_key, tokenizer_fingerprint, vocabulary_fingerprint
+from distill.losses import IGNORE_INDEX, distill_loss, group_advantages
+from distill.losses.onpolicy import onpolicy_reverse_objective, reverse_kl_advantages, reverse_kl_by_position
+from distill.models.tokenizer import load_tokenizer, stop_token_ids
+from distill.presets import resolve_preset
+from distill.prompts import load_prompts, record_meta
+from distill.recording import to_record
+from distill.rollouts import (
+    MicroBatch,
+    Rollout,
+    completion_logprobs,
+    compute_rewards,
+    logprob_mismatch,
+    micro_batches,
+    prompt_order,
+    render_prompts,
+    resolve_policy,
+    sample_rollout,
+)
+from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.tracking import open_trackers
+
+ONPOLICY_CONFIG = "distill_onpolicy.json"
+SCORES_CACHE = "cache"
+SELF_CHECK_GAP = 0.05  # nats/token between generation-time and scored logprobs past which scoring looks broken
+
+
+# ---------------------------------------------------------------------------------------------
+# guards
+
+
+def tokenizer_problems(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> list[str]:
+    """Why the teacher cannot score the student's token ids verbatim, as sentences (empty: it can)."""
+    if vocabulary_fingerprint(student_tok) == vocabulary_fingerprint(teacher_tok):
+        return []
+    return [
+        f"the student ({student}, {len(student_tok)} tokens) and the teacher ({teacher}, {len(teacher_tok)} tokens) "
+        "have different vocabularies, so the teacher would score other tokens than the student wrote; on-policy "
+        "distillation needs a student of the teacher's tokenizer family (cross-tokenizer scoring is not built yet)"
+    ]
+
+
+def template_problems(student: Any, teacher: Any, student_stops: list[int], teacher_stops: list[int]) -> list[str]:
+    """Why the student's completions would read differently after the teacher's template, as sentences."""
+    out = []
+    if student.prompt.think_prefix != teacher.prompt.think_prefix:
+        out.append(
+            f"the student's template opens its completion with {student.prompt.think_prefix!r} and the teacher's "
+            f"with {teacher.prompt.think_prefix!r}, so the teacher would score the student's text after another "
+            "opening; give both presets the same think_prefix"
+        )
+    if not set(student_stops) <= set(teacher_stops):
+        out.append(
+            f"the student ends its completions with token(s) {sorted(set(student_stops) - set(teacher_stops))} that "
+            f"do not end the teacher's turn (its stop tokens: {teacher_stops}); the teacher would score the end of "
+            "every completion as a mistake. Use a student with the teacher's chat template"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher scoring
+
+
+@dataclass
+class TeacherScores:
+    """The teacher's view of one step's completions, as (batch, time) tensors in row order (right-padded)."""
+
+    logprobs: torch.Tensor
+    """(N, T) float32 log π_T of each sampled token"""
+    topk_ids: torch.Tensor
+    """(N, T, k) int64"""
+    topk_logprobs: torch.Tensor
+    """(N, T, k) float32"""
+    tail_logprobs: torch.Tensor | None
+    """(N, T) float32 log mass outside the top-k, or None (derive it from the top-k)"""
+    rows: list[Completion]
+    """One Completion per row, arrays unpadded: what the scores cache records."""
+
+
+def stack_scores(rows: list[Completion]) -> TeacherScores:
+    """Per-row teacher completions as right-padded tensors (padding: logprob 0, id 0, tail −inf)."""
+    t = max(len(c.completion_ids) for c in rows)
+    k = rows[0].topk_ids.shape[1]
+
+    def pad(arrays: list[np.ndarray], value: float, dtype: torch.dtype) -> torch.Tensor:
+        shape = (len(arrays), t, *arrays[0].shape[1:])
+        out = torch.full(shape, value, dtype=dtype)
+        for i, a in enumerate(arrays):
+            out[i, : len(a)] = torch.as_tensor(np.asarray(a)).to(dtype)
+        return out
+
+    tails = [c.tail_logprobs for c in rows]
+    return TeacherScores(
+        logprobs=pad([c.sampled_logprobs for c in rows], 0.0, torch.float32),
+        topk_ids=pad([c.topk_ids.reshape(-1, k) for c in rows], 0, torch.long),
+        topk_logprobs=pad([c.topk_logprobs.reshape(-1, k) for c in rows], 0.0, torch.float32),
+        tail_logprobs=None if any(x is None for x in tails) else pad(tails, -math.inf, torch.float32),
+        rows=rows,
+    )
+
+
+def teacher_view(model: torch.nn.Module, mb: MicroBatch, top_k: int, device: Any) -> list[dict[str, np.ndarray]]:
+    """The teacher's logprob of each completion token, its top-k and the exact tail, per row of `mb`.
+
+    The forward is `completion_logprobs`'s, op for op, so identical weights give bit-identical logprobs.
+    """
+    t = mb.completion_ids.shape[1]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
+        logits = model(
+            input_ids=mb.input_ids.to(device),
+            attention_mask=mb.attention_mask.to(device),
+            position_ids=mb.position_ids.to(device),
+            use_cache=False,
+            logits_to_keep=t + 1,
+        ).logits[:, :-1]  # (b, T, V): memory hot spot
+    logp = torch.log_softmax(logits.float() / 1.0, -1)  # `/ 1.0` as completion_logprobs at temperature 1
+    sampled = logp.gather(-1, mb.completion_ids.to(device)[..., None])[..., 0]  # (b, T)
+    top_lp, top_ids = logp.topk(top_k, -1)  # (b, T, k)
+    tail = logp.scatter(-1, top_ids, -math.inf).logsumexp(-1)  # (b, T) exact: the full distribution is here
+    out = []
+    for j in range(len(mb.rows)):
+        n = int(mb.mask[j].sum())
+        out.append(
+            {
+                "sampled_logprobs": sampled[j, :n].cpu().numpy(),
+                "topk_ids": top_ids[j, :n].int().cpu().numpy(),
+                "topk_logprobs": top_lp[j, :n].cpu().numpy(),
+                "tail_logprobs": tail[j, :n].cpu().numpy(),
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the recipe
+
+
+class OnPolicyRecipe:
+    """setup → self-check → loop (rollout → score → [rewards] → μ updates → sync → log → checkpoint) → save."""
+
+    def __init__(self, cfg: OnPolicyConfig) -> None:
+        self.cfg = cfg
+        self.run = RunDirectory(Path(cfg.out))
+        self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        self.rollout_tokens = 0
+
+    def log(self, msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    # -----------------------------------------------------------------------------------------
+    # setup
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.student = resolve_policy(cfg.student)
+        self.teacher = resolve_preset(cfg.teacher, "teacher")
+        self.tokenizer = load_tokenizer(self.student.hub_id, self.student.revision)
+        self.teacher_tokenizer = load_tokenizer(self.teacher.hub_id, self.teacher.revision)
+        self.stops = stop_token_ids(self.tokenizer, self.student.hub_id)
+        problems = tokenizer_problems(self.tokenizer, self.teacher_tokenizer, self.student.name, self.teacher.name)
+        problems += template_problems(
+            self.student, self.teacher, self.stops, stop_token_ids(self.teacher_tokenizer, self.teacher.hub_id)
+        )
+        if problems:
+            raise DistillError("The teacher cannot score this student's samples: " + "; ".join(problems) + ".")
+        self.top_k = cfg.top_k or self.teacher.top_k
+        self._setup_prompts()
+        self._setup_models()
+        self.step = 0
+        if cfg.resume:
+            self._load_checkpoint()
+        self._setup_engines()
+
+    def _setup_prompts(self) -> None:
+        cfg = self.cfg
+        prompts, self.where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
+        if cfg.reward_weight and "math" in cfg.names and all(q.get("answer") is None for q in prompts):
+            raise DistillError(
+                f"Prompt source {self.where} has no gold answers; the math reward needs them (an answer column)."
+            )
+        sampling = getattr(self.student, "sampling", None)
+        self.max_new_tokens = cfg.max_new_tokens or (sampling.max_new_tokens if sampling else 1024)
+        render_prompts(prompts, self.tokenizer, self.student.prompt)
+        # the teacher reads the same question in its own chat template, then the student's ids verbatim
+        teacher_ids = [dict(q) for q in prompts]
+        render_prompts(teacher_ids, self.teacher_tokenizer, self.teacher.prompt)
+        for q, t in zip(prompts, teacher_ids, strict=True):
+            q["teacher_ids"] = t["ids"]
+        self.prompts = prompts
+
+    def _load(self, preset: Any) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, dtype=torch.float32).to(
+            self.device
+        )
+
+    def _setup_models(self) -> None:
+        self.policy = self._load(self.student).train()
+        self.teacher_model = None
+        if self.cfg.teacher_backend == "hf":
+            self.teacher_model = self._load(self.teacher).eval().requires_grad_(False)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.policy.parameters() if p.requires_grad],
+            lr=self.cfg.lr,
+            betas=(0.9, 0.99),
+            weight_decay=0.0,
+        )
+
+    def _setup_engines(self) -> None:
+        cfg = self.cfg
+        # colocated: the engines live in this process, so weights pass without serialisation (see distill grpo)
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        engine_args = self.student.engine
+        self.engine = open_engine(
+            cfg.backend,
+            self.student.hub_id,
+            dtype=cfg.dtype or engine_args.dtype,
+            max_model_len=engine_args.max_model_len,
+            max_logprobs=1,
+            seed=cfg.seed,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+        )
+        if self.step > 0:  # resumed: the engine starts from the checkpoint's weights, not the preset's
+            self.engine.load_weights(self.policy.state_dict())
+        self.teacher_engine = None
+        if cfg.teacher_backend == "vllm":
+            self.teacher_engine = open_engine(
+                "vllm",
+                self.teacher.hub_id,
+                dtype=self.teacher.engine.dtype,
+                max_model_len=self.teacher.engine.max_model_len,
+                max_logprobs=self.top_k,
+                seed=cfg.seed,
+                gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
+            )
+        room = [self.engine.max_model_len - len(q["ids"]) for q in self.prompts]
+        if all(r < 1 for r in room):
+            raise DistillError(f"Every prompt of {self.where} fills the model's context ({self.engine.max_model_len}).")
+        if any(r < 1 for r in room):
+            self.log(f"note: {sum(r < 1 for r in room)} prompts fill the model's context and are skipped")
+            self.prompts = [q for q, r in zip(self.prompts, room, strict=True) if r >= 1]
+        self.spec = SamplingSpec(1.0, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=self.stops)
+        self.log(
+            f"onpolicy: {self.student.name} ← {self.teacher.name} on {len(self.prompts)} prompts of {self.where}, "
+            f"{cfg.batch_size // cfg.group_size} prompts × G={cfg.group_size} per step, {cfg.steps} steps, "
+            f"loss {cfg.loss}{' (' + cfg.kd + ')' if cfg.loss == 'topk' else ''}, reward weight {cfg.reward_weight}, "
+            f"μ={cfg.iterations}, engines {self.engine.name} (student) / {cfg.teacher_backend} (teacher)"
+        )
+
+    def _open_cache(self) -> CacheWriter:
+        """OUT/cache: the teacher's scores of every rollout, in the cache format; a resumed run continues it.
+
+        fp32, not the compact codec: a run's rollouts are few next to an offline cache, and a reader checking
+        what the student was pulled toward should see exactly the logprobs the loss used.
+        """
+        settings = {
+            k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "out", "report_to", "steps", "save_every")
+        }
+        vocab = max(len(self.teacher_tokenizer), getattr(self.teacher_model, "vocab_size", 0) or 0)
+        if self.teacher_model is not None:
+            vocab = max(vocab, self.teacher_model.get_output_embeddings().weight.shape[0])
+        provenance = {
+            "teacher": self.teacher.name,
+            "teacher_model": self.teacher.hub_id,
+            "tokenizer_fingerprint": tokenizer_fingerprint(self.teacher_tokenizer),
+            "prompt_source": self.where,
+            "stage": "onpolicy",
+            "student": self.student.name,
+        }
+        key = cache_key(stage="onpolicy", settings=settings, teacher=self.teacher.hub_id)
+        return CacheWriter(
+            self.run.path / SCORES_CACHE,
+            CacheSpec(top_k=self.top_k, vocab_size=vocab, precision="fp32"),
+            key,
+            provenance,
+            extend=self.cfg.resume,
+        )
+
+    # -----------------------------------------------------------------------------------------
+    # teacher
+
+    def score(self, completions: list[Completion], prompts: list[dict[str, Any]]) -> TeacherScores:
+        """The teacher's view of every completion, teacher-forced after the teacher's rendering of its prompt."""
+        as_teacher = [
+            Completion(
+                c.key,
+                q["teacher_ids"],
+                c.completion_ids,
+                c.topk_ids,
+                c.topk_logprobs,
+                c.sampled_logprobs,
+                c.finish_reason,
+            )
+            for c, q in zip(completions, prompts, strict=True)
+        ]
+        if self.teacher_engine is not None:
+            requests = [
+                Request(c.key, c.prompt_ids, completion_ids=[int(t) for t in c.completion_ids]) for c in as_teacher
+            ]
+            scored = {s.key: s for s in self.teacher_engine.score(iter(requests), self.top_k)}
+            rows = [scored[c.key] for c in as_teacher]
+            for r, c in zip(rows, as_teacher, strict=True):
+                r.finish_reason = c.finish_reason
+            return stack_scores(rows)
+        pad = self.teacher_tokenizer.pad_token_id or 0
+        rows: list[Completion] = []
+        with torch.no_grad():
+            for mb in micro_batches(as_teacher, list(range(len(as_teacher))), self.cfg.micro_batch, pad):
+                for i, view in zip(mb.rows, teacher_view(self.teacher_model, mb, self.top_k, self.device), strict=True):
+                    c = as_teacher[i]
+                    rows.append(
+                        Completion(c.key, c.prompt_ids, c.completion_ids, finish_reason=c.finish_reason, **view)
+                    )
+        return stack_scores(rows)
+
+    def self_check(self) -> dict[str, float]:
+        """The teacher's greedy completions of a few prompts, scored by the scoring path (see the module doc)."""
+        n = min(self.cfg.self_check, len(self.prompts))
+        qs = self.prompts[:n]
+        spec = SamplingSpec(0.0, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=self.stops)
+        requests = [
+            Request((str(i), 0), q["teacher_ids"], max_new_tokens=self.max_new_tokens) for i, q in enumerate(qs)
+        ]
+        if self.teacher_engine is not None:
+            written = list(self.teacher_engine.generate(iter(requests), spec))
+        else:
+            from distill.engines.hf_engine import HFEngine
+
+            written = list(HFEngine.from_model(self.teacher_model).generate(iter(requests), spec))
+        written = [c for c in written if len(c.completion_ids)]
+        if not written:
+            return {}
+        by_key = {str(i): q for i, q in enumerate(qs)}
+        scored = self.score(written, [by_key[c.key[0]] for c in written])
+        gen = torch.cat([torch.as_tensor(c.sampled_logprobs, dtype=torch.float32) for c in written])
+        got = torch.cat([torch.as_tensor(c.sampled_logprobs, dtype=torch.float32) for c in scored.rows])
+        check = {
+            "completions": len(written),
+            "tokens": int(gen.numel()),
+            "mean_logprob": float(got.mean()),
+            "max_gap": float((got - gen).abs().max()),
+        }
+        self.log(
+            f"teacher self-check: {check['completions']} greedy completions of its own ({check['tokens']} tokens) "
+            f"score {check['mean_logprob']:.4f} nats/token; scoring vs generation differ by ≤ {check['max_gap']:.2g}"
+        )
+        if check["max_gap"] > SELF_CHECK_GAP or check["mean_logprob"] < -1.0:
+            self.log(
+                f"warning: the teacher's scores of its own greedy text look wrong (mean {check['mean_logprob']:.3f} "
+                f"nats/token, gap {check['max_gap']:.3f}); check --teacher, its template and --teacher-backend "
+                "before trusting this run"
+            )
+        return check
+
+    # -----------------------------------------------------------------------------------------
+    # one step
+
+    def rollout(self) -> Rollout:
+        cfg, g = self.cfg, self.cfg.group_size
+        chosen = [self.prompts[i] for i in prompt_order(len(self.prompts), cfg.batch_size // g, self.step, cfg.seed)]
+        return sample_rollout(self.engine, self.spec, self.tokenizer, chosen, g, self.step, cfg.seed)
+
+    def reward_advantages(self, rollout: Rollout) -> tuple[torch.Tensor | None, dict[str, Any]]:
+        """(N,) group-normalised rewards (0 where a verdict is unknown) and their metrics; None when off."""
+        if not self.cfg.reward_weight:
+            return None, {}
+        rewards, verdicts = compute_rewards(self.cfg.names, self.cfg.weights, rollout)
+        ok = ~torch.isnan(rewards)
+        row: dict[str, Any] = {"reward_mean": float(rewards[ok].mean()) if ok.any() else math.nan}
+        for name, vs in verdicts.items():
+            passed = torch.tensor([float(v.passed) for v in vs])[ok]
+            row[f"reward_{name}_mean"] = float(passed.mean()) if len(passed) else math.nan
+        row["reward_skipped"] = int((~ok).sum())
+        return group_advantages(rewards, self.cfg.group_size), row
+
+    def _padded(self, x: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+        """Rows `mb.rows` of a step tensor (N, T_step, ...), cut to the micro-batch's T."""
+        return x[mb.rows, : mb.completion_ids.shape[1]].to(self.device)
+
+    def _topk_loss(self, mb: MicroBatch, scores: TeacherScores, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """KD over the teacher's top-k at every sampled position (α = 0), this micro-batch's share of the batch mean."""
+        lm = self.policy
+        hidden = lm.model(
+            input_ids=mb.input_ids.to(self.device),
+            attention_mask=mb.attention_mask.to(self.device),
+            position_ids=mb.position_ids.to(self.device),
+            use_cache=False,
+        ).last_hidden_state[:, -mb.completion_ids.shape[1] - 1 : -1]  # (b, T, H): positions predicting completions
+        keep = mb.mask.bool().to(self.device)
+        targets = torch.where(keep, mb.completion_ids.to(self.device), IGNORE_INDEX)
+        tail = scores.tail_logprobs
+        out = distill_loss(
+            hidden[keep],
+            lm.get_output_embeddings().weight,
+            targets[keep],
+            self._padded(scores.topk_ids, mb)[keep],
+            self._padded(scores.topk_logprobs, mb)[keep],
+            None if tail is None else self._padded(tail, mb)[keep],
+            alpha=0.0,
+            kd=self.cfg.kd,
+            beta=self.cfg.beta,
+        )
+        share = out.num_tokens / max(tokens, 1)
+        return out.loss * share, out.kd * share
+
+    def update(
+        self, batches: list[MicroBatch], scores: TeacherScores, rewards: torch.Tensor | None
+    ) -> tuple[dict[str, float], list[torch.Tensor]]:
+        """π_θold, then μ passes of the loss; the pass statistics averaged, and the trainer's raw logprobs."""
+        cfg = self.cfg
+        with torch.no_grad():  # before the first update: exactly π_θold (sampled at temperature 1)
+            old = [completion_logprobs(self.policy, mb, 1.0, self.device)[0] for mb in batches]
+        seqs = sum(len(mb.rows) for mb in batches)
+        toks = int(sum(mb.mask.sum() for mb in batches))
+        passes = []
+        for _ in range(cfg.iterations):
+            sums: dict[str, float] = {}
+            for k, mb in enumerate(batches):
+                mask = mb.mask.to(self.device)
+                reward = None if rewards is None else rewards[mb.rows].to(self.device)
+                teacher = self._padded(scores.logprobs, mb)
+                loss = torch.zeros((), device=self.device)
+                stats: dict[str, Any] = {}
+                if cfg.loss == "reverse" or reward is not None:
+                    logp, _ = completion_logprobs(self.policy, mb, 1.0, self.device)
+                    if cfg.loss == "reverse":
+                        adv = reverse_kl_advantages(old[k], teacher, mask, reward, cfg.reward_weight)
+                    else:  # topk: the reward's policy gradient beside the KD term
+                        adv = torch.where(mask.bool(), cfg.reward_weight * reward[:, None], 0.0)
+                    pg, stats = onpolicy_reverse_objective(
+                        logp,
+                        old[k],
+                        adv,
+                        mask,
+                        cfg.epsilon,
+                        cfg.epsilon_high,
+                        cfg.aggregation,
+                        batch_sequences=seqs,
+                        batch_tokens=toks,
+                    )
+                    loss = loss + pg
+                if cfg.loss == "topk":
+                    kd_loss, kd = self._topk_loss(mb, scores, toks)
+                    loss = loss + kd_loss
+                    sums["kd"] = sums.get("kd", 0.0) + float(kd)
+                loss.backward()
+                n = float(mb.mask.sum())
+                for key in ("clip_low", "clip_high", "ratio_mean"):
+                    if key in stats:
+                        sums[key] = sums.get(key, 0.0) + float(stats[key]) * n / max(toks, 1)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+            self.run.stop_if_not_finite(sums["loss"], self.step + 1)
+            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            passes.append({**sums, "grad_norm": float(norm)})
+        row = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
+        return row, old
+
+    def step_once(self) -> dict[str, Any]:
+        """One step: rollout → teacher scoring → [rewards] → updates → weight sync; its metrics row."""
+        cfg = self.cfg
+        start = time.perf_counter()
+        rollout = self.rollout()
+        rollout_s = time.perf_counter() - start
+        scores = self.score(rollout.completions, rollout.prompts)
+        teacher_s = time.perf_counter() - start - rollout_s
+        self._record(scores, rollout.prompts)
+        rewards, row = self.reward_advantages(rollout)
+        lengths = [len(c.completion_ids) for c in rollout.completions]
+        truncated = [c.finish_reason == "length" for c in rollout.completions]
+        self.rollout_tokens += sum(lengths)
+        row.update(
+            completion_len_mean=float(np.mean(lengths)),
+            truncated_frac=float(np.mean(truncated)),
+            rollout_tokens=self.rollout_tokens,
+        )
+        keep = [i for i, n in enumerate(lengths) if n and not (cfg.drop_truncated and truncated[i])]
+        if keep:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            batches = micro_batches(rollout.completions, keep, cfg.micro_batch, pad)
+            updated = time.perf_counter()
+            stats, old = self.update(batches, scores, rewards)
+            row.update(stats)
+            row["update_s"] = time.perf_counter() - updated
+            # reverse KL of the policy that sampled (π_θold) to the teacher, over the trained tokens
+            t = max(o.shape[1] for o in old)
+            student = torch.cat([torch.nn.functional.pad(o.cpu(), (0, t - o.shape[1])) for o in old])
+            mask = torch.cat([torch.nn.functional.pad(mb.mask, (0, t - mb.mask.shape[1])) for mb in batches])
+            teacher = scores.logprobs[keep, :t]
+            teacher = torch.nn.functional.pad(teacher, (0, t - teacher.shape[1]))
+            row.update({k: float(v) for k, v in reverse_kl_by_position(student, teacher, mask).items()})
+            engine = [c.sampled_logprobs for c in rollout.completions]  # π_θold at temperature 1 is raw already
+            row["logprob_mismatch_mean"], row["logprob_mismatch_max"] = logprob_mismatch(batches, old, engine)
+            synced = time.perf_counter()
+            self.engine.load_weights(self.policy.state_dict())
+            row["sync_s"] = time.perf_counter() - synced
+        else:
+            self.log(f"warning: step {self.step + 1}: no completion to learn from (all empty or dropped as truncated)")
+        row["rollout_s"], row["teacher_s"], row["seconds"] = rollout_s, teacher_s, time.perf_counter() - start
+        return row
+
+    def _record(self, scores: TeacherScores, prompts: list[dict[str, Any]]) -> None:
+        """Append the step's teacher scores to OUT/cache (a resumed run skips what it already wrote)."""
+        done = self.cache.done_keys()
+        for c, q in zip(scores.rows, prompts, strict=True):
+            c.key = (f"{self.step + 1}:{c.key[0]}:{q['id']}", c.key[1])
+            if c.key not in done:
+                self.cache.append(to_record(c, {**record_meta(q), "step": self.step + 1}))
+
+    # -----------------------------------------------------------------------------------------
+    # the loop
+
+    def provenance(self) -> dict[str, Any]:
+        """What the run's manifest records once set up: the student it starts from, the teacher, the prompts."""
+        parent = run_of_model(self.student.hub_id)
+        return {
+            "model": self.cfg.student,
+            "parent_run": read_manifest(parent).id if parent else None,
+            "summary": {"teacher": self.cfg.teacher, "prompts": self.where, "prompt_count": len(self.prompts)},
+        }
+
+    def final_metrics(self) -> dict[str, Any]:
+        """Reverse KL, completion length and rewards over the last 10 steps, and steps."""
+        keys = (
+            "reverse_kl",
+            "reverse_kl_last_quarter",
+            "completion_len_mean",
+            "truncated_frac",
+            "reward_mean",
+            "rollout_tokens",
+            *(f"reward_{n}_mean" for n in self.cfg.names),
+        )
+        return self.run.final_metrics(keys, last=10)
+
+    def train(self, record: RunRecord) -> None:
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.run.start_metrics(self.step)
+        rows = self.run.metric_rows()
+        self.rollout_tokens = rows[-1].get("rollout_tokens", 0) if rows else 0
+        if self.step == 0 and cfg.self_check:
+            record.update(summary={**record.manifest.summary, "teacher_self_check": self.self_check()})
+        m = record.manifest
+        trackers = open_trackers(cfg.report_to, self.run.path, m.id, m.name, m.config, cfg.resume)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="onpolicy", dynamic_ncols=True)
+        try:
+            with self._open_cache() as self.cache:
+                while self.step < cfg.steps:
+                    row = {"step": self.step + 1, **self.step_once()}
+                    self.step += 1
+                    self.run.log_metrics(row)
+                    trackers.log({f"onpolicy/{k}": v for k, v in row.items() if k != "step"}, self.step)
+                    record.heartbeat(row)
+                    bar.set_postfix_str(
+                        f"reverse-kl {row.get('reverse_kl', math.nan):.4f} len {row['completion_len_mean']:.0f} "
+                        f"{row['seconds']:.1f}s",
+                        refresh=False,
+                    )
+                    bar.update(1)
+                    if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                        self.cache.flush()  # the scores of every step up to the checkpoint are on disk with it
+                        self._save_checkpoint()
+                self.cache.finish(tokenizer=self.teacher_tokenizer)
+        except BaseException:
+            trackers.close(failed=True)
+            raise
+        finally:
+            bar.close()
+        trackers.close()
+
+    # -----------------------------------------------------------------------------------------
+    # checkpoints and save
+
+    def _save_checkpoint(self) -> None:
+        state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
+        self.run.save_checkpoint(self.step, state)
+
+    def _load_checkpoint(self) -> None:
+        last, state = self.run.load_checkpoint(map_location=self.device)
+        self.policy.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.log(f"resumed from {last} (step {self.step})")
+
+    def save(self) -> Path:
+        record = {
+            "config": asdict(self.cfg),
+            "student": self.student.hub_id,
+            "teacher": self.teacher.hub_id,
+            "prompts": self.where,
+            "steps": self.step,
+        }
+        return self.run.export(self.policy, self.tokenizer, ONPOLICY_CONFIG, record)
+
+
+def run_onpolicy(cfg: OnPolicyConfig) -> Path:
+    """Run on-policy distillation and export; prints the output model directory as the last line of stdout."""
+    recipe = OnPolicyRecipe(cfg)
+    recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
+    recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind
+    with recipe.run.record("onpolicy", cfg) as record:
+        record.update(**recipe.provenance())
+        recipe.train(record)
+        path = recipe.save()
+        record.finish(recipe.final_metrics())
+    typer.echo(str(path))
+    return path

@@ -1,0 +1,238 @@
+"""`distill onpolicy` end to end on the bundled arith models: real vLLM rollouts, a real teacher forward.
+
+- a 3-step run (the bundled base student under the bundled teacher) logs every metric, writes the
+  teacher's scores of its rollouts as a cache whose logprobs equal an independent teacher forward over
+  the teacher's rendering of the prompt, records its manifest with the teacher self-check, and exports a
+  model transformers loads;
+- `--resume` from the step-2 checkpoint recomputes step 3 exactly and writes no score twice;
+- the teacher as its own student sees a reverse KL of exactly 0, a zero gradient, and unchanged weights;
+- `--loss topk` with verifier rewards mixed in trains and logs the KD term and the rewards;
+- a tokenizer or template mismatch, and bad settings, exit 1 with one sentence before anything is written.
+
+The advantage and the clipped objective are checked against hand-computed values in tests/losses/test_onpolicy.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill.checkpoints import latest_checkpoint
+from distill.presets import resolve_preset
+
+TEACHER = Path(resolve_preset("arith-teacher", "teacher").hub_id)
+STUDENT = Path(resolve_preset("arith-student", "teacher").hub_id)
+SMALL = [
+    "--prompts",
+    "arith:train",
+    "--group-size",
+    "2",
+    "--batch-size",
+    "8",
+    "--micro-batch",
+    "4",
+    "--max-new-tokens",
+    "48",
+    "--lr",
+    "1e-3",
+    "--save-every",
+    "1",
+    "--seed",
+    "3",
+]
+RUN_ARGS = ["--student", "arith-student", "--teacher", "arith-teacher", *SMALL]
+FIELDS = {
+    "step",
+    "reverse_kl",
+    "reverse_kl_first_quarter",
+    "reverse_kl_last_quarter",
+    "completion_len_mean",
+    "truncated_frac",
+    "rollout_tokens",
+    "rollout_s",
+    "teacher_s",
+    "update_s",
+    "sync_s",
+    "seconds",
+    "logprob_mismatch_mean",
+    "logprob_mismatch_max",
+    "loss",
+    "grad_norm",
+    "ratio_mean",
+    "clip_low",
+    "clip_high",
+}
+
+
+def distill(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    return subprocess.run([sys.executable, "-m", "distill", *args], capture_output=True, text=True, env=env)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("onpolicy") / "run"
+    proc = distill("onpolicy", *RUN_ARGS, "--steps", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(out / "model")
+    (out.parent / "stderr.txt").write_text(proc.stderr)
+    return out
+
+
+@pytest.mark.vllm
+def test_a_run_logs_every_metric_and_exports_a_model(run: Path) -> None:
+    rows = metrics(run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert FIELDS <= set(r), FIELDS - set(r)
+        # the base student is far from the teacher: a clearly positive reverse KL, and a gradient
+        assert r["reverse_kl"] > 0.1 and r["grad_norm"] > 0
+        # μ = 1: the ratio is exactly 1 and nothing clips; the engine samples from the trainer's weights
+        assert r["ratio_mean"] == 1.0 and r["clip_low"] == r["clip_high"] == 0.0
+        assert r["logprob_mismatch_mean"] < 0.05
+    lengths = [r["completion_len_mean"] * 8 for r in rows]
+    assert [r["rollout_tokens"] for r in rows] == pytest.approx([sum(lengths[: i + 1]) for i in range(3)])
+    assert "reward_mean" not in rows[0]  # rewards are off at --reward-weight 0
+    moved = weights(run / "model")
+    start = weights(STUDENT)
+    assert any(not torch.equal(moved[k], start[k]) for k in start)
+    assert json.loads((run / "model" / "distill_onpolicy.json").read_text())["steps"] == 3
+    assert latest_checkpoint(run / "checkpoints").name == "step-00000003"
+
+    stderr = (run.parent / "stderr.txt").read_text()
+    assert "teacher self-check: 4 greedy completions of its own" in stderr
+    manifest = json.loads((run / "run.json").read_text())
+    assert manifest["stage"] == "onpolicy" and manifest["status"] == "finished"
+    check = manifest["summary"]["teacher_self_check"]
+    assert check["completions"] == 4 and check["max_gap"] < 1e-4 and -1.0 < check["mean_logprob"] < 0
+    assert manifest["metrics"]["reverse_kl"] == pytest.approx(sum(r["reverse_kl"] for r in rows) / 3)
+
+
+@pytest.mark.vllm
+def test_the_teachers_scores_are_a_cache_equal_to_an_independent_teacher_forward(run: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from distill.cache import TeacherCache
+
+    info = json.loads(distill("cache", "info", str(run / "cache"), "--json").stdout)
+    assert info["complete"] and info["records"] == 3 * 8 and info["top_k"] == 20
+    cache = TeacherCache(run / "cache")
+    teacher = AutoModelForCausalLM.from_pretrained(TEACHER).eval()
+    for rec in cache.records([0, 11, 23]):
+        assert rec.meta["step"] in (1, 2, 3) and rec.meta["answer"] is not None
+        ids = torch.tensor([[*rec.prompt_ids.tolist(), *rec.completion_ids.tolist()]])
+        p, t = len(rec.prompt_ids), len(rec.completion_ids)
+        with torch.no_grad():
+            logp = torch.log_softmax(teacher(ids).logits[0, p - 1 : p + t - 1].float(), -1)  # (T, V)
+        want = logp.gather(-1, torch.as_tensor(rec.completion_ids, dtype=torch.long)[:, None])[:, 0]
+        assert torch.allclose(torch.as_tensor(rec.sampled_logprobs), want, atol=1e-5)  # fp32 scores, stored exactly
+        assert torch.equal(torch.as_tensor(rec.topk_ids[:, 0], dtype=torch.long), logp.argmax(-1))
+
+
+@pytest.mark.vllm
+def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resumed"
+    shutil.copytree(run, out)
+    shutil.rmtree(out / "checkpoints" / "step-00000003")
+    shutil.rmtree(out / "model")
+    proc = distill("onpolicy", *RUN_ARGS, "--steps", "3", "--out", str(out), "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(step 2)" in proc.stderr and "teacher self-check" not in proc.stderr
+    before, after = metrics(run), metrics(out)
+    assert [r["step"] for r in after] == [1, 2, 3]
+    for key in ("reverse_kl", "reverse_kl_last_quarter", "completion_len_mean", "loss", "grad_norm", "rollout_tokens"):
+        assert after[2][key] == pytest.approx(before[2][key], rel=1e-5, abs=1e-7), key
+    assert torch.equal(*(torch.cat([w.flatten() for w in weights(d / "model").values()]) for d in (run, out)))
+    info = json.loads(distill("cache", "info", str(out / "cache"), "--json").stdout)
+    assert info["complete"] and info["records"] == 3 * 8  # the redone step's scores are not written twice
+
+
+@pytest.mark.vllm
+def test_the_teacher_as_its_own_student_sees_zero_reverse_kl_and_gets_no_update(tmp_path: Path) -> None:
+    out = tmp_path / "self"
+    args = ["--student", "arith-teacher", "--teacher", "arith-teacher", *SMALL, "--lr", "1e-2", "--self-check", "0"]
+    proc = distill("onpolicy", *args, "--steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in metrics(out):
+        # the default teacher path is the trainer's own forward: bit-identical logprobs, advantages exactly 0
+        assert r["reverse_kl"] == 0.0 and r["reverse_kl_last_quarter"] == 0.0
+        assert r["loss"] == 0.0 and r["grad_norm"] == 0.0
+    after, before = weights(out / "model"), weights(TEACHER)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.vllm
+def test_topk_loss_with_rewards_mixed_in(tmp_path: Path) -> None:
+    out = tmp_path / "topk"
+    extra = ["--loss", "topk", "--kd", "forward", "--reward-weight", "0.5", "--self-check", "0"]
+    proc = distill("onpolicy", *RUN_ARGS, *extra, "--steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in metrics(out):
+        assert r["kd"] > 0.1 and r["grad_norm"] > 0
+        assert {"reward_mean", "reward_math_mean", "reward_format_mean", "reward_skipped"} <= set(r)
+        assert 0 <= r["reward_math_mean"] <= 1
+    assert any(
+        not torch.equal(a, b) for a, b in zip(weights(out / "model").values(), weights(STUDENT).values(), strict=True)
+    )
+
+
+def test_a_student_of_another_tokenizer_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    from distill.models.tiny import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other", vocab_size=300)
+    proc = distill(
+        "onpolicy", "--student", str(other), "--teacher", "arith-teacher", *SMALL, "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "have different vocabularies" in proc.stderr and "cross-tokenizer" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_template_that_opens_the_completion_differently_is_refused(tmp_path: Path) -> None:
+    text = (Path(resolve_preset("arith-teacher", "teacher").hub_id).parent / "arith-teacher.yaml").read_text()
+    preset = tmp_path / "no-think.yaml"
+    preset.write_text(
+        text.replace("name: arith-teacher", "name: no-think")
+        .replace("hub_id: arith-teacher", f"hub_id: {TEACHER}")
+        .replace('think_prefix: "<think>\\n"', 'think_prefix: ""')
+    )
+    proc = distill(
+        "onpolicy", "--student", str(preset), "--teacher", "arith-teacher", *SMALL, "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "opens its completion with ''" in proc.stderr and "same think_prefix" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (["--group-size", "1", "--reward-weight", "1"], "--group-size must be ≥ 1 (≥ 2 with --reward-weight"),
+        (["--group-size", "4", "--batch-size", "10"], "--batch-size 10 is not a multiple of --group-size 4"),
+        (["--beta", "1.5"], "--beta must be in (0, 1), got 1.5"),
+    ],
+)
+def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_path: Path) -> None:
+    base = ["--student", "arith-student", "--teacher", "arith-teacher", "--prompts", "arith:train"]
+    proc = distill("onpolicy", *base, *args, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: Invalid onpolicy settings:") and sentence in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
