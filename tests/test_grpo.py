@@ -213,8 +213,8 @@ def rollout_of(texts: list[str], prompts: list[dict]) -> Rollout:
 
 
 def test_a_reward_that_cannot_be_computed_is_skipped_and_counted() -> None:
-    from distill.rollouts import compute_rewards
     from distill.losses import group_advantages
+    from distill.rollouts import compute_rewards
     from distill.verify import UNKNOWN
 
     texts = ["<think>\n2 + 2 = 4</think> \\boxed{4}", "<think>\n2 + 2 = 5</think> \\boxed{5}"] * 2
