@@ -236,3 +236,20 @@ def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_p
     assert proc.stderr.startswith("error: Invalid onpolicy settings:") and sentence in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.vllm
+def test_other_engines_transformers_rollouts_and_a_vllm_teacher(tmp_path: Path) -> None:
+    out = tmp_path / "engines"
+    extra = ["--backend", "hf", "--teacher-backend", "vllm", "--self-check", "2"]
+    proc = distill("onpolicy", *RUN_ARGS, *extra, "--steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "engines hf (student) / vllm (teacher)" in proc.stderr
+    # the vLLM teacher scores its own greedy text exactly as it generated it
+    assert json.loads((out / "run.json").read_text())["summary"]["teacher_self_check"]["max_gap"] < 1e-4
+    rows = metrics(out)
+    assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["reverse_kl"] > 0.1 and r["grad_norm"] > 0 and r["logprob_mismatch_mean"] < 0.05
+    info = json.loads(distill("cache", "info", str(out / "cache"), "--json").stdout)
+    assert info["complete"] and info["records"] == 2 * 8

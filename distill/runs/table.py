@@ -2,7 +2,8 @@
 
 One function decides which settings matter for a run (`settings`), so every listing shows the same
 columns with the same names: the KD kind (sft when α = 1), tail, α, τ, the cache's top-k, the view,
-LoRA, steps and tokens for a student; the loss, group size and learning rate for grpo.
+LoRA, steps and tokens for a student; the loss, group size and learning rate for grpo; for onpolicy the loss
+(topk-KIND for the top-k KD), teacher, G, reward weight w and the final reverse KL (RKL).
 """
 
 from __future__ import annotations
@@ -53,7 +54,19 @@ def settings(m: RunManifest) -> dict[str, Any]:
             "steps": m.metrics["steps"] if ended else f"{m.metrics.get('step', 0)}/{s.get('total_steps')}",
             "tokens": m.metrics.get("tokens") if ended else None,
         }
-    if m.stage in ("grpo", "onpolicy"):
+    if m.stage == "onpolicy":
+        topk = c.get("loss") == "topk"
+        return {
+            "kind": f"topk-{c.get('kd')}" if topk else c.get("loss"),
+            "teacher": c.get("teacher"),
+            "G": c.get("group_size"),
+            "w": c.get("reward_weight"),
+            "lr": c.get("lr"),
+            "β": c.get("beta") if topk and c.get("kd") == "jsd" else NOT_APPLICABLE,
+            "seed": c.get("seed"),
+            "steps": m.metrics["steps"] if ended else f"{m.metrics.get('step', 0)}/{c.get('steps')}",
+        }
+    if m.stage == "grpo":
         return {
             "kind": c.get("loss"),
             "G": c.get("group_size"),
@@ -95,6 +108,7 @@ def run_rows(runs: list[tuple[RunManifest, Path]], now: float | None = None) -> 
         row.update({k: show(v) for k, v in settings(m).items()})
         row["CE"] = show(m.metrics.get("ce"))
         row["KD"] = show(m.metrics.get("kd") if row.get("kind") != "sft" else None)
+        row["RKL"] = show(m.metrics.get("reverse_kl"))  # on-policy: reverse KL to the teacher on its own samples
         row.update({f"pass@1 {b}": show(100 * v if v is not None else None, 1) for b, v in _each(pass1(m), benchmarks)})
         row["status"] = m.status
         row["age"] = format_age(now - m.started)
