@@ -20,18 +20,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 EVAL = ["--prompts", "arith:test", "--limit", "200", "--samples", "4", "--max-new-tokens", "96", "--dtype", "float32"]
-ROLLOUTS = ["--prompts", "arith:train", "--batch-size", "64", "--micro-batch", "16", "--max-new-tokens", "96"]
+# fp32 engines: vLLM would run a model directory (dtype auto) in bf16 on the CPU, sampling from a rounded policy
+ROLLOUTS = [
+    "--prompts",
+    "arith:train",
+    "--batch-size",
+    "64",
+    "--micro-batch",
+    "16",
+    "--max-new-tokens",
+    "96",
+    "--dtype",
+    "float32",
+]
 
 
 def distill(*args: str) -> None:
     print("$ distill " + " ".join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "distill", *args], check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    subprocess.run([sys.executable, "-m", "distill", *args], check=True, stdout=subprocess.DEVNULL, env=env)
 
 
 def pass1(model: Path, out: Path, seed: int) -> float:
@@ -50,7 +64,7 @@ def reverse_kl(model: Path, out: Path, seed: int) -> float:
         distill(
             "onpolicy", "--student", str(model), "--teacher", "arith-teacher", "--prompts", "arith:test",
             "--batch-size", "64", "--group-size", "4", "--max-new-tokens", "96", "--steps", "4", "--lr", "0",
-            "--self-check", "0", "--seed", str(seed), "--out", str(out), "--report-to", "none",
+            "--self-check", "0", "--dtype", "float32", "--seed", str(seed), "--out", str(out), "--report-to", "none",
         )  # fmt: skip
     rows = metric_rows(out)
     return sum(r["reverse_kl"] for r in rows) / len(rows)

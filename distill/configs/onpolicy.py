@@ -16,7 +16,7 @@ Aggregation = Literal["token", "sequence"]
 
 @dataclass(kw_only=True)
 class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRewards):
-    """On-policy distillation: the student samples completions, the teacher scores every token of them."""
+    """Distil on the student's own samples, graded per token."""
 
     COMMAND = "onpolicy"
 
