@@ -6,10 +6,11 @@ One recipe that reads top to bottom: setup (tokenizer and template guards → mo
 self-check) → loop (rollout → teacher scoring → [rewards] → μ updates → weight sync → log → checkpoint) → save.
 Each step:
 
-- rollout: `batch_size / G` prompts, G completions each, sampled at temperature 1 by the student's engine
-  (vLLM in this process with its weights synced in place after every update, as `distill grpo` does; or
-  `--backend hf`). Temperature 1 because log π_θold − log π_T on samples of π_θold estimates
-  KL(π_θold‖π_T) only when the samples come from π_θold itself;
+- rollout: `batch_size / G` prompts, G completions each, sampled at `--temperature` τ (default 1) by the
+  student's engine (vLLM in this process with its weights synced in place after every update, as `distill
+  grpo` does; or `--backend hf`). Both sides are scored at τ: log π_θold^τ − log π_T^τ on samples of
+  π_θold^τ estimates KL(π_θold^τ‖π_T^τ) — at τ = 1 the plain reverse KL; at τ < 1 the student is matched
+  to the teacher at the temperature it will be used at;
 - teacher scoring: the prompt rendered with the *teacher's* chat template, followed by the student's
   completion ids verbatim (never re-tokenised), teacher-forced in one pass: the teacher's logprob of every
   sampled token and its top-k with the exact tail mass. `--teacher-backend hf` (default) runs the teacher as a
@@ -41,7 +42,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ class TeacherScores:
     """The teacher's view of one step's completions, as (batch, time) tensors in row order (right-padded)."""
 
     logprobs: torch.Tensor
-    """(N, T) float32 log π_T of each sampled token"""
+    """(N, T) float32 log π_T of each sampled token, at the run's temperature (raw at 1)"""
     topk_ids: torch.Tensor
     """(N, T, k) int64"""
     topk_logprobs: torch.Tensor
@@ -131,11 +132,12 @@ class TeacherScores:
     tail_logprobs: torch.Tensor | None
     """(N, T) float32 log mass outside the top-k, or None (derive it from the top-k)"""
     rows: list[Completion]
-    """One Completion per row, arrays unpadded: what the scores cache records."""
+    """One Completion per row, arrays unpadded, raw logprobs: what the scores cache records."""
 
 
-def stack_scores(rows: list[Completion]) -> TeacherScores:
-    """Per-row teacher completions as right-padded tensors (padding: logprob 0, id 0, tail −inf)."""
+def stack_scores(rows: list[Completion], tempered: list[np.ndarray] | None = None) -> TeacherScores:
+    """Per-row teacher completions as right-padded tensors (padding: logprob 0, id 0, tail −inf); `tempered`:
+    each row's sampled-token logprobs at the run's temperature (None: the raw ones, temperature 1)."""
     t = max(len(c.completion_ids) for c in rows)
     k = rows[0].topk_ids.shape[1]
 
@@ -148,7 +150,7 @@ def stack_scores(rows: list[Completion]) -> TeacherScores:
 
     tails = [c.tail_logprobs for c in rows]
     return TeacherScores(
-        logprobs=pad([c.sampled_logprobs for c in rows], 0.0, torch.float32),
+        logprobs=pad(tempered or [c.sampled_logprobs for c in rows], 0.0, torch.float32),
         topk_ids=pad([c.topk_ids.reshape(-1, k) for c in rows], 0, torch.long),
         topk_logprobs=pad([c.topk_logprobs.reshape(-1, k) for c in rows], 0.0, torch.float32),
         tail_logprobs=None if any(x is None for x in tails) else pad(tails, -math.inf, torch.float32),
@@ -156,8 +158,11 @@ def stack_scores(rows: list[Completion]) -> TeacherScores:
     )
 
 
-def teacher_view(model: torch.nn.Module, mb: MicroBatch, top_k: int, device: Any) -> list[dict[str, np.ndarray]]:
-    """The teacher's logprob of each completion token, its top-k and the exact tail, per row of `mb`.
+def teacher_view(
+    model: torch.nn.Module, mb: MicroBatch, top_k: int, temperature: float, device: Any
+) -> tuple[list[dict[str, np.ndarray]], torch.Tensor]:
+    """Per row of `mb`: the teacher's raw logprob of each completion token, its top-k and the exact tail (what
+    the scores cache records); and (b, T) the sampled tokens' logprobs at `temperature` (what the advantage uses).
 
     The forward is `completion_logprobs`'s, op for op, so identical weights give bit-identical logprobs.
     """
@@ -170,8 +175,11 @@ def teacher_view(model: torch.nn.Module, mb: MicroBatch, top_k: int, device: Any
             use_cache=False,
             logits_to_keep=t + 1,
         ).logits[:, :-1]  # (b, T, V): memory hot spot
-    logp = torch.log_softmax(logits.float() / 1.0, -1)  # `/ 1.0` as completion_logprobs at temperature 1
-    sampled = logp.gather(-1, mb.completion_ids.to(device)[..., None])[..., 0]  # (b, T)
+    target = mb.completion_ids.to(device)[..., None]
+    at_t = torch.log_softmax(logits.float() / temperature, -1)  # (b, T, V) as completion_logprobs takes it
+    tempered = at_t.gather(-1, target)[..., 0]  # (b, T)
+    logp = at_t if temperature == 1.0 else torch.log_softmax(logits.float(), -1)  # (b, T, V) raw
+    sampled = logp.gather(-1, target)[..., 0]  # (b, T)
     top_lp, top_ids = logp.topk(top_k, -1)  # (b, T, k)
     tail = logp.scatter(-1, top_ids, -math.inf).logsumexp(-1)  # (b, T) exact: the full distribution is here
     out = []
@@ -185,7 +193,7 @@ def teacher_view(model: torch.nn.Module, mb: MicroBatch, top_k: int, device: Any
                 "tail_logprobs": tail[j, :n].cpu().numpy(),
             }
         )
-    return out
+    return out, tempered.cpu()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +306,7 @@ class OnPolicyRecipe:
         if any(r < 1 for r in room):
             self.log(f"note: {sum(r < 1 for r in room)} prompts fill the model's context and are skipped")
             self.prompts = [q for q, r in zip(self.prompts, room, strict=True) if r >= 1]
-        self.spec = SamplingSpec(1.0, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=self.stops)
+        self.spec = SamplingSpec(cfg.temperature, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=self.stops)
         self.log(
             f"onpolicy: {self.student.name} ← {self.teacher.name} on {len(self.prompts)} prompts of {self.where}, "
             f"{cfg.batch_size // cfg.group_size} prompts × G={cfg.group_size} per step, {cfg.steps} steps, "
@@ -315,9 +323,11 @@ class OnPolicyRecipe:
         settings = {
             k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "out", "report_to", "steps", "save_every")
         }
-        vocab = max(len(self.teacher_tokenizer), getattr(self.teacher_model, "vocab_size", 0) or 0)
-        if self.teacher_model is not None:
-            vocab = max(vocab, self.teacher_model.get_output_embeddings().weight.shape[0])
+        from transformers import AutoConfig
+
+        # the model's output rows, which may exceed the tokenizer's (padded vocabularies): every top-k id is below it
+        rows = AutoConfig.from_pretrained(self.teacher.hub_id, revision=self.teacher.revision).vocab_size
+        vocab = max(len(self.teacher_tokenizer), rows)
         provenance = {
             "teacher": self.teacher.name,
             "teacher_model": self.teacher.hub_id,
@@ -340,18 +350,7 @@ class OnPolicyRecipe:
 
     def score(self, completions: list[Completion], prompts: list[dict[str, Any]]) -> TeacherScores:
         """The teacher's view of every completion, teacher-forced after the teacher's rendering of its prompt."""
-        as_teacher = [
-            Completion(
-                c.key,
-                q["teacher_ids"],
-                c.completion_ids,
-                c.topk_ids,
-                c.topk_logprobs,
-                c.sampled_logprobs,
-                c.finish_reason,
-            )
-            for c, q in zip(completions, prompts, strict=True)
-        ]
+        as_teacher = [replace(c, prompt_ids=q["teacher_ids"]) for c, q in zip(completions, prompts, strict=True)]
         if self.teacher_engine is not None:
             requests = [
                 Request(c.key, c.prompt_ids, completion_ids=[int(t) for t in c.completion_ids]) for c in as_teacher
@@ -363,14 +362,17 @@ class OnPolicyRecipe:
             return stack_scores(rows)
         pad = self.teacher_tokenizer.pad_token_id or 0
         rows: list[Completion] = []
+        tempered: list[np.ndarray] = []
         with torch.no_grad():
             for mb in micro_batches(as_teacher, list(range(len(as_teacher))), self.cfg.micro_batch, pad):
-                for i, view in zip(mb.rows, teacher_view(self.teacher_model, mb, self.top_k, self.device), strict=True):
+                views, at_t = teacher_view(self.teacher_model, mb, self.top_k, self.cfg.temperature, self.device)
+                for j, (i, view) in enumerate(zip(mb.rows, views, strict=True)):
                     c = as_teacher[i]
                     rows.append(
                         Completion(c.key, c.prompt_ids, c.completion_ids, finish_reason=c.finish_reason, **view)
                     )
-        return stack_scores(rows)
+                    tempered.append(at_t[j, : len(c.completion_ids)].numpy())
+        return stack_scores(rows, tempered)
 
     def self_check(self) -> dict[str, float]:
         """The teacher's greedy completions of a few prompts, scored by the scoring path (see the module doc)."""
@@ -464,11 +466,14 @@ class OnPolicyRecipe:
 
     def update(
         self, batches: list[MicroBatch], scores: TeacherScores, rewards: torch.Tensor | None
-    ) -> tuple[dict[str, float], list[torch.Tensor]]:
-        """π_θold, then μ passes of the loss; the pass statistics averaged, and the trainer's raw logprobs."""
+    ) -> tuple[dict[str, float], list[torch.Tensor], list[torch.Tensor]]:
+        """π_θold, then μ passes of the loss; the pass statistics averaged, and π_θold's logprobs at the run's
+        temperature and raw (one (b, T) tensor per micro-batch each)."""
         cfg = self.cfg
-        with torch.no_grad():  # before the first update: exactly π_θold (sampled at temperature 1)
-            old = [completion_logprobs(self.policy, mb, 1.0, self.device)[0] for mb in batches]
+        t = cfg.temperature
+        with torch.no_grad():  # before the first update: exactly π_θold, at the temperature it sampled at
+            first = [completion_logprobs(self.policy, mb, t, self.device) for mb in batches]
+        old, raw = [f[0] for f in first], [f[1] for f in first]
         seqs = sum(len(mb.rows) for mb in batches)
         toks = int(sum(mb.mask.sum() for mb in batches))
         passes = []
@@ -481,7 +486,7 @@ class OnPolicyRecipe:
                 loss = torch.zeros((), device=self.device)
                 stats: dict[str, Any] = {}
                 if cfg.loss == "reverse" or reward is not None:
-                    logp, _ = completion_logprobs(self.policy, mb, 1.0, self.device)
+                    logp, _ = completion_logprobs(self.policy, mb, t, self.device)
                     if cfg.loss == "reverse":
                         adv = reverse_kl_advantages(old[k], teacher, mask, reward, cfg.reward_weight)
                     else:  # topk: the reward's policy gradient beside the KD term
@@ -510,11 +515,13 @@ class OnPolicyRecipe:
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             self.run.stop_if_not_finite(sums["loss"], self.step + 1)
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            for group in self.optimizer.param_groups:  # a function of the step, so a resumed run agrees
+                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / (cfg.warmup_steps + 1))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             passes.append({**sums, "grad_norm": float(norm)})
         row = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
-        return row, old
+        return row, old, raw
 
     def step_once(self) -> dict[str, Any]:
         """One step: rollout → teacher scoring → [rewards] → updates → weight sync; its metrics row."""
@@ -539,18 +546,18 @@ class OnPolicyRecipe:
             pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
             batches = micro_batches(rollout.completions, keep, cfg.micro_batch, pad)
             updated = time.perf_counter()
-            stats, old = self.update(batches, scores, rewards)
+            stats, old, raw = self.update(batches, scores, rewards)
             row.update(stats)
             row["update_s"] = time.perf_counter() - updated
-            # reverse KL of the policy that sampled (π_θold) to the teacher, over the trained tokens
+            # reverse KL of the policy that sampled (π_θold) to the teacher, both at τ, over the trained tokens
             t = max(o.shape[1] for o in old)
             student = torch.cat([torch.nn.functional.pad(o.cpu(), (0, t - o.shape[1])) for o in old])
             mask = torch.cat([torch.nn.functional.pad(mb.mask, (0, t - mb.mask.shape[1])) for mb in batches])
             teacher = scores.logprobs[keep, :t]
             teacher = torch.nn.functional.pad(teacher, (0, t - teacher.shape[1]))
             row.update({k: float(v) for k, v in reverse_kl_by_position(student, teacher, mask).items()})
-            engine = [c.sampled_logprobs for c in rollout.completions]  # π_θold at temperature 1 is raw already
-            row["logprob_mismatch_mean"], row["logprob_mismatch_max"] = logprob_mismatch(batches, old, engine)
+            engine = [c.sampled_logprobs for c in rollout.completions]  # raw, as the trainer's `raw`
+            row["logprob_mismatch_mean"], row["logprob_mismatch_max"] = logprob_mismatch(batches, raw, engine)
             synced = time.perf_counter()
             self.engine.load_weights(self.policy.state_dict())
             row["sync_s"] = time.perf_counter() - synced

@@ -165,9 +165,13 @@ def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.vllm
-def test_the_teacher_as_its_own_student_sees_zero_reverse_kl_and_gets_no_update(tmp_path: Path) -> None:
+@pytest.mark.parametrize("temperature", ["1.0", "0.6"])
+def test_the_teacher_as_its_own_student_sees_zero_reverse_kl_and_gets_no_update(
+    temperature: str, tmp_path: Path
+) -> None:
     out = tmp_path / "self"
     args = ["--student", "arith-teacher", "--teacher", "arith-teacher", *SMALL, "--lr", "1e-2", "--self-check", "0"]
+    args += ["--temperature", temperature]  # both sides are scored at τ: still bit-identical
     proc = distill("onpolicy", *args, "--steps", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in metrics(out):
@@ -227,6 +231,8 @@ def test_a_template_that_opens_the_completion_differently_is_refused(tmp_path: P
         (["--group-size", "1", "--reward-weight", "1"], "--group-size must be ≥ 1 (≥ 2 with --reward-weight"),
         (["--group-size", "4", "--batch-size", "10"], "--batch-size 10 is not a multiple of --group-size 4"),
         (["--beta", "1.5"], "--beta must be in (0, 1), got 1.5"),
+        (["--loss", "topk", "--temperature", "0.6"], "--loss topk takes --temperature 1 only"),
+        (["--teacher-backend", "vllm", "--temperature", "0.6"], "needs --teacher-backend hf"),
     ],
 )
 def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_path: Path) -> None:
@@ -253,3 +259,12 @@ def test_other_engines_transformers_rollouts_and_a_vllm_teacher(tmp_path: Path) 
         assert r["reverse_kl"] > 0.1 and r["grad_norm"] > 0 and r["logprob_mismatch_mean"] < 0.05
     info = json.loads(distill("cache", "info", str(out / "cache"), "--json").stdout)
     assert info["complete"] and info["records"] == 2 * 8
+
+
+def test_a_student_that_stops_on_a_token_the_teacher_does_not_is_refused() -> None:
+    from distill.onpolicy import template_problems
+
+    teacher = resolve_preset("arith-teacher", "teacher")
+    assert template_problems(teacher, teacher, [2], [2, 7]) == []
+    (problem,) = template_problems(teacher, teacher, [2, 9], [2, 7])
+    assert "token(s) [9] that do not end the teacher's turn (its stop tokens: [2, 7])" in problem

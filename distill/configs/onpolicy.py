@@ -61,13 +61,18 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     drop_truncated: bool = False
     """Leave completions that hit --max-new-tokens out of the update (by default their tokens are trained on:
     each token's teacher verdict is valid whether or not the completion finished)."""
+    temperature: float = 1.0
+    """τ: rollout sampling temperature; the student's and the teacher's logprobs are both taken at τ, so --loss
+    reverse matches the tempered distributions, KL(π_student^τ ‖ π_teacher^τ)."""
     max_new_tokens: int | None = None
     """Completion length limit [student preset]; longer completions end with finish reason 'length'."""
     self_check: int = 4
     """Before step 1: greedy completions the teacher writes and then scores, so a broken scoring path shows at
     once (0: skip)."""
     lr: float = 1e-6
-    """AdamW learning rate (constant); 0 measures the reverse KL without changing the student."""
+    """AdamW learning rate; 0 measures the reverse KL without changing the student."""
+    warmup_steps: int = 0
+    """Steps over which the learning rate rises linearly to --lr (then constant)."""
     steps: int = 100
     """Rollout steps; each samples one batch and makes μ optimiser steps."""
     save_every: int = 10
@@ -96,9 +101,19 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
             out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
         if not 0 < self.beta < 1:
             out.append(f"--beta must be in (0, 1), got {self.beta}")
+        if self.temperature <= 0:
+            out.append(f"--temperature must be > 0, got {self.temperature}")
+        elif self.temperature != 1 and self.loss == "topk":
+            out.append("--loss topk takes --temperature 1 only (the tempered tail of the teacher's top-k is unknown)")
+        elif self.temperature != 1 and self.teacher_backend == "vllm":
+            out.append(
+                "--temperature other than 1 needs --teacher-backend hf: vLLM's prompt logprobs are of the "
+                "untempered distribution"
+            )
         out += at_least(self.iterations, 1, "--iterations") + at_least(self.steps, 1, "--steps")
         out += at_least(self.max_new_tokens, 1, "--max-new-tokens") + at_least(self.top_k, 1, "--top-k")
         out += at_least(self.self_check, 0, "--self-check") + at_least(self.lr, 0, "--lr")
+        out += at_least(self.warmup_steps, 0, "--warmup-steps")
         for flag, share in (
             ("--gpu-memory-utilization", self.gpu_memory_utilization),
             ("--teacher-gpu-memory-utilization", self.teacher_gpu_memory_utilization),

@@ -1,0 +1,405 @@
+"""Cross-tokenizer distillation: a teacher's cached top-k taught to a student with another tokenizer.
+
+The two sides share the trace's text, not its tokens: the teacher's ids spell it, the student re-tokenises it.
+
+1. `token_spans`: each token's [start, end) in BYTES of the UTF-8 text. Byte-level BPE (Qwen, Llama 3) splits
+   multi-byte characters across tokens ("é" = "Ã" + "©"), and a fast tokenizer's character offsets give each
+   piece the whole character, so pieces could not be aligned. Spans are sums of each token's own bytes: exact
+   for the ids given, which need not be the canonical encoding of the text (sampled teacher ids often are
+   not), so no offset mapping from re-encoding is trusted. Tokenizers whose pieces do not concatenate to
+   their decoding (SentencePiece drops the first "▁") fall back to decoding growing prefixes, O(n²).
+2. `align_spans`: walk both sides and close a group wherever both end a token at the same byte, as TRL's GOLD
+   trainer does: one-to-one, merged (many-to-one, one-to-many, many-to-many), or unmatched (one side empty:
+   zero-width tokens at the end). A zero-width token joins the group that follows it.
+3. `vocab_map`: teacher id → student id of the token with the same bytes (−1: none): tokens are compared as
+   the bytes they add to the text ("Ġ" undone, "▁" decoded), one rule whatever the two conventions.
+4. `project_topk`: at a one-to-one position whose trace tokens are each other's counterparts both models
+   predict the next token from the same text, so the teacher's top-k moves onto student ids and the unmapped
+   part joins the tail bucket (the same KL on a coarser partition); `distill_loss` then applies unchanged on
+   the mapped columns (forward / reverse / jsd, bucket / renorm, chunking: all reused).
+5. `uld_loss`: everywhere else, Universal Logit Distillation (Boizard et al., 2024): L1 between the two sides'
+   probabilities sorted in decreasing order, which needs no token correspondence. The teacher is known only
+   through its top-k and tail, so the sorted vectors are compared on k + 1 buckets (the k largest, the rest):
+   a lower bound of the full sorted L1, equal to it when k covers both supports. A merged group compares its
+   first positions (the only pair conditioned on the same text), each scaled, as in GOLD, by the chain-rule
+   probability of its side's later trace tokens in the group: the trace path's mass is then the probability
+   of the group's whole text on either side.
+6. `cross_tokenizer_kd`: (α·CE + (1 − α)·(τ²·KD + xt_weight·ULD)) summed over the student positions and
+   divided by their number (ULD once per group, at τ = 1). Where the tokenizers agree, every position is
+   one-to-one and mapped and the result is `distill_loss`'s own, bit for bit.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from distill.losses.chunked import IGNORE_INDEX, distill_loss
+from distill.losses.kd import log1mexp
+
+KINDS = ("one_to_one", "many_to_one", "one_to_many", "many_to_many", "unmatched")
+XT_KD_KINDS = ("forward", "reverse", "jsd")  # sampled KD draws teacher ids, which need not map: not unbiased here
+
+Group = tuple[tuple[int, ...], tuple[int, ...]]  # (teacher positions, student positions) covering one text range
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One trace's teacher and student positions grouped by the text range they cover."""
+
+    groups: tuple[Group, ...]  # in text order; every position of both sides in exactly one group
+    num_teacher: int  # teacher positions (tokens) in the trace
+    num_student: int  # student positions in the trace
+    counts: dict[str, int]  # teacher positions per kind of group (KINDS)
+
+
+def alignment_shares(alignments: Sequence[Alignment]) -> dict[str, float]:
+    """Shares of all teacher positions aligned one-to-one, merged and unmatched: they sum to 1 (all 0 if none)."""
+    total = {kind: sum(a.counts[kind] for a in alignments) for kind in KINDS}
+    n = max(sum(total.values()), 1)
+    merged = total["many_to_one"] + total["one_to_many"] + total["many_to_many"]
+    return {"one_to_one": total["one_to_one"] / n, "merged": merged / n, "unmatched": total["unmatched"] / n}
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens as bytes, spans, alignment, vocabulary map
+
+
+@functools.lru_cache(maxsize=8)  # one table per tokenizer object: do not add tokens to a tokenizer after use
+def token_bytes(tokenizer: Any) -> tuple[bytes | None, ...]:
+    """(len(tokenizer),) the bytes each id adds to decoded text; None where a token has none of its own."""
+    added = {i: t.content.encode() for i, t in tokenizer.added_tokens_decoder.items()}
+    decoder = json.loads(tokenizer.backend_tokenizer.decoder.__getstate__()) if tokenizer.is_fast else {}
+    table: list[bytes | None] = []
+    if "ByteLevel" in json.dumps(decoder):  # the token's characters stand for its bytes
+        to_byte = _unicode_to_byte()
+        for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+            known = tok is not None and set(tok) <= to_byte.keys()
+            table.append(added.get(i) or (bytes(to_byte[c] for c in tok) if known else None))
+        return tuple(b or None for b in table)
+    anchor = tokenizer.encode("a", add_special_tokens=False)  # what a token adds after "a": a leading "▁" is a space
+    prefix = _decode(tokenizer, anchor)
+    for i in range(len(tokenizer)):
+        text = added[i].decode() if i in added else _decode(tokenizer, [*anchor, i])
+        piece = text if i in added else text[len(prefix) :] if text.startswith(prefix) else ""
+        table.append(piece.encode() if piece and "\ufffd" not in piece else None)  # "\ufffd": part of a character
+    return tuple(table)
+
+
+def token_spans(tokenizer: Any, text: str, ids: Sequence[int]) -> list[tuple[int, int]]:
+    """(n,) byte offsets [start, end) of each of `ids` (n,) in text.encode(): contiguous, covering all of it.
+
+    Raises ValueError when the ids do not spell `text` (another tokenizer's ids, or a normalising tokenizer).
+    """
+    data, table = text.encode(), token_bytes(tokenizer)
+    pieces = [table[i] if 0 <= i < len(table) else None for i in ids]
+    if all(p is not None for p in pieces) and b"".join(pieces) == data:
+        ends = list(itertools.accumulate(len(p) for p in pieces))
+    else:  # decode growing prefixes; one that ends inside a character ends before it
+        ends = [
+            min(len(_decode(tokenizer, ids[: i + 1]).rstrip("\ufffd").encode()), len(data)) for i in range(len(ids))
+        ]
+        if any(b < a for a, b in itertools.pairwise(ends)) or (ends[-1] if ends else 0) != len(data):
+            raise ValueError(
+                f"the {len(ids)} token ids do not spell the given text of {len(data)} bytes with this tokenizer "
+                f"({type(tokenizer).__name__}); re-tokenise the text that the ids decode to"
+            )
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def align_spans(teacher_spans: Sequence[tuple[int, int]], student_spans: Sequence[tuple[int, int]]) -> Alignment:
+    """Group teacher and student positions whose spans cover the same byte range (see the module docstring).
+
+    teacher_spans (n_t,), student_spans (n_s,): [start, end) pairs, each side contiguous, both covering the
+    same range (else ValueError). Returns an Alignment whose groups hold every position of both sides once.
+    """
+    sides = {"teacher": teacher_spans, "student": student_spans}
+    problems = [f"{name} spans are not contiguous [start, end) pairs" for name, spans in sides.items()
+                if any(b < a for a, b in spans) or any(x[1] != y[0] for x, y in itertools.pairwise(spans))]  # fmt: skip
+    if len({(s[0][0], s[-1][1]) for s in sides.values() if s}) > 1:
+        problems.append("teacher and student spans cover different byte ranges: they are not of the same text")
+    if problems:
+        raise ValueError("; ".join(problems))
+    groups, teacher, student, i, j = [], [], [], 0, 0
+    while i < len(teacher_spans) or j < len(student_spans):
+        t_end = teacher_spans[i][1] if i < len(teacher_spans) else math.inf
+        s_end = student_spans[j][1] if j < len(student_spans) else math.inf
+        if t_end <= s_end:  # take the token that ends first, both on a tie
+            teacher, i = [*teacher, i], i + 1
+        if s_end <= t_end:
+            student, j = [*student, j], j + 1
+        if teacher and student and teacher_spans[teacher[-1]][1] == student_spans[student[-1]][1]:
+            groups, teacher, student = [*groups, (tuple(teacher), tuple(student))], [], []
+    if teacher or student:
+        groups.append((tuple(teacher), tuple(student)))
+    counts = dict.fromkeys(KINDS, 0)
+    for t, s in groups:
+        counts[_kind(t, s)] += len(t)
+    return Alignment(tuple(groups), len(teacher_spans), len(student_spans), counts)
+
+
+def vocab_map(teacher_tok: Any, student_tok: Any) -> torch.Tensor:
+    """(V_teacher,) int64: for each teacher id the student id of the token with the same bytes, −1 if none.
+
+    V_teacher = len(teacher_tok). One-to-one: where one side has several ids of equal bytes, its lowest wins.
+    """
+    student = {b: i for i, b in reversed(list(enumerate(token_bytes(student_tok)))) if b is not None}
+    teacher = {b: i for i, b in reversed(list(enumerate(token_bytes(teacher_tok)))) if b in student}
+    out = torch.full((len(teacher_tok),), -1, dtype=torch.long)
+    out[list(teacher.values())] = torch.tensor([student[b] for b in teacher], dtype=torch.long)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss terms
+
+
+def project_topk(
+    topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, tail_logprobs: torch.Tensor | None, vmap: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's top-k on student ids, unmapped mass moved into the tail bucket.
+
+    topk_ids (N, k) teacher ids; topk_logprobs (N, k) raw logprobs; tail_logprobs (N,) log mass outside the
+    top-k (None: derived from the top-k in fp64, as `teacher_partition` does); vmap (V_teacher,).
+    Returns student_topk_ids (N, k) long, the mapped first in the teacher's order, then −1; student_topk_logprobs
+    (N, k), −inf at the −1s; student_tail (N,) log(tail + unmapped mass); mapped_mass (N,) fp32, the share of
+    the top-k's mass that mapped. A fully mapped row comes back bit for bit (logaddexp(t, −inf) is t).
+    """
+    sid = _map_ids(topk_ids, vmap)  # (N, k)
+    order = torch.sort((sid < 0).to(torch.uint8), dim=-1, stable=True).indices  # mapped first, order kept
+    sid, lp = sid.gather(-1, order), topk_logprobs.gather(-1, order)
+    mapped = sid >= 0
+    unmapped = torch.where(mapped, -math.inf, lp.double()).logsumexp(-1)  # (N,)
+    tail = torch.logaddexp(_tail(topk_logprobs, tail_logprobs), unmapped).to(
+        torch.promote_types(lp.dtype, torch.float32)
+    )
+    share = (torch.where(mapped, lp.double(), -math.inf).logsumexp(-1) - lp.double().logsumexp(-1)).exp()
+    return sid, torch.where(mapped, lp, -math.inf), tail, share.nan_to_num(0.0).float()
+
+
+def uld_rows(
+    student_logprobs: torch.Tensor, teacher_topk_logprobs: torch.Tensor, teacher_tail_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """Sorted-probability L1 on k + 1 buckets per row: (n, V), (n, k), (n,) → (n,) fp32 (fp64 stays fp64).
+
+    student_logprobs: log-masses over the student's whole vocabulary (log_softmax, or that plus a per-row
+    constant: a merged group's chain-rule factor); its tail bucket is its total minus its k largest.
+    teacher_topk_logprobs, teacher_tail_logprobs: the teacher's k largest log-masses (any order), log of the rest.
+    Σ_i |p_(i) − q_(i)| over the k largest of each side (q zero-padded where V < k) + |r_p − r_q|.
+    """
+    dtype = torch.float64 if student_logprobs.dtype == torch.float64 else torch.float32
+    k, log_q = teacher_topk_logprobs.shape[-1], student_logprobs.to(dtype)
+    p = teacher_topk_logprobs.to(dtype).exp().sort(dim=-1, descending=True).values  # (n, k)
+    q = log_q.topk(min(k, log_q.shape[-1]), dim=-1).values.exp()  # (n, ≤ k), sorted
+    q_tail = (log_q.logsumexp(-1).exp() - q.sum(-1)).clamp(min=0.0)  # (n,)
+    return (p - F.pad(q, (0, k - q.shape[-1]))).abs().sum(-1) + (teacher_tail_logprobs.to(dtype).exp() - q_tail).abs()
+
+
+def uld_loss(
+    student_logprobs: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_tail_logprobs: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """() mean of `uld_rows` over the rows where mask (n,) is True (None: all); 0 with no such row.
+
+    Shapes as in `uld_rows`. Sorted by size, the probabilities need no token correspondence: a student that
+    is the teacher with its vocabulary permuted scores 0.
+    """
+    per_row = uld_rows(student_logprobs, teacher_topk_logprobs, teacher_tail_logprobs)
+    mask = torch.ones_like(per_row, dtype=torch.bool) if mask is None else mask.bool()
+    return torch.where(mask, per_row, 0.0).sum() / max(int(mask.sum()), 1)
+
+
+@dataclass
+class CrossTokenizerOutput:
+    """The loss to backpropagate and its parts: sums over the student positions divided by `num_tokens`."""
+
+    loss: torch.Tensor  # () differentiable: (α·ce_sum + (1 − α)·(τ²·kd_sum + xt_weight·uld_sum)) / num_tokens
+    ce: torch.Tensor  # () detached cross-entropy to the student's trace tokens
+    kd: torch.Tensor  # () detached KD at the mapped one-to-one positions, before τ²
+    uld: torch.Tensor  # () detached ULD of the other groups, before xt_weight
+    num_tokens: int  # student positions
+    mapped_mass: float  # share of the teacher's top-k mass, over all its positions, that mapped onto student ids
+
+
+def cross_tokenizer_kd(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    alignments: Sequence[Alignment],
+    teacher_ids: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprobs: torch.Tensor | None,
+    vmap: torch.Tensor,
+    teacher_trace_logprobs: torch.Tensor | None = None,
+    *,
+    alpha: float = 0.5,
+    kd: str = "forward",
+    tail: str = "bucket",
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    xt_weight: float = 1.0,
+    chunk_size: int | None = None,
+    bias: torch.Tensor | None = None,
+) -> CrossTokenizerOutput:
+    """KD through `distill_loss` at mapped one-to-one positions, ULD on every other group, CE everywhere.
+
+    hidden (N_s, H), weight (V_s, H), bias (V_s,) or None: the student at its trace positions, in the order of
+    `alignments` (one per trace, trace i's rows after trace i − 1's); targets (N_s,) its trace ids, none masked.
+    teacher_ids (N_t,) the teacher's trace ids; topk_ids, topk_logprobs (N_t, k) and tail_logprobs (N_t,) or None
+    its cached view; vmap (V_t,) from `vocab_map`; teacher_trace_logprobs (N_t,) the teacher's logprobs of its
+    trace tokens for merged groups (the cache's sampled_logprobs, NaN where unknown; None or NaN: the top-k's
+    value, or the tail's log mass, an upper bound, for a token outside it). kd: one of XT_KD_KINDS; alpha, tail,
+    temperature, beta, chunk_size as in `distill_loss`. Raises ValueError, naming every problem, for bad input.
+    """
+    n_s, n_t = hidden.shape[0], topk_ids.shape[0]
+    held = (sum(a.num_student for a in alignments), sum(a.num_teacher for a in alignments))
+    problems = []
+    if kd not in XT_KD_KINDS:
+        problems.append(f"kd must be one of {', '.join(XT_KD_KINDS)} across tokenizers, got {kd!r}")
+    if xt_weight < 0:
+        problems.append(f"xt_weight must be ≥ 0, got {xt_weight}")
+    if held != (n_s, n_t):
+        problems.append(f"the alignments hold {held} (student, teacher) positions but the tensors {(n_s, n_t)}")
+    if bool((targets == IGNORE_INDEX).any()):
+        problems.append("targets hold IGNORE_INDEX: pass the student's trace positions only")
+    if problems:
+        raise ValueError("; ".join(problems))
+    sid, slp, stail, share = project_topk(topk_ids, topk_logprobs, tail_logprobs, vmap)
+    kept = (sid >= 0).sum(-1).tolist()  # (N_t,) mapped columns per teacher row
+    pairs, groups, ce_only = _plan(alignments, _map_ids(teacher_ids, vmap).tolist(), targets.tolist(), kept)
+    top_mass = topk_logprobs.double().logsumexp(-1).exp()  # (N_t,)
+    mapped_mass = float((share.double() * top_mass).sum() / top_mass.sum()) if n_t else 0.0
+    settings = dict(alpha=alpha, kd=kd, tail=tail, temperature=temperature, beta=beta, chunk_size=chunk_size)
+    sums = [hidden.sum().float() * 0.0] * 4  # loss, ce, kd, uld: zeros connected to the graph
+    for k_used in sorted({kept[t] for t, _ in pairs}):  # one distill_loss per number of mapped columns
+        t_rows = _index([t for t, _ in pairs if kept[t] == k_used], sid.device)
+        s_rows = _index([s for t, s in pairs if kept[t] == k_used], hidden.device)
+        out = distill_loss(hidden[s_rows], weight, targets[s_rows], sid[t_rows, :k_used], slp[t_rows, :k_used],
+                           stail[t_rows], bias=bias, **settings)  # fmt: skip
+        if out.num_tokens == n_s:  # every position one-to-one and mapped: distill_loss's own result, bit for bit
+            return CrossTokenizerOutput(out.loss, out.ce, out.kd, torch.zeros_like(out.kd), n_s, mapped_mass)
+        sums = [x + y * out.num_tokens for x, y in zip(sums, (out.loss, out.ce, out.kd, 0.0), strict=True)]
+    rows = sorted({s for _, group in groups for s in group} | set(ce_only))
+    if rows:  # CE at every other student row and ULD per group: these rows' (r, V_s) logits are materialised
+        common = torch.promote_types(hidden.dtype, weight.dtype)
+        logits = F.linear(hidden[rows].to(common), weight.to(common), None if bias is None else bias.to(common))
+        log_q = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)  # (r, V_s)
+        picked = log_q.gather(-1, targets[rows].long().unsqueeze(-1)).squeeze(-1)  # (r,) log q of the trace tokens
+        sums[0], sums[1] = sums[0] - alpha * picked.sum(), sums[1] - picked.sum()
+        if groups and alpha < 1.0:
+            where = {r: i for i, r in enumerate(rows)}
+            groups = [(t, tuple(where[s] for s in group)) for t, group in groups]  # student rows → rows of log_q
+            teacher = (teacher_ids, topk_ids, topk_logprobs, _tail(topk_logprobs, tail_logprobs))
+            uld_sum = _uld_groups(log_q, picked, groups, *teacher, teacher_trace_logprobs)
+            sums[0], sums[3] = sums[0] + (1.0 - alpha) * xt_weight * uld_sum, sums[3] + uld_sum
+    loss, ce, kd_mean, uld = (x / max(n_s, 1) for x in sums)
+    return CrossTokenizerOutput(loss, ce.detach(), kd_mean.detach(), uld.detach(), n_s, mapped_mass)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _plan(
+    alignments: Sequence[Alignment], trace_map: list[int], student_ids: list[int], kept: list[int]
+) -> tuple[list[tuple[int, int]], list[Group], list[int]]:
+    """Which term teaches each row of the concatenated traces: (teacher, student) row pairs for `distill_loss`,
+    (teacher rows, student rows) groups for ULD, and the student rows left to CE alone.
+
+    trace_map (N_t,) student id of each teacher trace token; student_ids (N_s,); kept (N_t,) mapped columns.
+    """
+    pairs, groups, ce_only, t0, s0 = [], [], [], 0, 0
+    for a in alignments:
+        for t, s in a.groups:
+            t, s = tuple(t0 + i for i in t), tuple(s0 + i for i in s)
+            if len(t) == len(s) == 1 and trace_map[t[0]] == student_ids[s[0]] and kept[t[0]] > 0:
+                pairs.append((t[0], s[0]))
+            elif t and s:
+                groups.append((t, s))
+            else:
+                ce_only += s
+        t0, s0 = t0 + a.num_teacher, s0 + a.num_student
+    return pairs, groups, ce_only
+
+
+def _uld_groups(
+    log_q: torch.Tensor,
+    picked: torch.Tensor,
+    groups: list[Group],
+    teacher_ids: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprobs: torch.Tensor,
+    sampled: torch.Tensor | None,
+) -> torch.Tensor:
+    """() Σ ULD over the groups, each side's first row scaled by the probability of its later trace tokens.
+
+    log_q (r, V_s) and picked (r,): the student's log-probs and trace-token values at the groups' student rows;
+    teacher_ids (N_t,), topk_ids / topk_logprobs (N_t, k), tail_logprobs (N_t,) fp64, sampled (N_t,) or None.
+    """
+    listed = topk_ids.long() == teacher_ids.long().unsqueeze(-1)  # (N_t, k)
+    trace = torch.where(
+        listed.any(-1), torch.where(listed, topk_logprobs.double(), -math.inf).logsumexp(-1), tail_logprobs
+    )
+    trace = trace if sampled is None else torch.where(sampled.isfinite(), sampled.double(), trace)  # (N_t,) log p
+    dev_t, dev_s = trace.device, log_q.device
+    later_t = [(g, r) for g, (t, _) in enumerate(groups) for r in t[1:]]
+    later_s = [(g, r) for g, (_, s) in enumerate(groups) for r in s[1:]]
+    chain_t = trace.new_zeros(len(groups)).index_add(  # (G,) log Π p(later teacher trace tokens)
+        0, _index([g for g, _ in later_t], dev_t), trace[_index([r for _, r in later_t], dev_t)]
+    )
+    chain_s = picked.new_zeros(len(groups)).index_add(  # (G,) log Π q(later student trace tokens)
+        0, _index([g for g, _ in later_s], dev_s), picked[_index([r for _, r in later_s], dev_s)]
+    )
+    first_t, first_s = _index([t[0] for t, _ in groups], dev_t), _index([s[0] for _, s in groups], dev_s)
+    teacher_top = (topk_logprobs.double()[first_t] + chain_t.unsqueeze(-1)).to(dev_s, log_q.dtype)  # (G, k)
+    teacher_tail = (tail_logprobs[first_t] + chain_t).to(dev_s, log_q.dtype)  # (G,)
+    return uld_rows(log_q[first_s], teacher_top, teacher_tail).sum()
+
+
+def _kind(teacher: tuple[int, ...], student: tuple[int, ...]) -> str:
+    """A group's kind (one of KINDS) from its sizes."""
+    if not teacher or not student:
+        return "unmatched"
+    return ("one_to_one", "one_to_many", "many_to_one", "many_to_many")[2 * (len(teacher) > 1) + (len(student) > 1)]
+
+
+def _tail(topk_logprobs: torch.Tensor, tail_logprobs: torch.Tensor | None) -> torch.Tensor:
+    """(N,) fp64 log mass outside the top-k (N, k): the one given, or derived as `teacher_partition` does."""
+    if tail_logprobs is not None:
+        return tail_logprobs.double()
+    log_mass = torch.logsumexp(topk_logprobs.double(), dim=-1)
+    return torch.where(log_mass < 0, log1mexp(log_mass.clamp(max=-1e-300)), -math.inf)
+
+
+def _map_ids(ids: torch.Tensor, vmap: torch.Tensor) -> torch.Tensor:
+    """vmap applied to ids of any shape; −1 for ids beyond it (a teacher embedding padded past its tokenizer)."""
+    ids, vmap = ids.long(), vmap.to(ids.device)
+    return torch.where(ids < vmap.shape[0], vmap[ids.clamp(max=vmap.shape[0] - 1)], -1)
+
+
+def _index(positions: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(positions, dtype=torch.long, device=device)
+
+
+def _unicode_to_byte() -> dict[str, int]:
+    """Byte-level BPE's alphabet (GPT-2's): the printable character that stands for each byte, inverted."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in keep]
+    return {chr(b): b for b in keep} | {chr(256 + n): b for n, b in enumerate(shifted)}
+
+
+def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
+    """Text of ids with special tokens kept and no clean-up, so that prefixes decode to prefixes."""
+    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -1,0 +1,351 @@
+"""Cross-tokenizer distillation with real tokenizers: the bundled teacher's byte-level BPE (Qwen's regex, 512
+tokens), a different byte-level BPE trained here (GPT-2's regex, 300 tokens) and a SentencePiece-style one
+("▁" markers). Where the tokenizers agree the loss is `distill_loss` bit for bit; alignment, projection and
+ULD match hand-worked cases; multi-byte characters split across tokens align."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import distill_loss
+from distill.losses.cross_tokenizer import (
+    align_spans,
+    alignment_shares,
+    cross_tokenizer_kd,
+    project_topk,
+    token_bytes,
+    token_spans,
+    uld_loss,
+    uld_rows,
+    vocab_map,
+)
+
+TEACHER = Path(__file__).resolve().parents[2] / "teachers" / "arith-teacher"
+TEXT = "<think>\nCompute 12×3 = 36. café 😀 中文, so we add 17 + 25 = 42.</think>\n\\boxed{42}<|im_end|>"
+H, K = 16, 8
+
+
+@pytest.fixture(scope="module")
+def teacher_tok():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TEACHER)
+
+
+@pytest.fixture(scope="module")
+def student_tok():
+    from distill.models.tiny import build_tokenizer, default_corpus
+
+    return build_tokenizer(default_corpus(seed=1), vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def metaspace_tok():
+    """A SentencePiece-style BPE: "▁" marks a space, and the first token's is dropped when decoding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from distill.models.tiny import default_corpus
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"], show_progress=False)
+    tok.train_from_iterator(default_corpus(seed=2), trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+
+
+def encode(tok, text: str = TEXT) -> list[int]:
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def teacher_view(n: int, vocab: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, K) top-k ids and logprobs of random teacher distributions over `vocab`, and the exact tail (n,)."""
+    g = torch.Generator().manual_seed(seed)
+    log_p = torch.log_softmax(2.0 * torch.randn(n, vocab, generator=g), dim=-1)
+    top = log_p.topk(K, dim=-1)
+    return top.indices, top.values, log_p.scatter(-1, top.indices, -math.inf).logsumexp(-1)
+
+
+def student_model(n: int, vocab: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states (n, H) and an output layer (vocab, H) that want gradients."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, H, generator=g).requires_grad_()
+    return hidden, (0.5 * torch.randn(vocab, H, generator=g)).requires_grad_()
+
+
+def covered(spans, positions) -> tuple[int, int]:
+    return spans[positions[0]][0], spans[positions[-1]][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) identical tokenizers: every piece is the identity and the loss is distill_loss's own
+
+
+def test_identical_tokenizers_align_one_to_one_map_identically_and_project_everything(teacher_tok) -> None:
+    ids = encode(teacher_tok)
+    spans = token_spans(teacher_tok, TEXT, ids)
+    alignment = align_spans(spans, spans)
+    assert alignment.groups == tuple(((i,), (i,)) for i in range(len(ids)))
+    assert alignment_shares([alignment]) == {"one_to_one": 1.0, "merged": 0.0, "unmatched": 0.0}
+    assert torch.equal(vocab_map(teacher_tok, teacher_tok), torch.arange(len(teacher_tok)))
+    topk_ids, topk_lp, tail = teacher_view(len(ids), len(teacher_tok))
+    sid, slp, stail, share = project_topk(topk_ids, topk_lp, tail, torch.arange(len(teacher_tok)))
+    assert torch.equal(sid, topk_ids) and torch.equal(slp, topk_lp) and torch.equal(stail, tail)
+    assert torch.equal(share, torch.ones(len(ids)))
+
+
+@pytest.mark.parametrize(
+    ("kd", "tail", "temperature", "given_tail"),
+    [
+        ("forward", "bucket", 1.0, True),
+        ("reverse", "bucket", 1.0, True),
+        ("jsd", "bucket", 1.0, True),
+        ("forward", "bucket", 1.0, False),
+        ("reverse", "renorm", 2.0, True),
+        ("jsd", "renorm", 2.0, False),
+    ],
+)
+def test_identical_tokenizers_give_distill_loss_exactly(teacher_tok, kd, tail, temperature, given_tail) -> None:
+    ids = encode(teacher_tok)
+    spans = token_spans(teacher_tok, TEXT, ids)
+    alignment = align_spans(spans, spans)
+    targets = torch.tensor(ids * 2)  # two traces, rows of the second after the first's
+    topk_ids, topk_lp, exact_tail = teacher_view(len(targets), len(teacher_tok))
+    tail_lp = exact_tail if given_tail else None
+    settings = dict(alpha=0.3, kd=kd, tail=tail, temperature=temperature, chunk_size=16)
+    hidden, weight = student_model(len(targets), len(teacher_tok))
+    vmap = torch.arange(len(teacher_tok))
+    ours = cross_tokenizer_kd(
+        hidden, weight, targets, [alignment] * 2, targets, topk_ids, topk_lp, tail_lp, vmap, **settings
+    )
+    (grad_ours,) = torch.autograd.grad(ours.loss, hidden)
+    plain = distill_loss(hidden, weight, targets, topk_ids, topk_lp, tail_lp, **settings)
+    (grad_plain,) = torch.autograd.grad(plain.loss, hidden)
+    assert torch.equal(ours.loss, plain.loss) and torch.equal(ours.ce, plain.ce) and torch.equal(ours.kd, plain.kd)
+    assert torch.equal(grad_ours, grad_plain)
+    assert ours.uld.item() == 0.0 and ours.mapped_mass == pytest.approx(1.0, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) alignment against hand-worked examples
+
+
+def test_alignment_of_hand_worked_spans_merges_on_each_side() -> None:
+    # bytes:     0 1 | 2 | 3 4 5 | 6 | 7 8 | 9 10 | (11, zero width)
+    teacher = [(0, 2), (2, 3), (3, 6), (6, 7), (7, 9), (9, 11), (11, 11)]
+    student = [(0, 1), (1, 2), (2, 6), (6, 7), (7, 8), (8, 10), (10, 11)]
+    alignment = align_spans(teacher, student)
+    assert alignment.groups == (
+        ((0,), (0, 1)),  # one teacher token, two student tokens
+        ((1, 2), (2,)),  # two teacher tokens, one student token
+        ((3,), (3,)),
+        ((4, 5), (4, 5, 6)),  # no common boundary inside 7..11
+        ((6,), ()),  # a zero-width token at the end has no counterpart
+    )
+    assert alignment.counts == {"one_to_one": 1, "many_to_one": 2, "one_to_many": 1, "many_to_many": 2, "unmatched": 1}
+    assert (alignment.num_teacher, alignment.num_student) == (7, 7)
+
+
+def test_alignment_of_real_tokenizers_merges_where_their_boundaries_differ(teacher_tok, student_tok) -> None:
+    text = "Compute 12×3"
+    t_ids, s_ids = encode(teacher_tok, text), encode(student_tok, text)
+    assert teacher_tok.convert_ids_to_tokens(t_ids) == ["Compute", "Ġ", "1", "2", "ÃĹ", "3"]
+    assert student_tok.convert_ids_to_tokens(s_ids) == [*"Compute", "Ġ1", "2", "Ã", "Ĺ", "3"]
+    alignment = align_spans(token_spans(teacher_tok, text, t_ids), token_spans(student_tok, text, s_ids))
+    assert alignment.groups == (
+        ((0,), tuple(range(7))),  # "Compute" against its seven letters
+        ((1, 2), (7,)),  # " " + "1" against " 1"
+        ((3,), (8,)),
+        ((4,), (9, 10)),  # "×" whole against its two bytes
+        ((5,), (11,)),
+    )
+
+
+def test_alignment_refuses_spans_of_different_texts() -> None:
+    with pytest.raises(ValueError, match="different byte ranges"):
+        align_spans([(0, 2), (2, 4)], [(0, 3)])
+    with pytest.raises(ValueError, match="teacher spans are not contiguous"):
+        align_spans([(0, 2), (3, 4)], [(0, 4)])
+
+
+# ---------------------------------------------------------------------------------------------
+# (c) multi-byte characters, split or not
+
+
+@pytest.mark.parametrize("side", ["teacher", "student", "metaspace"])
+def test_multibyte_text_spans_cover_it_and_align(teacher_tok, student_tok, metaspace_tok, side) -> None:
+    text = TEXT if side != "metaspace" else "so we add 17 + 25 = 42"  # the metaspace tokenizer has no bytes for "×"
+    tok = {"teacher": teacher_tok, "student": student_tok, "metaspace": metaspace_tok}[side]
+    t_ids, ids = encode(teacher_tok, text), encode(tok, text)
+    spans, data = token_spans(tok, text, ids), text.encode()
+    assert spans[0][0] == 0 and spans[-1][1] == len(data)
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    t_spans = token_spans(teacher_tok, text, t_ids)
+    alignment = align_spans(t_spans, spans)
+    assert [i for t, _ in alignment.groups for i in t] == list(range(len(t_ids)))
+    assert [i for _, s in alignment.groups for i in s] == list(range(len(ids)))
+    assert all(covered(t_spans, t) == covered(spans, s) for t, s in alignment.groups)
+    if side != "metaspace":  # byte-level: a token boundary falls inside a character ("é" is "Ã" + "©")
+        inside = {b for b, byte in enumerate(data) if byte & 0xC0 == 0x80}
+        assert any(start in inside for start, _ in spans)
+        assert all(data[a:b] == token_bytes(tok)[i] for (a, b), i in zip(spans, ids, strict=True))
+
+
+def test_spans_of_non_canonical_ids_are_their_bytes(teacher_tok) -> None:
+    # a sampled teacher need not emit the canonical encoding: here one byte token per byte of the text
+    byte_ids = [token_bytes(teacher_tok).index(bytes([b])) for b in TEXT.encode()]
+    assert token_spans(teacher_tok, TEXT, byte_ids) == [(i, i + 1) for i in range(len(TEXT.encode()))]
+    with pytest.raises(ValueError, match="do not spell the given text"):
+        token_spans(teacher_tok, TEXT + "!", byte_ids)
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) vocabulary map and projection
+
+
+def test_vocab_map_pairs_tokens_of_equal_bytes_across_conventions(teacher_tok, student_tok, metaspace_tok) -> None:
+    for other in (student_tok, metaspace_tok):
+        vmap = vocab_map(teacher_tok, other)
+        mapped = (vmap >= 0).nonzero().squeeze(-1).tolist()
+        assert 50 < len(mapped) < len(teacher_tok)
+        assert len(set(vmap[mapped].tolist())) == len(mapped)  # one-to-one
+        assert all(token_bytes(teacher_tok)[i] == token_bytes(other)[int(vmap[i])] for i in mapped)
+    digit, answer = teacher_tok.convert_tokens_to_ids("7"), teacher_tok.convert_tokens_to_ids("Ġanswer")
+    assert student_tok.convert_ids_to_tokens(int(vocab_map(teacher_tok, student_tok)[digit])) == "7"
+    assert metaspace_tok.convert_ids_to_tokens(int(vocab_map(teacher_tok, metaspace_tok)[answer])) == "▁answer"
+    assert int(vocab_map(teacher_tok, student_tok)[teacher_tok.convert_tokens_to_ids("Compute")]) == -1
+
+
+def test_projection_moves_unmapped_mass_into_the_tail_exactly() -> None:
+    vmap = torch.tensor([-1, 3, -1, 0, 5, 2])
+    topk_ids = torch.tensor([[0, 1, 2, 3], [1, 3, 4, 5]])
+    topk_lp = torch.tensor([[0.4, 0.3, 0.1, 0.1], [0.5, 0.2, 0.2, 0.05]]).log()
+    tail = torch.tensor([0.1, 0.05]).log()
+    sid, slp, stail, share = project_topk(topk_ids, topk_lp, tail, vmap)
+    assert sid.tolist() == [[3, 0, -1, -1], [3, 0, 5, 2]]
+    torch.testing.assert_close(slp.exp(), torch.tensor([[0.3, 0.1, 0.0, 0.0], [0.5, 0.2, 0.2, 0.05]]))
+    torch.testing.assert_close(stail.exp(), torch.tensor([0.6, 0.05]))
+    torch.testing.assert_close(share, torch.tensor([0.4 / 0.9, 1.0]))
+
+
+def test_projection_onto_a_real_student_keeps_every_row_a_distribution(teacher_tok, student_tok) -> None:
+    topk_ids, topk_lp, tail = teacher_view(64, len(teacher_tok), seed=3)
+    vmap = vocab_map(teacher_tok, student_tok)
+    for given in (tail, None):
+        sid, slp, stail, share = project_topk(topk_ids, topk_lp, given, vmap)
+        total = slp.double().exp().sum(-1) + stail.double().exp()
+        torch.testing.assert_close(total, torch.ones(64, dtype=torch.float64), atol=1e-6, rtol=0)
+        assert torch.equal(sid >= 0, slp > -math.inf) and torch.equal(
+            sid[sid >= 0], vmap[topk_ids][vmap[topk_ids] >= 0]
+        )
+        mass = torch.where(vmap[topk_ids] >= 0, topk_lp.exp(), 0.0).sum(-1) / topk_lp.exp().sum(-1)
+        torch.testing.assert_close(share, mass)
+        assert 0 < share.mean() < 1
+
+
+# ---------------------------------------------------------------------------------------------
+# (e) ULD
+
+
+def test_uld_matches_a_hand_computed_value() -> None:
+    student = torch.tensor([[0.1, 0.6, 0.2, 0.1]]).log()  # sorted: 0.6, 0.2 | tail 0.2
+    teacher = torch.tensor([[0.3, 0.5]]).log()  # sorted: 0.5, 0.3 | tail 0.2
+    value = uld_loss(student, teacher, torch.tensor([0.2]).log())
+    assert value.item() == pytest.approx(0.1 + 0.1 + 0.0, abs=1e-7)
+
+
+def test_uld_is_zero_for_the_same_distribution_in_any_vocabulary_order() -> None:
+    g = torch.Generator().manual_seed(0)
+    log_p = torch.log_softmax(torch.randn(5, 30, generator=g), -1)
+    top = log_p.topk(K, dim=-1)
+    tail = log_p.scatter(-1, top.indices, -math.inf).logsumexp(-1)
+    permuted = log_p[:, torch.randperm(30, generator=g)]
+    assert uld_loss(permuted, top.values, tail).item() == pytest.approx(0.0, abs=1e-6)
+    assert uld_loss(torch.log_softmax(torch.randn(5, 30, generator=g), -1), top.values, tail).item() > 0.05
+
+
+def test_uld_with_the_whole_vocabulary_is_the_sorted_l1_padded_to_a_common_length() -> None:
+    g = torch.Generator().manual_seed(1)
+    p, q = torch.softmax(torch.randn(4, 5, generator=g), -1), torch.softmax(torch.randn(4, 8, generator=g), -1)
+    reference = (F.pad(p.sort(-1, descending=True).values, (0, 3)) - q.sort(-1, descending=True).values).abs().sum(-1)
+    ours = uld_rows(q.log(), F.pad(p.log(), (0, 3), value=-math.inf), torch.full((4,), -math.inf))
+    torch.testing.assert_close(ours, reference)
+
+
+def test_uld_with_no_unmasked_row_is_zero_with_a_gradient() -> None:
+    student = torch.log_softmax(torch.randn(3, 10), -1).requires_grad_()
+    value = uld_loss(student, torch.full((3, 2), -1.0), torch.full((3,), -1.0), mask=torch.zeros(3, dtype=torch.bool))
+    value.backward()
+    assert value.item() == 0.0 and torch.equal(student.grad, torch.zeros(3, 10))
+
+
+def test_merged_groups_scale_both_sides_by_their_remaining_trace_tokens() -> None:
+    # teacher "ab" | "c" "d"; student "a" "b" | "cd": one group merged on each side
+    alignment = align_spans([(0, 2), (2, 3), (3, 4)], [(0, 1), (1, 2), (2, 4)])
+    hidden = torch.tensor([[0.5, 0.3, 0.2], [0.25, 0.25, 0.5], [0.7, 0.2, 0.1]]).log()  # weight = I: logits = hidden
+    targets, teacher_ids = torch.tensor([0, 2, 0]), torch.tensor([0, 2, 1])
+    topk_ids = torch.tensor([[0, 1], [2, 3], [1, 0]])
+    topk_lp, tail = torch.tensor([[0.6, 0.3], [0.8, 0.1], [0.5, 0.4]]).log(), torch.full((3,), 0.1).log()
+    args = (hidden, torch.eye(3), targets, [alignment], teacher_ids, topk_ids, topk_lp, tail, torch.full((4,), -1))
+    # group 1: student 0.5·[0.5, 0.3, 0.2] vs teacher [0.6, 0.3] + 0.1 → 0.35 + 0.15 + 0
+    # group 2: teacher 0.5·([0.8, 0.1] + 0.1) (its "d" has p = 0.5) vs student [0.7, 0.2] + 0.1 → 0.3 + 0.15 + 0.05
+    out = cross_tokenizer_kd(*args, alpha=0.0)
+    assert out.uld.item() == pytest.approx(1.0 / 3, abs=1e-6) and out.loss.item() == pytest.approx(1.0 / 3, abs=1e-6)
+    # the cache's sampled logprob of "d" (0.25) wins over the top-k's
+    out = cross_tokenizer_kd(*args, torch.tensor([math.nan, math.nan, math.log(0.25)]), alpha=0.0)
+    assert out.uld.item() == pytest.approx((0.5 + 0.6 + 0.075 + 0.075) / 3, abs=1e-6)
+    ce = cross_tokenizer_kd(*args, alpha=1.0)
+    assert ce.loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.5) + math.log(0.7)) / 3, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) the report, and the whole loss across two tokenizers
+
+
+def test_report_shares_add_up_to_one(teacher_tok, student_tok, metaspace_tok) -> None:
+    alignments = []
+    for tok, text in ((student_tok, TEXT), (metaspace_tok, "so we add 17 + 25 = 42")):
+        spans = token_spans(tok, text, encode(tok, text))
+        alignments.append(align_spans(token_spans(teacher_tok, text, encode(teacher_tok, text)), spans))
+    alignments.append(align_spans([(0, 2), (2, 2)], [(0, 1), (1, 2)]))
+    for group in ([alignments[0]], [alignments[1]], alignments):
+        shares = alignment_shares(group)
+        assert sum(shares.values()) == pytest.approx(1.0) and shares["merged"] > 0
+    assert 0 < alignment_shares(alignments)["one_to_one"] < 1 and alignment_shares(alignments)["unmatched"] > 0
+
+
+def test_loss_across_tokenizers_combines_ce_kd_and_uld(teacher_tok, student_tok) -> None:
+    t_ids, s_ids = encode(teacher_tok), encode(student_tok)
+    alignment = align_spans(token_spans(teacher_tok, TEXT, t_ids), token_spans(student_tok, TEXT, s_ids))
+    alignments = [alignment, alignment]  # two traces, rows of the second after the first's
+    targets, teacher_ids = torch.tensor(s_ids * 2), torch.tensor(t_ids * 2)
+    topk_ids, topk_lp, tail = teacher_view(2 * len(t_ids), len(teacher_tok), seed=4)
+    topk_ids[:, 0] = teacher_ids  # the trace token is the teacher's top-1, as it mostly is
+    hidden, weight = student_model(2 * len(s_ids), len(student_tok))
+    vmap = vocab_map(teacher_tok, student_tok)
+    args = (hidden, weight, targets, alignments, teacher_ids, topk_ids, topk_lp, tail, vmap)
+    with_uld, without = cross_tokenizer_kd(*args, alpha=0.3), cross_tokenizer_kd(*args, alpha=0.3, xt_weight=0.0)
+    assert with_uld.kd > 0 and with_uld.uld > 0 and 0 < with_uld.mapped_mass < 1
+    assert (with_uld.loss - without.loss).item() == pytest.approx(0.7 * with_uld.uld.item(), rel=1e-5)
+    ce = F.cross_entropy(hidden @ weight.T, targets)  # CE covers every student position exactly once
+    torch.testing.assert_close(with_uld.ce, ce.detach())
+    torch.testing.assert_close(cross_tokenizer_kd(*args, alpha=1.0).loss, ce)
+    (grad,) = torch.autograd.grad(with_uld.loss, hidden)
+    assert grad.isfinite().all() and (grad.abs().sum(-1) > 0).all()
+    with pytest.raises(ValueError, match="kd must be one of forward, reverse, jsd.*xt_weight.*alignments hold"):
+        cross_tokenizer_kd(*args[:3], alignments[:1], *args[4:], kd="sampled", xt_weight=-1.0)
+
+
+def test_empty_alignment_gives_zero() -> None:
+    hidden, weight = student_model(0, 10)
+    out = cross_tokenizer_kd(
+        hidden, weight, torch.zeros(0, dtype=torch.long), [align_spans([], [])], torch.zeros(0, dtype=torch.long),
+        torch.zeros(0, K, dtype=torch.long), torch.zeros(0, K), None, torch.arange(10),
+    )  # fmt: skip
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and out.num_tokens == 0 and torch.equal(hidden.grad, torch.zeros(0, H))
