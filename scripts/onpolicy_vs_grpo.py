@@ -5,10 +5,10 @@ missing) is trained twice with the same rollouts per step and the same number of
 with the bundled teacher (reverse-KL advantages), and `distill grpo` with the verifiers' rewards — in
 `--evals` segments (`--resume` with more steps), each segment's model evaluated on arith:test as the demo
 evaluates. The final models' reverse KL to the teacher is measured on arith:test prompts by
-`distill onpolicy --lr 0` (samples at temperature 1, scored by the teacher; the weights do not move).
+`distill onpolicy --lr 0` (both at the rollout temperature, scored by the teacher; the weights do not move).
 
     python scripts/onpolicy_vs_grpo.py [--seeds 0 1 2] [--steps 300] [--evals 3] [--out runs/onpolicy-vs-grpo]
-        [--demos runs/demo-reverse] [--onpolicy-lr 1e-3] [--grpo-lr 1e-4]
+        [--demos runs/demo-reverse] [--onpolicy-lr 3e-4] [--warmup-steps 20] [--grpo-lr 1e-4] [--temperature 0.6]
 
 Writes OUT/results.json (per seed: pass@1 after each segment, rollout tokens, reverse KL, seconds per step
 split into rollout / teacher scoring / update) and OUT/onpolicy_vs_grpo.png (pass@1 against rollout tokens,
@@ -58,25 +58,29 @@ def metric_rows(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def reverse_kl(model: Path, out: Path, seed: int) -> float:
-    """Mean per-token reverse KL of `model` to the teacher on test prompts (samples at T 1; lr 0)."""
+def reverse_kl(model: Path, out: Path, seed: int, temperature: str) -> float:
+    """Mean per-token reverse KL of `model` to the teacher at `temperature`, on test prompts (lr 0)."""
     if not (out / "model").is_dir():
         distill(
             "onpolicy", "--student", str(model), "--teacher", "arith-teacher", "--prompts", "arith:test",
             "--batch-size", "64", "--group-size", "4", "--max-new-tokens", "96", "--steps", "4", "--lr", "0",
-            "--self-check", "0", "--dtype", "float32", "--seed", str(seed), "--out", str(out), "--report-to", "none",
+            "--self-check", "0", "--dtype", "float32", "--seed", str(seed), "--temperature", temperature,
+            "--out", str(out), "--report-to", "none",
         )  # fmt: skip
     rows = metric_rows(out)
     return sum(r["reverse_kl"] for r in rows) / len(rows)
 
 
-def train(method: str, start: Path, out: Path, seed: int, steps: int, evals: int, lr: str) -> dict:
-    """`method` from `start` in `evals` segments; pass@1 and rollout tokens after each."""
-    common = [*ROLLOUTS, "--seed", str(seed), "--lr", lr, "--out", str(out), "--report-to", "none"]
+def train(method: str, start: Path, out: Path, seed: int, args: argparse.Namespace) -> dict:
+    """`method` from `start` in `args.evals` segments; pass@1 and rollout tokens after each."""
+    steps, evals = args.steps, args.evals
+    common = [*ROLLOUTS, "--seed", str(seed), "--temperature", args.temperature, "--out", str(out)]
+    common += ["--report-to", "none"]
     if method == "onpolicy":
-        args = ["onpolicy", "--student", str(start), "--teacher", "arith-teacher", "--group-size", "4", *common]
-    else:  # the README's GRPO settings, at the on-policy run's rollouts per step and temperature
-        args = ["grpo", "--policy", str(start), "--group-size", "8", "--temperature", "1.0", *common]
+        run = ["onpolicy", "--student", str(start), "--teacher", "arith-teacher", "--group-size", "4", *common]
+        run += ["--lr", args.onpolicy_lr, "--warmup-steps", str(args.warmup_steps)]
+    else:  # the README's GRPO settings (G 8, β 0.04), at the on-policy run's rollouts per step and temperature
+        run = ["grpo", "--policy", str(start), "--group-size", "8", *common, "--lr", args.grpo_lr]
     points = []
     for k in range(1, evals + 1):
         done = steps * k // evals
@@ -106,8 +110,10 @@ def main() -> None:
     parser.add_argument("--evals", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/onpolicy-vs-grpo"))
     parser.add_argument("--demos", type=Path, default=Path("runs/demo-reverse"))
-    parser.add_argument("--onpolicy-lr", default="1e-3")
+    parser.add_argument("--onpolicy-lr", default="3e-4")
+    parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--grpo-lr", default="1e-4")
+    parser.add_argument("--temperature", default="0.6", help="rollout temperature of both (the demo evaluates at 0.6)")
     args = parser.parse_args()
 
     results = {}
@@ -119,10 +125,10 @@ def main() -> None:
         start = demo / "sft" / "model"
         out = args.out / f"seed-{seed}"
         r = {"teacher": 100 * summary["teacher_pass1"], "sft": 100 * summary["sft_pass1"]}
-        r["sft_reverse_kl"] = reverse_kl(start, out / "kl-sft", seed)
-        for method, lr in (("onpolicy", args.onpolicy_lr), ("grpo", args.grpo_lr)):
-            r[method] = train(method, start, out / method, seed, args.steps, args.evals, lr)
-            r[method]["reverse_kl"] = reverse_kl(out / method / "model", out / f"kl-{method}", seed)
+        r["sft_reverse_kl"] = reverse_kl(start, out / "kl-sft", seed, args.temperature)
+        for method in ("onpolicy", "grpo"):
+            r[method] = train(method, start, out / method, seed, args)
+            r[method]["reverse_kl"] = reverse_kl(out / method / "model", out / f"kl-{method}", seed, args.temperature)
         results[seed] = r
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(

@@ -262,7 +262,7 @@ def test_other_engines_transformers_rollouts_and_a_vllm_teacher(tmp_path: Path) 
 
 
 def test_a_student_that_stops_on_a_token_the_teacher_does_not_is_refused() -> None:
-    from distill.onpolicy import template_problems
+    from distill.teacher_scores import template_problems
 
     teacher = resolve_preset("arith-teacher", "teacher")
     assert template_problems(teacher, teacher, [2], [2, 7]) == []

@@ -178,9 +178,8 @@ def project_topk(
     sid, lp = sid.gather(-1, order), topk_logprobs.gather(-1, order)
     mapped = sid >= 0
     unmapped = torch.where(mapped, -math.inf, lp.double()).logsumexp(-1)  # (N,)
-    tail = torch.logaddexp(_tail(topk_logprobs, tail_logprobs), unmapped).to(
-        torch.promote_types(lp.dtype, torch.float32)
-    )
+    tail = torch.logaddexp(_tail(topk_logprobs, tail_logprobs), unmapped)  # (N,) fp64
+    tail = tail.to(torch.promote_types(lp.dtype, torch.float32))
     share = (torch.where(mapped, lp.double(), -math.inf).logsumexp(-1) - lp.double().logsumexp(-1)).exp()
     return sid, torch.where(mapped, lp, -math.inf), tail, share.nan_to_num(0.0).float()
 
@@ -365,7 +364,7 @@ def _uld_groups(
     first_t, first_s = _index([t[0] for t, _ in groups], dev_t), _index([s[0] for _, s in groups], dev_s)
     teacher_top = (topk_logprobs.double()[first_t] + chain_t.unsqueeze(-1)).to(dev_s, log_q.dtype)  # (G, k)
     teacher_tail = (tail_logprobs[first_t] + chain_t).to(dev_s, log_q.dtype)  # (G,)
-    return uld_rows(log_q[first_s], teacher_top, teacher_tail).sum()
+    return uld_rows(log_q[first_s] + chain_s.unsqueeze(-1), teacher_top, teacher_tail).sum()
 
 
 def _kind(teacher: tuple[int, ...], student: tuple[int, ...]) -> str:

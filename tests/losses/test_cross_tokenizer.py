@@ -303,6 +303,26 @@ def test_merged_groups_scale_both_sides_by_their_remaining_trace_tokens() -> Non
     assert ce.loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.5) + math.log(0.7)) / 3, abs=1e-6)
 
 
+def test_each_student_row_is_taught_by_kd_uld_or_ce_alone() -> None:
+    # two one-to-one groups, then a zero-width student token at the end that no teacher token covers
+    alignment = align_spans([(0, 1), (1, 2)], [(0, 1), (1, 2), (2, 2)])
+    assert alignment.groups == (((0,), (0,)), ((1,), (1,)), ((), (2,)))
+    hidden = torch.tensor([[0.5, 0.3, 0.2], [0.25, 0.25, 0.5], [0.7, 0.2, 0.1]]).log()  # weight = I: logits = hidden
+    targets, teacher_ids = torch.tensor([0, 1, 2]), torch.tensor([0, 1])
+    topk_ids, topk_lp = torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0.6, 0.3], [0.8, 0.1]]).log()
+    teacher = (teacher_ids, topk_ids, topk_lp, torch.full((2,), 0.1).log())
+    # counterparts: KD on both groups, exactly distill_loss's on those rows
+    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.arange(3), alpha=0.0)
+    plain = distill_loss(hidden[:2], torch.eye(3), targets[:2], topk_ids, topk_lp, teacher[3], alpha=0.0)
+    assert out.uld.item() == 0.0 and out.kd.item() * 3 == pytest.approx(plain.kd.item() * 2, rel=1e-6)
+    # the teacher's trace tokens map onto other student ids than the student's trace tokens: ULD, not KD
+    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.tensor([1, 0, 2]), alpha=0.0)
+    assert out.kd.item() == 0.0 and out.uld.item() > 0
+    # CE covers the student-only row too
+    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.arange(3), alpha=1.0)
+    assert out.loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25) + math.log(0.1)) / 3, abs=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # (f) the report, and the whole loss across two tokenizers
 

@@ -1,0 +1,139 @@
+"""The teacher grading a student's samples: what on-policy distillation needs besides rollouts.
+
+- `tokenizer_problems` / `template_problems`: whether the teacher can score the student's token ids
+  verbatim after its own rendering of the prompt (same regular vocabulary, same completion opening, a
+  stop token the teacher also ends on), as sentences;
+- `teacher_view`: one teacher-forced forward over prompt + completion micro-batches, op for op the
+  trainer's `completion_logprobs` (identical weights give bit-identical logprobs), giving the sampled
+  tokens' logprobs, the top-k and the exact tail mass (raw, for the cache) and the sampled tokens'
+  logprobs at the run's temperature (for the advantage);
+- `TeacherScores` / `stack_scores`: one step's scores as right-padded (N, T) tensors.
+
+Kept out of the stage so the stage reads as its recipe; nothing here imports a stage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.engines import Completion
+from distill.fingerprint import vocabulary_fingerprint
+from distill.rollouts import MicroBatch
+
+# ---------------------------------------------------------------------------------------------
+# guards
+
+
+def tokenizer_problems(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> list[str]:
+    """Why the teacher cannot score the student's token ids verbatim, as sentences (empty: it can)."""
+    if vocabulary_fingerprint(student_tok) == vocabulary_fingerprint(teacher_tok):
+        return []
+    return [
+        f"the student ({student}, {len(student_tok)} tokens) and the teacher ({teacher}, {len(teacher_tok)} tokens) "
+        "have different vocabularies, so the teacher would score other tokens than the student wrote; on-policy "
+        "distillation needs a student of the teacher's tokenizer family (cross-tokenizer scoring is not built yet)"
+    ]
+
+
+def template_problems(student: Any, teacher: Any, student_stops: list[int], teacher_stops: list[int]) -> list[str]:
+    """Why the student's completions would read differently after the teacher's template, as sentences."""
+    out = []
+    if student.prompt.think_prefix != teacher.prompt.think_prefix:
+        out.append(
+            f"the student's template opens its completion with {student.prompt.think_prefix!r} and the teacher's "
+            f"with {teacher.prompt.think_prefix!r}, so the teacher would score the student's text after another "
+            "opening; give both presets the same think_prefix"
+        )
+    if not set(student_stops) <= set(teacher_stops):
+        out.append(
+            f"the student ends its completions with token(s) {sorted(set(student_stops) - set(teacher_stops))} that "
+            f"do not end the teacher's turn (its stop tokens: {teacher_stops}); the teacher would score the end of "
+            "every completion as a mistake. Use a student with the teacher's chat template"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher scoring
+
+
+@dataclass
+class TeacherScores:
+    """The teacher's view of one step's completions, as (batch, time) tensors in row order (right-padded)."""
+
+    logprobs: torch.Tensor
+    """(N, T) float32 log π_T of each sampled token, at the run's temperature (raw at 1)"""
+    topk_ids: torch.Tensor
+    """(N, T, k) int64"""
+    topk_logprobs: torch.Tensor
+    """(N, T, k) float32"""
+    tail_logprobs: torch.Tensor | None
+    """(N, T) float32 log mass outside the top-k, or None (derive it from the top-k)"""
+    rows: list[Completion]
+    """One Completion per row, arrays unpadded, raw logprobs: what the scores cache records."""
+
+
+def stack_scores(rows: list[Completion], tempered: list[np.ndarray] | None = None) -> TeacherScores:
+    """Per-row teacher completions as right-padded tensors (padding: logprob 0, id 0, tail −inf); `tempered`:
+    each row's sampled-token logprobs at the run's temperature (None: the raw ones, temperature 1)."""
+    t = max(len(c.completion_ids) for c in rows)
+    k = rows[0].topk_ids.shape[1]
+
+    def pad(arrays: list[np.ndarray], value: float, dtype: torch.dtype) -> torch.Tensor:
+        shape = (len(arrays), t, *arrays[0].shape[1:])
+        out = torch.full(shape, value, dtype=dtype)
+        for i, a in enumerate(arrays):
+            out[i, : len(a)] = torch.as_tensor(np.asarray(a)).to(dtype)
+        return out
+
+    tails = [c.tail_logprobs for c in rows]
+    return TeacherScores(
+        logprobs=pad(tempered or [c.sampled_logprobs for c in rows], 0.0, torch.float32),
+        topk_ids=pad([c.topk_ids.reshape(-1, k) for c in rows], 0, torch.long),
+        topk_logprobs=pad([c.topk_logprobs.reshape(-1, k) for c in rows], 0.0, torch.float32),
+        tail_logprobs=None if any(x is None for x in tails) else pad(tails, -math.inf, torch.float32),
+        rows=rows,
+    )
+
+
+def teacher_view(
+    model: torch.nn.Module, mb: MicroBatch, top_k: int, temperature: float, device: Any
+) -> tuple[list[dict[str, np.ndarray]], torch.Tensor]:
+    """Per row of `mb`: the teacher's raw logprob of each completion token, its top-k and the exact tail (what
+    the scores cache records); and (b, T) the sampled tokens' logprobs at `temperature` (what the advantage uses).
+
+    The forward is `completion_logprobs`'s, op for op, so identical weights give bit-identical logprobs.
+    """
+    t = mb.completion_ids.shape[1]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
+        logits = model(
+            input_ids=mb.input_ids.to(device),
+            attention_mask=mb.attention_mask.to(device),
+            position_ids=mb.position_ids.to(device),
+            use_cache=False,
+            logits_to_keep=t + 1,
+        ).logits[:, :-1]  # (b, T, V): memory hot spot
+    target = mb.completion_ids.to(device)[..., None]
+    at_t = torch.log_softmax(logits.float() / temperature, -1)  # (b, T, V) as completion_logprobs takes it
+    tempered = at_t.gather(-1, target)[..., 0]  # (b, T)
+    logp = at_t if temperature == 1.0 else torch.log_softmax(logits.float(), -1)  # (b, T, V) raw
+    sampled = logp.gather(-1, target)[..., 0]  # (b, T)
+    top_lp, top_ids = logp.topk(top_k, -1)  # (b, T, k)
+    tail = logp.scatter(-1, top_ids, -math.inf).logsumexp(-1)  # (b, T) exact: the full distribution is here
+    out = []
+    for j in range(len(mb.rows)):
+        n = int(mb.mask[j].sum())
+        out.append(
+            {
+                "sampled_logprobs": sampled[j, :n].cpu().numpy(),
+                "topk_ids": top_ids[j, :n].int().cpu().numpy(),
+                "topk_logprobs": top_lp[j, :n].cpu().numpy(),
+                "tail_logprobs": tail[j, :n].cpu().numpy(),
+            }
+        )
+    return out, tempered.cpu()
