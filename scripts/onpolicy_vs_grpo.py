@@ -5,10 +5,13 @@ missing) is trained twice with the same rollouts per step and the same number of
 with the bundled teacher (reverse-KL advantages), and `distill grpo` with the verifiers' rewards — in
 `--evals` segments (`--resume` with more steps), each segment's model evaluated on arith:test as the demo
 evaluates. The final models' reverse KL to the teacher is measured on arith:test prompts by
-`distill onpolicy --lr 0` (both at the rollout temperature, scored by the teacher; the weights do not move).
+`distill onpolicy --lr 0` (both at the rollout temperature, scored by the teacher; the weights do not move),
+and the SFT start, the final models and the teacher are also evaluated at the rollout temperature (top-p 1),
+the distribution both objectives act on. Seeds can run as separate processes with one --out; a last run
+over all seeds then finds every result on disk and writes the combined table and plot.
 
     python scripts/onpolicy_vs_grpo.py [--seeds 0 1 2] [--steps 300] [--evals 3] [--out runs/onpolicy-vs-grpo]
-        [--demos runs/demo-reverse] [--onpolicy-lr 3e-4] [--warmup-steps 20] [--grpo-lr 1e-4] [--temperature 0.6]
+        [--demos runs/demo-reverse] [--onpolicy-lr 3e-4] [--warmup-steps 20] [--grpo-lr 1e-4] [--temperature 1.0]
 
 Writes OUT/results.json (per seed: pass@1 after each segment, rollout tokens, reverse KL, seconds per step
 split into rollout / teacher scoring / update) and OUT/onpolicy_vs_grpo.png (pass@1 against rollout tokens,
@@ -48,9 +51,11 @@ def distill(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "distill", *args], check=True, stdout=subprocess.DEVNULL, env=env)
 
 
-def pass1(model: Path, out: Path, seed: int) -> float:
+def pass1(model: str | Path, out: Path, seed: int, temperature: str | None = None) -> float:
+    """pass@1 (%) on arith:test as the demo evaluates (temperature 0.6), or at `temperature` (top-p 1)."""
     if not out.is_file():
-        distill("eval", "--model", str(model), *EVAL, "--seed", str(seed), "--out", str(out))
+        at = ["--temperature", temperature, "--top-p", "1.0"] if temperature else []
+        distill("eval", "--model", str(model), *EVAL, *at, "--seed", str(seed), "--out", str(out))
     return 100 * json.loads(out.read_text())["summary"]["pass@1"]
 
 
@@ -113,7 +118,7 @@ def main() -> None:
     parser.add_argument("--onpolicy-lr", default="3e-4")
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--grpo-lr", default="1e-4")
-    parser.add_argument("--temperature", default="0.6", help="rollout temperature of both (the demo evaluates at 0.6)")
+    parser.add_argument("--temperature", default="1.0", help="rollout temperature of both (the demo evaluates at 0.6)")
     args = parser.parse_args()
 
     results = {}
@@ -129,6 +134,12 @@ def main() -> None:
         for method in ("onpolicy", "grpo"):
             r[method] = train(method, start, out / method, seed, args)
             r[method]["reverse_kl"] = reverse_kl(out / method / "model", out / f"kl-{method}", seed, args.temperature)
+            r[method]["pass1_at_rollout_t"] = pass1(
+                out / method / "model", out / f"eval-{method}-t.json", seed, args.temperature
+            )
+        # the temperature both trained at: what their objectives act on
+        r["sft_at_rollout_t"] = pass1(start, out / "eval-sft-t.json", seed, args.temperature)
+        r["teacher_at_rollout_t"] = pass1("arith-teacher", out / "eval-teacher-t.json", seed, args.temperature)
         results[seed] = r
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(
@@ -157,6 +168,13 @@ def report(results: dict, out: Path) -> None:
         print(
             f"seed {s:<5}{r['sft']:8.1f}{op:10.1f}{gr:8.1f}{r['teacher']:9.1f}{closed:9.2f}   "
             f"{r['sft_reverse_kl']:.3f} → {r['onpolicy']['reverse_kl']:.3f} / {r['grpo']['reverse_kl']:.3f}"
+        )
+    print("at the rollout temperature (top-p 1): SFT → onpolicy / grpo (teacher)")
+    for s in seeds:
+        r = results[s]
+        print(
+            f"seed {s:<5}{r['sft_at_rollout_t']:.1f} → {r['onpolicy']['pass1_at_rollout_t']:.1f} / "
+            f"{r['grpo']['pass1_at_rollout_t']:.1f} ({r['teacher_at_rollout_t']:.1f})"
         )
     for method in ("onpolicy", "grpo"):
         finals = [results[s][method]["points"][-1]["pass1"] for s in seeds]
