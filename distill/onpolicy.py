@@ -111,7 +111,7 @@ class OnPolicyRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        self.student = resolve_policy(cfg.student)
+        self.student = resolve_policy(cfg.student, "--student")
         self.teacher = resolve_preset(cfg.teacher, "teacher")
         self.tokenizer = load_tokenizer(self.student.hub_id, self.student.revision)
         self.teacher_tokenizer = load_tokenizer(self.teacher.hub_id, self.teacher.revision)

@@ -38,14 +38,15 @@ class Rollout:
     """The prompt of each row."""
 
 
-def resolve_policy(spec: str) -> Any:
-    """The policy's preset (resolved as eval resolves its model), refused when it has no weights."""
+def resolve_policy(spec: str, flag: str = "--policy") -> Any:
+    """The preset of the model that samples and learns (resolved as eval resolves its model), refused when it has
+    no weights; `flag` is the option that named it."""
     preset = resolve_preset(spec, "teacher")
     path = Path(preset.hub_id)
     if path.is_dir() and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise DistillError(
-            f"Policy {spec!r} has no weights in {path} (a random-init preset); GRPO polishes a trained model: "
-            "pass a `distill train` output directory (OUT/model) as --policy."
+            f"Model {spec!r} has no weights in {path} (a random-init preset); learning from its own samples needs a "
+            f"trained model: pass a `distill train` output directory (OUT/model) as {flag}."
         )
     return preset
 

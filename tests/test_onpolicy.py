@@ -268,3 +268,16 @@ def test_a_student_that_stops_on_a_token_the_teacher_does_not_is_refused() -> No
     assert template_problems(teacher, teacher, [2], [2, 7]) == []
     (problem,) = template_problems(teacher, teacher, [2, 9], [2, 7])
     assert "token(s) [9] that do not end the teacher's turn (its stop tokens: [2, 7])" in problem
+
+
+def test_a_student_without_weights_is_refused(tmp_path: Path) -> None:
+    from distill.models.tiny import build_tiny_model
+
+    config_only = build_tiny_model(tmp_path / "config-only", vocab_size=300)
+    (config_only / "model.safetensors").unlink()
+    proc = distill(
+        "onpolicy", "--student", str(config_only), "--teacher", "arith-teacher", *SMALL, "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "has no weights" in proc.stderr and "output directory (OUT/model) as --student" in proc.stderr
+    assert not (tmp_path / "o").exists()
