@@ -30,7 +30,7 @@ Guards learned from the anchors: the student's and teacher's regular vocabularie
 are scored verbatim), the templates must open the completion the same way (think prefix) and end it with
 a token the teacher also ends on; both are refused with a sentence before any model loads. Before step 1
 the teacher writes a few greedy completions and scores them through the same scoring path: its mean
-logprob (near 0 for greedy text) and the gap to the logprobs it generated them with (≈ 0 when scoring is
+logprob (high: its own argmax choices) and the gap to the logprobs it generated them with (≈ 0 when scoring is
 aligned) are logged and kept in run.json, so a shifted or broken scoring path shows before any update.
 
 Output and resume as `distill grpo`: OUT/checkpoints, OUT/metrics.jsonl (and `--report-to` trackers),
