@@ -92,7 +92,7 @@ def train(method: str, start: Path, out: Path, seed: int, args: argparse.Namespa
         rows = metric_rows(out) if (out / "metrics.jsonl").is_file() else []
         if not rows or rows[-1]["step"] < done:
             distill(
-                *args, "--steps", str(done), "--save-every", str(max(done // 4, 1)), *(["--resume"] if rows else [])
+                *run, "--steps", str(done), "--save-every", str(max(done // 4, 1)), *(["--resume"] if rows else [])
             )
             rows = metric_rows(out)
         tokens = sum(r["completion_len_mean"] * 64 for r in rows[:done])
