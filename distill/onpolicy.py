@@ -147,18 +147,20 @@ class OnPolicyRecipe:
             q["teacher_ids"] = t["ids"]
         self.prompts = prompts
 
-    def _load(self, preset: Any) -> torch.nn.Module:
+    def _load(self, preset: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, dtype=torch.float32).to(
-            self.device
-        )
+        model = AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, dtype=dtype)
+        return model.to(self.device)
 
     def _setup_models(self) -> None:
         self.policy = self._load(self.student).train()
         self.teacher_model = None
         if self.cfg.teacher_backend == "hf":
-            self.teacher_model = self._load(self.teacher).eval().requires_grad_(False)
+            # frozen: on a GPU its weights are held in bf16 (its matmuls run in bf16 under autocast anyway), half
+            # the memory of fp32; on the CPU fp32 as the student, so a teacher identical to it agrees bit for bit
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+            self.teacher_model = self._load(self.teacher, dtype).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.policy.parameters() if p.requires_grad],
             lr=self.cfg.lr,

@@ -25,6 +25,9 @@ in a process of its own (fresh GPU memory, a crash or OOM stays in its part):
             The reward is `lang` and the learning rate 1e-3, so the weights move by far more than bf16
             resolution; logprob_mismatch compares the engine's logprobs with the trainer's, and after
             an update it stays at its step-1 level only if the sync reached the engine
+  onpolicy  `distill onpolicy` of the student under the 7B-shaped teacher (its transformers forward on the
+            same GPU, bf16 weights) for a few steps: rollout, teacher-scoring and update seconds, the reverse
+            KL, the teacher self-check, and the same weight-sync check as grpo
 
 Progress goes to stderr, each part's full output to a log file (named in a failure's reason), and
 the last line on stdout is one JSON object: the GPU, then per part its status (ok, failed, skipped),
@@ -61,7 +64,7 @@ from gpu_check_workers import FULL, TINY, TOP_K, synthetic_records
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER_SCRIPT = Path(__file__).resolve().parent / "gpu_check_workers.py"
-PARTS = ("build", "generate", "ratio", "loss", "train", "fsdp", "grpo")
+PARTS = ("build", "generate", "ratio", "loss", "train", "fsdp", "grpo", "onpolicy")
 SKIPPED = "left out with --skip"
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -452,6 +455,30 @@ class Check:
         finally:
             self.discard(out)
 
+    def onpolicy(self, timeout: float) -> dict[str, Any]:
+        p, out = self.plan, self.work / "onpolicy"
+        args = (
+            ["onpolicy", "--student", str(self.work / "student"), "--teacher", str(self.work / "teacher")]
+            + ["--prompts", "arith:train", "--limit", str(p.grpo_prompts), "--group-size", str(p.grpo_group)]
+            + ["--batch-size", str(p.grpo_batch), "--micro-batch", str(p.grpo_batch), "--self-check", "2"]
+            + ["--max-new-tokens", str(p.grpo_tokens), "--steps", str(p.grpo_steps), "--save-every", "1000"]
+            + ["--lr", "1e-3", "--backend", "vllm", "--dtype", p.dtype, "--gpu-memory-utilization", "0.3"]
+            + ["--out", str(out)]
+        )
+        try:
+            self.distill("onpolicy", args, timeout)
+            rows = read_jsonl(out / "metrics.jsonl")
+            summary = json.loads((out / "run.json").read_text())["summary"]
+            return {
+                **grpo_figures(rows),
+                "teacher_s": [rounded(r.get("teacher_s"), 3) for r in rows],
+                "update_s": [rounded(r.get("update_s"), 3) for r in rows],
+                "reverse_kl": [rounded(r.get("reverse_kl"), 4) for r in rows],
+                "teacher_self_check": summary.get("teacher_self_check"),
+            }
+        finally:
+            self.discard(out)
+
     def discard(self, path: Path) -> None:
         """Free the disk (a 1.5B run writes ~25 GB of checkpoint and export) unless --keep."""
         if not self.args.keep:
@@ -465,11 +492,11 @@ class Check:
         self.part("build", self.build)
         self.part("generate", self.generate, needs=("build",))
         self.part("ratio", self.ratio, needs=("build",))
-        self.discard(self.work / "teacher")  # 15 GB nothing else reads
         self.part("loss", self.loss)
         self.part("train", self.train, needs=("build",))
         self.part("fsdp", self.fsdp, needs=("build",))
         self.part("grpo", self.grpo, needs=("build",))
+        self.part("onpolicy", self.onpolicy, needs=("build",))
         if not self.args.keep:
             for name in ("student", "teacher", "cache", "synthetic-cache", "home", "results"):
                 shutil.rmtree(self.work / name, ignore_errors=True)
