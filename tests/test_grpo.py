@@ -17,16 +17,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
 from distill.checkpoints import latest_checkpoint
 from distill.presets import resolve_preset
-
-if TYPE_CHECKING:
-    from distill.rollouts import Rollout
 
 TEACHER = Path(resolve_preset("arith-teacher", "teacher").hub_id)
 RUN_ARGS = [
@@ -195,74 +191,6 @@ def test_a_policy_without_weights_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "has no weights" in proc.stderr and "pass a `distill train` output directory" in proc.stderr
     assert not (tmp_path / "o").exists()
-
-
-def rollout_of(texts: list[str], prompts: list[dict]) -> Rollout:
-    """A Rollout of `texts`, in groups of two, made without an engine: rewards read only texts and prompts."""
-    import numpy as np
-
-    from distill.engines import Completion
-    from distill.rollouts import Rollout
-
-    completions = [
-        Completion((str(i // 2), i % 2), [1, 2], np.zeros(3, np.int32), np.zeros((3, 1), np.int32),
-                   np.zeros((3, 1), np.float32), np.zeros(3, np.float32), "stop")
-        for i in range(len(texts))
-    ]  # fmt: skip
-    return Rollout(completions, texts, prompts)
-
-
-def test_a_reward_that_cannot_be_computed_is_skipped_and_counted() -> None:
-    from distill.losses import group_advantages
-    from distill.rollouts import compute_rewards
-    from distill.verify import UNKNOWN
-
-    texts = ["<think>\n2 + 2 = 4</think> \\boxed{4}", "<think>\n2 + 2 = 5</think> \\boxed{5}"] * 2
-    prompts = [{"prompt": "2 + 2?", "answer": "4"}] * 2 + [{"prompt": "no gold here", "answer": None}] * 2
-    rewards, verdicts = compute_rewards(["math", "format"], [1.0, 0.5], rollout_of(texts, prompts))
-    assert rewards[:2].tolist() == [1.5, 0.5]  # math 1 + format 0.5; math 0 + format 0.5
-    assert torch.isnan(rewards[2:]).all()  # no gold answer: no reward, rather than a wrong 0
-    assert [v.status for v in verdicts["math"][2:]] == [UNKNOWN, UNKNOWN]
-    advantages = group_advantages(rewards, 2)
-    assert advantages[0] > 0 > advantages[1] and advantages[2:].tolist() == [0.0, 0.0]
-
-
-def test_a_sandbox_failure_drops_the_sample_instead_of_scoring_it_0(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The code verifier's sandbox failure used to slip past a match on reason text and score 0."""
-    import dataclasses
-
-    from distill.rollouts import compute_rewards
-    from distill.verify import code_check
-
-    ref = {"io": [{"stdin": "1 2\n", "stdout": "3\n"}], "time_limit_s": 2}
-    programs = ["print(sum(map(int, input().split())))", "print(0)"]  # right, wrong
-    texts = [f"<think>\nadd them\n</think>\n```python\n{p}\n```" for p in programs]
-    rollout = rollout_of(texts, [{"prompt": "Add two ints.", "answer": ref}] * 2)
-    assert compute_rewards(["code"], [1.0], rollout)[0].tolist() == [1.0, 0.0]  # a working sandbox
-    # No process may raise its open-files limit past fs.nr_open, root included: every sandbox set-up fails.
-    limits = code_check._limits
-    monkeypatch.setattr(code_check, "_limits", lambda r: dataclasses.replace(limits(r), open_files=1 << 40))
-    rewards, verdicts = compute_rewards(["code"], [1.0], rollout)
-    assert torch.isnan(rewards).all(), (rewards, verdicts)
-    assert all("the sandbox failed" in v.reason for v in verdicts["code"])
-
-
-def test_a_verifier_that_raises_gives_unknown_verdicts_for_its_items_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    from distill.rollouts import compute_rewards
-    from distill.verify import FAILED, PASSED, UNKNOWN, VERIFIERS, Verdict
-
-    def picky(completion: str, reference: object, **options: object) -> Verdict:
-        if "boom" in completion:
-            raise RuntimeError("cannot read this")
-        return Verdict(PASSED if "good" in completion else FAILED, "checked")
-
-    monkeypatch.setitem(VERIFIERS, "repetition", picky)
-    rewards, verdicts = compute_rewards(
-        ["repetition"], [1.0], rollout_of(["good", "boom", "bad", "good"], [{"prompt": "p"}] * 4)
-    )
-    assert [v.status for v in verdicts["repetition"]] == [PASSED, UNKNOWN, FAILED, PASSED]
-    assert verdicts["repetition"][1].reason == "could not check: RuntimeError: cannot read this"
-    assert rewards[[0, 2, 3]].tolist() == [1.0, 0.0, 1.0] and torch.isnan(rewards[1])
 
 
 def test_prompts_from_a_file_with_named_columns(tmp_path: Path) -> None:
