@@ -3,10 +3,10 @@
 - a 3-step run writes every metric, checkpoints and a model directory transformers loads;
 - `--resume` from its step-2 checkpoint recomputes step 3 exactly (same prompts, same samples);
 - bad input exits 1 with one sentence (a policy without weights too);
-- a sample with an unknown verdict (no gold answer, a sandbox that failed to build, a verifier
-  that raised) gets reward NaN, not 0, and advantage 0.
+- prompts come from a file with named columns.
 
-The engines' weight sync (`load_weights`) is tested in tests/engines/.
+Rewards of unknown verdicts (NaN, not 0) are tested with the other shared rollout pieces in
+tests/test_rollouts.py; the engines' weight sync (`load_weights`) in tests/engines/.
 """
 
 from __future__ import annotations
