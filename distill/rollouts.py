@@ -172,8 +172,12 @@ def micro_batches(completions: list[Completion], rows: list[int], size: int, pad
     return out
 
 
-def completion_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float, device: Any) -> tuple[Any, Any]:
-    """(b, T) logprobs of the completion tokens at `temperature` and at 1 (raw, comparable with the engine's)."""
+def completion_logits(model: torch.nn.Module, mb: MicroBatch, device: Any) -> torch.Tensor:
+    """(b, T, V) float32 logits at the positions that predict the completion tokens (bf16 autocast on a GPU).
+
+    The one forward the trainer's logprobs and the on-policy teacher's scores share, so that identical weights
+    give bit-identical numbers on both sides.
+    """
     t = mb.completion_ids.shape[1]
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
         # only the T + 1 last positions through the output layer; the last one predicts past the end
@@ -184,7 +188,12 @@ def completion_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: flo
             use_cache=False,
             logits_to_keep=t + 1,
         ).logits[:, :-1]  # (b, T, V): memory hot spot
-    logits = logits.float()
+    return logits.float()
+
+
+def completion_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float, device: Any) -> tuple[Any, Any]:
+    """(b, T) logprobs of the completion tokens at `temperature` and at 1 (raw, comparable with the engine's)."""
+    logits = completion_logits(model, mb, device)
     target = mb.completion_ids.to(device)[..., None]
     logp = torch.log_softmax(logits / temperature, -1).gather(-1, target)[..., 0]
     raw = logp if temperature == 1.0 else torch.log_softmax(logits, -1).gather(-1, target)[..., 0]

@@ -23,7 +23,7 @@ import torch
 
 from distill.engines import Completion
 from distill.fingerprint import vocabulary_fingerprint
-from distill.rollouts import MicroBatch
+from distill.rollouts import MicroBatch, completion_logits
 
 # ---------------------------------------------------------------------------------------------
 # guards
@@ -107,21 +107,13 @@ def teacher_view(
     """Per row of `mb`: the teacher's raw logprob of each completion token, its top-k and the exact tail (what
     the scores cache records); and (b, T) the sampled tokens' logprobs at `temperature` (what the advantage uses).
 
-    The forward is `completion_logprobs`'s, op for op, so identical weights give bit-identical logprobs.
+    The forward is `completion_logprobs`'s (`completion_logits`), so identical weights give bit-identical logprobs.
     """
-    t = mb.completion_ids.shape[1]
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
-        logits = model(
-            input_ids=mb.input_ids.to(device),
-            attention_mask=mb.attention_mask.to(device),
-            position_ids=mb.position_ids.to(device),
-            use_cache=False,
-            logits_to_keep=t + 1,
-        ).logits[:, :-1]  # (b, T, V): memory hot spot
+    logits = completion_logits(model, mb, device)  # (b, T, V)
     target = mb.completion_ids.to(device)[..., None]
-    at_t = torch.log_softmax(logits.float() / temperature, -1)  # (b, T, V) as completion_logprobs takes it
+    at_t = torch.log_softmax(logits / temperature, -1)  # (b, T, V) as completion_logprobs takes it
     tempered = at_t.gather(-1, target)[..., 0]  # (b, T)
-    logp = at_t if temperature == 1.0 else torch.log_softmax(logits.float(), -1)  # (b, T, V) raw
+    logp = at_t if temperature == 1.0 else torch.log_softmax(logits, -1)  # (b, T, V) raw
     sampled = logp.gather(-1, target)[..., 0]  # (b, T)
     top_lp, top_ids = logp.topk(top_k, -1)  # (b, T, k)
     tail = logp.scatter(-1, top_ids, -math.inf).logsumexp(-1)  # (b, T) exact: the full distribution is here
