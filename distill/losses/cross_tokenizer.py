@@ -27,6 +27,9 @@ The two sides share the trace's text, not its tokens: the teacher's ids spell it
 6. `cross_tokenizer_kd`: (α·CE + (1 − α)·(τ²·KD + xt_weight·ULD)) summed over the student positions and
    divided by their number (ULD once per group, at τ = 1). Where the tokenizers agree, every position is
    one-to-one and mapped and the result is `distill_loss`'s own, bit for bit.
+   Memory: the mapped positions go through the chunked `distill_loss`; every other row's CE and ULD terms
+   are reduced per chunk to its trace token's log q and its k largest, and recomputed in backward, so no
+   (N, V) logits are ever held, on either path.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from distill.losses.chunked import IGNORE_INDEX, distill_loss
+from distill.losses.chunked import IGNORE_INDEX, auto_chunk_size, distill_loss
 from distill.losses.kd import log1mexp
 
 KINDS = ("one_to_one", "many_to_one", "one_to_many", "many_to_many", "unmatched")
@@ -142,7 +146,7 @@ def align_spans(teacher_spans: Sequence[tuple[int, int]], student_spans: Sequenc
         groups.append((tuple(teacher), tuple(student)))
     counts = dict.fromkeys(KINDS, 0)
     for t, s in groups:
-        counts[_kind(t, s)] += len(t)
+        counts[group_kind(t, s)] += len(t)
     return Alignment(tuple(groups), len(teacher_spans), len(student_spans), counts)
 
 
@@ -155,6 +159,22 @@ def vocab_map(teacher_tok: Any, student_tok: Any) -> torch.Tensor:
     teacher = {b: i for i, b in reversed(list(enumerate(token_bytes(teacher_tok)))) if b in student}
     out = torch.full((len(teacher_tok),), -1, dtype=torch.long)
     out[list(teacher.values())] = torch.tensor([student[b] for b in teacher], dtype=torch.long)
+    return out
+
+
+def span_logprobs(alignment: Alignment, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+    """(n_s,) the teacher's log-probabilities (n_t,) of one trace carried onto the student's positions.
+
+    A group's teacher log-probability (the sum over its teacher positions: the log-probability of its text) is
+    shared equally by its student positions, so every group, and the trace, keeps its total: one-to-one
+    positions get the teacher's value unchanged (bit for bit), a student token covering several teacher tokens
+    their sum. Student positions without teacher positions (zero-width tokens) get 0.
+    """
+    out = teacher_logprobs.new_zeros(alignment.num_student)
+    for t, s in alignment.groups:
+        if t and s:
+            total = teacher_logprobs[t[0]] if len(t) == 1 else teacher_logprobs[list(t)].sum()
+            out[list(s)] = total if len(s) == 1 else total / len(s)
     return out
 
 
@@ -185,20 +205,26 @@ def project_topk(
 
 
 def uld_rows(
-    student_logprobs: torch.Tensor, teacher_topk_logprobs: torch.Tensor, teacher_tail_logprobs: torch.Tensor
+    student_logprobs: torch.Tensor,
+    teacher_topk_logprobs: torch.Tensor,
+    teacher_tail_logprobs: torch.Tensor,
+    student_log_total: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sorted-probability L1 on k + 1 buckets per row: (n, V), (n, k), (n,) → (n,) fp32 (fp64 stays fp64).
 
     student_logprobs: log-masses over the student's whole vocabulary (log_softmax, or that plus a per-row
-    constant: a merged group's chain-rule factor); its tail bucket is its total minus its k largest.
-    teacher_topk_logprobs, teacher_tail_logprobs: the teacher's k largest log-masses (any order), log of the rest.
-    Σ_i |p_(i) − q_(i)| over the k largest of each side (q zero-padded where V < k) + |r_p − r_q|.
+    constant: a merged group's chain-rule factor), or only its k largest when student_log_total (n,) gives
+    the log of the row's total mass (None: the logsumexp of student_logprobs); its tail bucket is its total
+    minus its k largest. teacher_topk_logprobs, teacher_tail_logprobs: the teacher's k largest log-masses (any
+    order), log of the rest. Σ_i |p_(i) − q_(i)| over the k largest of each side (q zero-padded where V < k)
+    + |r_p − r_q|.
     """
     dtype = torch.float64 if student_logprobs.dtype == torch.float64 else torch.float32
     k, log_q = teacher_topk_logprobs.shape[-1], student_logprobs.to(dtype)
     p = teacher_topk_logprobs.to(dtype).exp().sort(dim=-1, descending=True).values  # (n, k)
     q = log_q.topk(min(k, log_q.shape[-1]), dim=-1).values.exp()  # (n, ≤ k), sorted
-    q_tail = (log_q.logsumexp(-1).exp() - q.sum(-1)).clamp(min=0.0)  # (n,)
+    log_total = log_q.logsumexp(-1) if student_log_total is None else student_log_total.to(dtype)
+    q_tail = (log_total.exp() - q.sum(-1)).clamp(min=0.0)  # (n,)
     return (p - F.pad(q, (0, k - q.shape[-1]))).abs().sum(-1) + (teacher_tail_logprobs.to(dtype).exp() - q_tail).abs()
 
 
@@ -290,17 +316,15 @@ def cross_tokenizer_kd(
             return CrossTokenizerOutput(out.loss, out.ce, out.kd, torch.zeros_like(out.kd), n_s, mapped_mass)
         sums = [x + y * out.num_tokens for x, y in zip(sums, (out.loss, out.ce, out.kd, 0.0), strict=True)]
     rows = sorted({s for _, group in groups for s in group} | set(ce_only))
-    if rows:  # CE at every other student row and ULD per group: these rows' (r, V_s) logits are materialised
-        common = torch.promote_types(hidden.dtype, weight.dtype)
-        logits = F.linear(hidden[rows].to(common), weight.to(common), None if bias is None else bias.to(common))
-        log_q = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)  # (r, V_s)
-        picked = log_q.gather(-1, targets[rows].long().unsqueeze(-1)).squeeze(-1)  # (r,) log q of the trace tokens
+    if rows:  # CE at every other student row and ULD per group, from per-row terms computed in chunks
+        k = topk_ids.shape[-1] if groups and alpha < 1.0 else 0
+        picked, top = _row_terms(hidden[rows], weight, bias, targets[rows], k, chunk_size)  # (r,), (r, ≤ k)
         sums[0], sums[1] = sums[0] - alpha * picked.sum(), sums[1] - picked.sum()
-        if groups and alpha < 1.0:
+        if k:
             where = {r: i for i, r in enumerate(rows)}
-            groups = [(t, tuple(where[s] for s in group)) for t, group in groups]  # student rows → rows of log_q
+            groups = [(t, tuple(where[s] for s in group)) for t, group in groups]  # student rows → rows of `top`
             teacher = (teacher_ids, topk_ids, topk_logprobs, _tail(topk_logprobs, tail_logprobs))
-            uld_sum = _uld_groups(log_q, picked, groups, *teacher, teacher_trace_logprobs)
+            uld_sum = _uld_groups(top, picked, groups, *teacher, teacher_trace_logprobs)
             sums[0], sums[3] = sums[0] + (1.0 - alpha) * xt_weight * uld_sum, sums[3] + uld_sum
     loss, ce, kd_mean, uld = (x / max(n_s, 1) for x in sums)
     return CrossTokenizerOutput(loss, ce.detach(), kd_mean.detach(), uld.detach(), n_s, mapped_mass)
@@ -333,7 +357,7 @@ def _plan(
 
 
 def _uld_groups(
-    log_q: torch.Tensor,
+    top: torch.Tensor,
     picked: torch.Tensor,
     groups: list[Group],
     teacher_ids: torch.Tensor,
@@ -344,7 +368,7 @@ def _uld_groups(
 ) -> torch.Tensor:
     """() Σ ULD over the groups, each side's first row scaled by the probability of its later trace tokens.
 
-    log_q (r, V_s) and picked (r,): the student's log-probs and trace-token values at the groups' student rows;
+    top (r, ≤ k) and picked (r,): the student's k largest log-probs and its trace tokens' at the groups' rows;
     teacher_ids (N_t,), topk_ids / topk_logprobs (N_t, k), tail_logprobs (N_t,) fp64, sampled (N_t,) or None.
     """
     listed = topk_ids.long() == teacher_ids.long().unsqueeze(-1)  # (N_t, k)
@@ -352,7 +376,7 @@ def _uld_groups(
         listed.any(-1), torch.where(listed, topk_logprobs.double(), -math.inf).logsumexp(-1), tail_logprobs
     )
     trace = trace if sampled is None else torch.where(sampled.isfinite(), sampled.double(), trace)  # (N_t,) log p
-    dev_t, dev_s = trace.device, log_q.device
+    dev_t, dev_s = trace.device, top.device
     later_t = [(g, r) for g, (t, _) in enumerate(groups) for r in t[1:]]
     later_s = [(g, r) for g, (_, s) in enumerate(groups) for r in s[1:]]
     chain_t = trace.new_zeros(len(groups)).index_add(  # (G,) log Π p(later teacher trace tokens)
@@ -362,12 +386,45 @@ def _uld_groups(
         0, _index([g for g, _ in later_s], dev_s), picked[_index([r for _, r in later_s], dev_s)]
     )
     first_t, first_s = _index([t[0] for t, _ in groups], dev_t), _index([s[0] for _, s in groups], dev_s)
-    teacher_top = (topk_logprobs.double()[first_t] + chain_t.unsqueeze(-1)).to(dev_s, log_q.dtype)  # (G, k)
-    teacher_tail = (tail_logprobs[first_t] + chain_t).to(dev_s, log_q.dtype)  # (G,)
-    return uld_rows(log_q[first_s] + chain_s.unsqueeze(-1), teacher_top, teacher_tail).sum()
+    teacher_top = (topk_logprobs.double()[first_t] + chain_t.unsqueeze(-1)).to(dev_s, top.dtype)  # (G, k)
+    teacher_tail = (tail_logprobs[first_t] + chain_t).to(dev_s, top.dtype)  # (G,)
+    return uld_rows(top[first_s] + chain_s.unsqueeze(-1), teacher_top, teacher_tail, chain_s).sum()
 
 
-def _kind(teacher: tuple[int, ...], student: tuple[int, ...]) -> str:
+def _row_terms(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    k: int,
+    chunk_size: int | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r,) log q of each row's target and (r, min(k, V)) its k largest log q, from hidden (r, H).
+
+    Chunked as `distill_loss` is: per chunk the (chunk, V) logits are made, reduced and dropped, and backward
+    recomputes them, so the rows' (r, V) logits never exist at once.
+    """
+    size = chunk_size or auto_chunk_size(weight.shape[0])
+    recompute = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    picked, top = [], []
+    for start in range(0, hidden.shape[0], size):
+        args = (hidden[start : start + size], weight, bias, targets[start : start + size], k)
+        p, t = checkpoint(_chunk_terms, *args, use_reentrant=False) if recompute else _chunk_terms(*args)
+        picked, top = [*picked, p], [*top, t]
+    return torch.cat(picked), torch.cat(top)
+
+
+def _chunk_terms(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    common = torch.promote_types(hidden.dtype, weight.dtype)
+    logits = F.linear(hidden.to(common), weight.to(common), None if bias is None else bias.to(common))  # (c, V)
+    log_q = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
+    picked = log_q.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    return picked, log_q.topk(min(k, log_q.shape[-1]), dim=-1).values
+
+
+def group_kind(teacher: Sequence[int], student: Sequence[int]) -> str:
     """A group's kind (one of KINDS) from its sizes."""
     if not teacher or not student:
         return "unmatched"

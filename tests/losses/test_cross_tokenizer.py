@@ -18,6 +18,7 @@ from distill.losses.cross_tokenizer import (
     alignment_shares,
     cross_tokenizer_kd,
     project_topk,
+    span_logprobs,
     token_bytes,
     token_spans,
     uld_loss,
@@ -369,3 +370,39 @@ def test_empty_alignment_gives_zero() -> None:
     )  # fmt: skip
     out.loss.backward()
     assert out.loss.item() == 0.0 and out.num_tokens == 0 and torch.equal(hidden.grad, torch.zeros(0, H))
+
+
+def test_chunked_rows_equal_one_chunk(teacher_tok, student_tok) -> None:
+    """The CE and ULD rows computed in chunks of 3 (recomputed in backward) give the loss and gradients of one
+    chunk holding all of them: chunking changes memory, not the result."""
+    t_ids, s_ids = encode(teacher_tok), encode(student_tok)
+    alignment = align_spans(token_spans(teacher_tok, TEXT, t_ids), token_spans(student_tok, TEXT, s_ids))
+    topk_ids, topk_lp, tail = teacher_view(len(t_ids), len(teacher_tok), seed=5)
+    vmap = vocab_map(teacher_tok, student_tok)
+    results = []
+    for chunk in (3, 10_000):
+        hidden, weight = student_model(len(s_ids), len(student_tok))
+        out = cross_tokenizer_kd(hidden, weight, torch.tensor(s_ids), [alignment], torch.tensor(t_ids), topk_ids,
+                                 topk_lp, tail, vmap, alpha=0.2, kd="reverse", chunk_size=chunk)  # fmt: skip
+        out.loss.backward()
+        results.append((out.loss.detach(), out.uld, hidden.grad, weight.grad))
+    assert results[0][1] > 0
+    for ours, whole in zip(*results, strict=True):
+        torch.testing.assert_close(ours, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_span_logprobs_keep_every_spans_total(teacher_tok, student_tok) -> None:
+    """Student positions carry the teacher's log-probability of their span: one-to-one unchanged, a span's total
+    kept (so the trace's), and identical tokenizers give the teacher's values back bit for bit."""
+    t_ids, s_ids = encode(teacher_tok), encode(student_tok)
+    alignment = align_spans(token_spans(teacher_tok, TEXT, t_ids), token_spans(student_tok, TEXT, s_ids))
+    teacher = -torch.rand(len(t_ids), generator=torch.Generator().manual_seed(0)) * 3
+    carried = span_logprobs(alignment, teacher)
+    assert carried.shape == (len(s_ids),)
+    for t, s in alignment.groups:
+        torch.testing.assert_close(carried[list(s)].sum(), teacher[list(t)].sum())
+        if len(t) == len(s) == 1:
+            assert carried[s[0]] == teacher[t[0]]
+    assert any(len(t) != len(s) for t, s in alignment.groups)
+    same = align_spans(token_spans(teacher_tok, TEXT, t_ids), token_spans(teacher_tok, TEXT, t_ids))
+    assert torch.equal(span_logprobs(same, teacher), teacher)
