@@ -12,7 +12,13 @@ Reproducible by seed, CPU only: 4,000 steps of 16 rows × 256 tokens take about 
 Prints the held-out accuracy of its arithmetic (greedy completion of "a op b =" on facts it never
 trained on): 91.8% for the bundled one.
 
-    python scripts/pretrain_arith_student.py [--steps 4000] [--seed 0] --install
+`--tokenizer own` makes the cross-tokenizer student instead (`students/arith-student-bpe`): a model of
+the same shape from another family (Llama) on a byte-level BPE of the same size (512) trained on other
+text (arithmetic lines and task problems) with GPT-2's pre-tokenizer, so it spells numbers as whole
+tokens ("Ġ17") where the Qwen-style teacher spells every digit ("Ġ", "1", "7") — as Llama 3's tokenizer
+groups up to three digits and Qwen's splits each.
+
+    python scripts/pretrain_arith_student.py [--steps 4000] [--seed 0] [--tokenizer teacher|own] --install
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 STUDENT = dict(hidden_size=64, num_layers=4, num_heads=2, num_kv_heads=1, intermediate_size=192)
 TEACHER_DIR = REPO / "teachers" / "arith-teacher"
-TARGET = REPO / "students" / "arith-student"
+TARGETS = {"teacher": REPO / "students" / "arith-student", "own": REPO / "students" / "arith-student-bpe"}
 
 
 def main() -> None:
@@ -39,14 +45,20 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=200_000, help="lines of arithmetic to train on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--teacher", type=Path, default=TEACHER_DIR, help="whose tokenizer the student shares")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "arith-student")
-    parser.add_argument("--install", action="store_true", help="copy the result into students/arith-student")
+    parser.add_argument(
+        "--tokenizer", choices=sorted(TARGETS), default="teacher",
+        help="the teacher's tokenizer (arith-student) or one of its own (arith-student-bpe, for cross-tokenizer KD)",
+    )  # fmt: skip
+    parser.add_argument("--work", type=Path, default=None, help="[runs/<student name>]")
+    parser.add_argument("--install", action="store_true", help="copy the result into students/<student name>")
     args = parser.parse_args()
+    target = TARGETS[args.tokenizer]
+    args.work = args.work or REPO / "runs" / target.name
     model_dir = pretrain(args)
     if args.install:
-        shutil.rmtree(TARGET, ignore_errors=True)
-        shutil.copytree(model_dir, TARGET)
-        print(f"installed {TARGET}")
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(model_dir, target)
+        print(f"installed {target}")
 
 
 def pretrain(args: argparse.Namespace) -> Path:
@@ -58,10 +70,15 @@ def pretrain(args: argparse.Namespace) -> Path:
 
     torch.manual_seed(args.seed)
     shutil.rmtree(args.work, ignore_errors=True)
-    # the teacher's tokenizer, so the student reads the teacher's cache token for token
-    teacher_tok = AutoTokenizer.from_pretrained(args.teacher)
+    # the teacher's tokenizer, so the student reads the teacher's cache token for token; or one of its own
+    tokenizer = AutoTokenizer.from_pretrained(args.teacher) if args.tokenizer == "teacher" else own_tokenizer(args.seed)
     init = build_tiny_model(
-        args.work / "init", seed=args.seed, max_position_embeddings=512, tokenizer=teacher_tok, **STUDENT
+        args.work / "init",
+        seed=args.seed,
+        max_position_embeddings=512,
+        tokenizer=tokenizer,
+        **STUDENT,
+        family="qwen2" if args.tokenizer == "teacher" else "llama",
     )
     tok = AutoTokenizer.from_pretrained(init)
     model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
@@ -101,6 +118,15 @@ def pretrain(args: argparse.Namespace) -> Path:
     tok.save_pretrained(out)
     model.generation_config.save_pretrained(out)
     return out
+
+
+def own_tokenizer(seed: int):
+    """A byte-level BPE of the teacher's size and special tokens, trained on arithmetic lines and problem text."""
+    from distill.models.tiny import build_tokenizer
+    from distill.tasks import arith
+
+    text = [f"{r['prompt']}\n{r['completion']}" for r in arith.problems("train")[:3000]]
+    return build_tokenizer(arith.arithmetic_facts(20_000, seed) + text, 512)
 
 
 def fact_accuracy(model, tok, facts: list[str]) -> float:

@@ -76,16 +76,19 @@ def build_tiny_model(
     corpus: Iterable[str] | None = None,
     model_vocab_size: int | None = None,
     tokenizer: Any = None,
+    family: str = "qwen2",
 ) -> Path:
     """Save a randomly initialised tiny Qwen2 model and its tokenizer to `out_dir`; returns it.
 
     `model_vocab_size` pads the embedding beyond the tokenizer (as Qwen2.5 pads 151,665 tokens to
     151,936 rows), e.g. to give a benchmark model a realistic output-layer cost. `tokenizer` (a
     loaded Hugging Face tokenizer) is used instead of training one on `corpus`, e.g. a student
-    that must share its teacher's.
+    that must share its teacher's. `family` "llama" makes a `LlamaForCausalLM` of the same shape (no
+    q/k/v biases): transformers then loads the tokenizer from tokenizer.json as it is, where a qwen2
+    directory's is rebuilt with Qwen's pre-tokenizer (which spells every digit alone).
     """
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     if hidden_size // num_heads < MIN_HEAD_SIZE:
         raise ValueError(f"head size {hidden_size // num_heads} < {MIN_HEAD_SIZE}: vLLM's CPU backend would refuse it")
@@ -95,7 +98,10 @@ def build_tiny_model(
         tokenizer = build_tokenizer(corpus if corpus is not None else default_corpus(seed), vocab_size)
     tokenizer.save_pretrained(out)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    config = Qwen2Config(
+    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[
+        family
+    ]
+    config = config_class(
         vocab_size=max(len(tokenizer), model_vocab_size or 0),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 2 * hidden_size,
@@ -109,7 +115,7 @@ def build_tiny_model(
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
+    model = model_class(config)
     model.save_pretrained(out)
     GenerationConfig(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id).save_pretrained(out)
     return out
