@@ -15,8 +15,9 @@ Choices:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,6 +47,8 @@ class Batch:
     """(rows, length, M) long tokens drawn from the teacher, or None"""
     extra_logprobs: torch.Tensor | None
     """(rows, length, M) float32 teacher logprobs of `extra_ids`, or None"""
+    aligned: Any = None
+    """cross-tokenizer: the teacher's rows of these records (distill.retokenize.AlignedTeacher), or None"""
 
     @property
     def num_tokens(self) -> int:
@@ -130,6 +133,7 @@ class PackedLoader:
         extra_k: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        collate_rows: Callable[[list[list[Any]]], Batch] | None = None,
     ) -> None:
         if rows_per_step % world_size:
             raise ValueError(f"rows per step ({rows_per_step}) must be divisible by the world size ({world_size})")
@@ -139,6 +143,8 @@ class PackedLoader:
         self.max_length, self.rows_per_step, self.micro_rows = max_length, rows_per_step, micro_rows
         self.seed, self.pad_id, self.top_k, self.extra_k = seed, pad_id, top_k, extra_k
         self.rank, self.world_size = rank, world_size
+        # rows of records → a Batch; the default packs cache records with their top-k
+        self.collate_rows = collate_rows or (lambda rows: collate(rows, max_length, pad_id, top_k, extra_k))
         self._plans: dict[int, list[list[int]]] = {}
 
     def _plan(self, epoch: int) -> list[list[int]]:
@@ -167,7 +173,7 @@ class PackedLoader:
         for i in range(0, len(mine), self.micro_rows):
             chunk = mine[i : i + self.micro_rows]
             records = [[self.cache[j] for j in row] for row in chunk]
-            batches.append(collate(records, self.max_length, self.pad_id, self.top_k, self.extra_k))
+            batches.append(self.collate_rows(records))
         return batches, global_tokens
 
     def _row_tokens(self, row: list[int]) -> int:

@@ -5,6 +5,8 @@ One recipe that reads top to bottom: setup → train → save → cleanup. Choic
   read-only, so any number of runs share one cache;
 - the loss is computed from final hidden states in chunks over the output layer (distill.losses),
   never materialising batch × time × vocab logits;
+- `--cross-tokenizer`: a student of another tokenizer re-tokenises the traces' text (distill.retokenize)
+  and learns from the teacher's top-k mapped onto its ids, plus ULD where tokens do not correspond;
 - batches are packed rows planned per epoch (distill.data); a step's loss is the mean over all its
   loss tokens across micro-batches and ranks, so 1 process and N processes with the same global
   batch compute the same numbers;
@@ -45,13 +47,15 @@ from distill.configs import TrainConfig
 from distill.data import PackedLoader
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX, distill_loss
+from distill.losses.cross_tokenizer import cross_tokenizer_kd
 from distill.presets import resolve_preset
+from distill.retokenize import AlignedTeacher, alignment_report, collate_aligned, retokenize, student_vocab_map
 from distill.runs import RunRecord, read_manifest, run_of_model
 from distill.tracking import open_trackers
 from distill.vocab import reconcile
 
 TRAIN_CONFIG = "distill_train.json"
-TRACKED = ("loss", "ce", "kd", "lr", "grad_norm", "tokens_per_s")  # what --report-to trackers get, as train/NAME
+TRACKED = ("loss", "ce", "kd", "uld", "lr", "grad_norm", "tokens_per_s")  # what --report-to trackers get (train/NAME)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,10 +89,11 @@ def _all_sum(values: list[float], world: int) -> list[float]:
 class StudentLoss(torch.nn.Module):
     """The student's decoder plus the chunked CE + KD loss over its output layer."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, vmap: torch.Tensor | None = None) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
+        self.vmap = vmap  # cross-tokenizer: (V_teacher,) teacher id → student id; a plain attribute, not state
 
     def _causal_lm(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -101,6 +106,28 @@ class StudentLoss(torch.nn.Module):
         keep = batch.targets != IGNORE_INDEX  # only loss positions go through the output layer
         flat = lambda t: None if t is None else t[keep]  # noqa: E731
         head = lm.get_output_embeddings()
+        if batch.aligned is not None:  # --cross-tokenizer: the teacher's rows are its own, aligned by text
+            t = batch.aligned
+            return cross_tokenizer_kd(
+                hidden[keep],
+                head.weight,
+                batch.targets[keep],
+                t.alignments,
+                t.ids,
+                t.topk_ids,
+                t.topk_logprobs,
+                t.tail_logprobs,
+                self.vmap,
+                t.trace_logprobs,
+                alpha=self.cfg.alpha,
+                kd=self.cfg.kd,
+                tail=self.cfg.tail,
+                temperature=self.cfg.temperature,
+                beta=self.cfg.beta,
+                xt_weight=self.cfg.xt_weight,
+                chunk_size=self.cfg.chunk_size,
+                bias=getattr(head, "bias", None),
+            )
         return distill_loss(
             hidden[keep],
             head.weight,
@@ -184,11 +211,16 @@ class Trainer:
             if len(indices) == 0:
                 raise DistillError(f"View {cfg.view!r} of {cache.path} keeps no records; nothing to train on.")
             teacher_tok = cache_tokenizer(cache)
-            decision = reconcile(student_tok, teacher_tok, self.preset.name, str(cache.provenance.get("teacher")))
-            if decision.adopted_teacher:
-                self.log(f"note: {decision.message}")
-            self.tokenizer = decision.tokenizer
             records, lengths, top_k, extra_k = cache, cache.lengths(), cache.spec.top_k, cache.spec.extra_k
+            if cfg.cross_tokenizer:
+                self.tokenizer = student_tok
+                records, indices, lengths = self._retokenize(cache, indices, teacher_tok)
+            else:
+                teacher = str(cache.provenance.get("teacher"))
+                decision = reconcile(student_tok, teacher_tok, self.preset.name, teacher)
+                if decision.adopted_teacher:
+                    self.log(f"note: {decision.message}")
+                self.tokenizer = decision.tokenizer
             self.top_k = top_k
             self.source = {"cache": str(cache.path), "cache_key": cache.key, "view": cfg.view}
         else:
@@ -210,6 +242,7 @@ class Trainer:
         if no_room:
             self.log(f"note: {no_room} of {len(indices)} records have prompts of ≥ {max_length} tokens and are skipped")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        aligned = (lambda rows: collate_aligned(rows, max_length, pad)) if cfg.cross_tokenizer else None
         self.loader = PackedLoader(
             records,
             indices,
@@ -223,10 +256,23 @@ class Trainer:
             extra_k if cfg.kd == "sampled" else 0,
             self.rank,
             self.world,
+            collate_rows=aligned,
         )
         epochs = cfg.epochs if cfg.epochs is not None else self.preset.train.epochs
         self.total_steps = cfg.max_steps or epochs * self.loader.steps_per_epoch
         self.log(f"data: {len(indices)} records, {self.loader.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+
+    def _retokenize(self, cache: TeacherCache, indices: np.ndarray, teacher_tok: Any) -> tuple[list, np.ndarray, Any]:
+        """--cross-tokenizer: the selected records in the student's tokens, aligned to the teacher's, and their
+        (prompt, completion) lengths; logs the alignment report (and warns when it is poor)."""
+        aligned = retokenize([cache[int(i)] for i in indices], teacher_tok, self.tokenizer)
+        self.vmap = student_vocab_map(teacher_tok, self.tokenizer)
+        self.alignment = alignment_report(aligned, self.vmap)
+        self.log(f"cross-tokenizer: {self.alignment.summary()}")
+        for warning in self.alignment.warnings():
+            self.log(f"warning: {warning}")
+        lengths = np.array([[len(r.student.prompt_ids), len(r.student.completion_ids)] for r in aligned])
+        return aligned, np.arange(len(aligned)), lengths
 
     def _build_model(self) -> torch.nn.Module:
         """The student as configured (pretrained or random, resized, LoRA-wrapped), on the CPU."""
@@ -261,7 +307,8 @@ class Trainer:
 
     def _setup_model(self) -> None:
         self.model = self._build_model().to(self.device)
-        self.module = self._parallelize(StudentLoss(self.model, self.cfg).to(self.device))
+        loss = StudentLoss(self.model, self.cfg, getattr(self, "vmap", None))
+        self.module = self._parallelize(loss.to(self.device))
 
     def _parallelize(self, module: torch.nn.Module) -> torch.nn.Module:
         if self.world == 1:
@@ -326,7 +373,8 @@ class Trainer:
             "view": cfg.view,
             "model": cfg.student,
             "parent_run": read_manifest(parent).id if parent else None,
-            "summary": {"top_k": self.top_k, "total_steps": self.total_steps, "records": self.records},
+            "summary": {"top_k": self.top_k, "total_steps": self.total_steps, "records": self.records}
+            | ({"cross_tokenizer": asdict(self.alignment)} if self.cfg.cross_tokenizer else {}),
         }
 
     def train(self, record: RunRecord) -> None:
@@ -346,10 +394,12 @@ class Trainer:
                 row["tokens_per_s"] = rate = tokens_seen / (time.perf_counter() - start)
                 if self.rank == 0:
                     self.run.log_metrics(row)
-                    trackers.log({f"train/{k}": row[k] for k in TRACKED}, self.step)
+                    trackers.log({f"train/{k}": row[k] for k in TRACKED if k in row}, self.step)
                     record.heartbeat(row)
+                    uld = f" uld {row['uld']:.4f}" if "uld" in row else ""
                     bar.set_postfix_str(
-                        f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f} {rate:,.0f} tok/s", refresh=False
+                        f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f}{uld} {rate:,.0f} tok/s",
+                        refresh=False,
                     )
                     bar.update(1)
                 if self.step % self.cfg.save_every == 0 or self.step == self.total_steps:
@@ -366,7 +416,8 @@ class Trainer:
     def _step(self) -> dict[str, Any]:
         """One optimizer step over the step's micro-batches; its metrics row."""
         batches, step_tokens = self.loader.step(self.step)
-        sums = [0.0, 0.0, 0.0]  # loss, ce, kd: sums over this rank's loss tokens
+        parts = self._parts()
+        sums = [0.0] * len(parts)  # loss, ce, kd (, uld): sums over this rank's loss tokens
         for batch in batches:
             batch = _to(batch, self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
@@ -374,9 +425,9 @@ class Trainer:
             n = out.num_tokens
             # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
             (out.loss * n / max(step_tokens, 1) * self.world).backward()
-            sums = [s + float(v.detach()) * n for s, v in zip(sums, (out.loss, out.ce, out.kd), strict=True)]
-        loss, ce, kd = (v / max(step_tokens, 1) for v in _all_sum(sums, self.world))
-        self.run.stop_if_not_finite(loss, self.step + 1)
+            sums = [s + float(getattr(out, name).detach()) * n for s, name in zip(sums, parts, strict=True)]
+        means = {name: v / max(step_tokens, 1) for name, v in zip(parts, _all_sum(sums, self.world), strict=True)}
+        self.run.stop_if_not_finite(means["loss"], self.step + 1)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
         )
@@ -386,17 +437,19 @@ class Trainer:
         self.step += 1
         return {
             "step": self.step,
-            "loss": loss,
-            "ce": ce,
-            "kd": kd,
+            **means,
             "lr": self.scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
             "tokens": step_tokens,
         }
 
+    def _parts(self) -> tuple[str, ...]:
+        """The loss and the parts of it the metrics report: ULD too across tokenizers."""
+        return ("loss", "ce", "kd", "uld") if self.cfg.cross_tokenizer else ("loss", "ce", "kd")
+
     def final_metrics(self) -> dict[str, Any]:
         """The manifest's final metrics: loss, CE and KD over the last 50 steps, steps, tokens trained on."""
-        out = self.run.final_metrics(("loss", "ce", "kd"))
+        out = self.run.final_metrics(self._parts())
         out["tokens"] = sum(r["tokens"] for r in self.run.metric_rows())
         return out
 
@@ -463,7 +516,7 @@ class Trainer:
 
 def _to(batch: Any, device: Any) -> Any:
     for name, value in vars(batch).items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor | AlignedTeacher):
             setattr(batch, name, value.to(device))
     return batch
 

@@ -5,7 +5,7 @@ Tokenizers are compared, never embedding-row counts (Qwen2.5-7B has 152,064 rows
 - identical tokenizers (vocabulary, special tokens, chat template): nothing to do;
 - same regular vocabulary, different special tokens or template (R1-Distill-Qwen teachers and
   Qwen2.5 students): the student adopts the teacher's tokenizer and chat template, and says so;
-- different regular vocabularies: refuse, naming both.
+- different regular vocabularies: refuse, naming both (`distill train --cross-tokenizer` aligns them by text).
 """
 
 from __future__ import annotations
@@ -40,5 +40,6 @@ def reconcile(student_tok: Any, teacher_tok: Any, student_name: str, teacher_nam
     raise DistillError(
         f"The student's tokenizer ({student_name}, {len(student_tok)} tokens) and the teacher's ({teacher_name}, "
         f"{len(teacher_tok)} tokens) have different vocabularies, so the cached teacher ids mean other tokens "
-        "for this student; pick a student of the teacher's tokenizer family."
+        "for this student; pick a student of the teacher's tokenizer family, or pass --cross-tokenizer to align the "
+        "two by the traces' text."
     )

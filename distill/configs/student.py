@@ -108,9 +108,24 @@ class TrainConfig(Config, RunOptions):
     """Checkpoint every N steps."""
     init: Literal["pretrained", "random"] | None = None
     """pretrained weights, or random (the model's config only) [preset]."""
+    cross_tokenizer: bool = False
+    """Train a student whose tokenizer differs from the cache's teacher: each trace's text is re-tokenised by the
+    student and aligned to the teacher's tokens by bytes; KD on the teacher's top-k mapped onto student ids where a
+    token has a one-to-one counterpart, ULD (sorted probabilities) on merged spans; --kd forward|reverse|jsd."""
+    xt_weight: float = 1.0
+    """With --cross-tokenizer: weight of the ULD term (spans without a one-to-one counterpart) beside the KD term."""
 
     def problems(self) -> list[str]:
         out = self.run_problems(self.save_every)
+        if self.cross_tokenizer and self.cache is None:
+            out.append("--cross-tokenizer re-tokenises the traces of a --cache; give one (plain --traces need no flag)")
+        if self.cross_tokenizer and self.kd == "sampled" and self.alpha < 1:
+            out.append(
+                "--kd sampled draws teacher ids that need not exist in the student's vocabulary, so it is not unbiased "
+                "across tokenizers; use --kd forward, reverse or jsd with --cross-tokenizer"
+            )
+        if not self.xt_weight >= 0:
+            out.append(f"--xt-weight must be ≥ 0, got {self.xt_weight}")
         if not 0.0 <= self.alpha <= 1.0:
             out.append(f"--alpha must be in [0, 1], got {self.alpha}")
         if not self.temperature > 0:

@@ -1,0 +1,167 @@
+"""`distill train --cross-tokenizer` on real caches of the bundled teacher: the identity invariant through the
+CLI, the bundled student of another family and tokenizer, packing cuts, LoRA, views and two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from distill.cache import open_cache, write_view
+from distill.generate import GenerateConfig, run_generate
+from distill.models.tokenizer import cache_tokenizer, load_tokenizer
+from distill.presets import resolve_preset
+from distill.retokenize import alignment_report, collate_aligned, retokenize, student_vocab_map, truncate
+
+pytestmark = pytest.mark.slow
+SAME = resolve_preset("arith-student", "student").hub_id  # the teacher's tokenizer
+OTHER = resolve_preset("arith-student-bpe", "student").hub_id  # Llama, its own BPE: numbers whole
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled teacher's traces of 12 arith:train problems, 2 samples each, top-20 + tail."""
+    return run_generate(
+        GenerateConfig(
+            teacher="arith-teacher",
+            prompts="arith:train",
+            limit=12,
+            samples_per_prompt=2,
+            max_new_tokens=96,
+            top_k=20,
+            backend="hf",
+            dtype="float32",
+            out=tmp_path_factory.mktemp("xt") / "cache",
+        )
+    )
+
+
+def train(cache: Path, out: Path, *extra: str, student: str = "arith-student-bpe", steps: int = 3) -> dict:
+    """Run `distill train` in a subprocess as a user would; its metrics rows and stderr."""
+    args = ["--student", student, "--cache", str(cache), "--out", str(out), "--max-steps", str(steps)]
+    args += ["--batch-rows", "4", "--micro-rows", "2", "--lr", "3e-3", "--warmup-ratio", "0", "--seed", "5"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill", "train", *args, *extra],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"rows": rows, "stderr": proc.stderr, "run": json.loads((out / "run.json").read_text())}
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model" / "model.safetensors")
+
+
+def test_identical_tokenizers_train_exactly_as_without_the_flag(cache: Path, tmp_path: Path) -> None:
+    """The invariant: a student of the teacher's tokenizer trains bit for bit the same with --cross-tokenizer
+    (re-tokenised, aligned, mapped, through cross_tokenizer_kd) as without it, for KD kinds and tails."""
+    lengths = open_cache(cache).lengths().sum(-1)
+    assert (lengths > 100).any() and (lengths <= 50).sum() == 0  # at --max-length 100 some records are cut
+    for kind, tail in (("reverse", "bucket"), ("jsd", "renorm")):
+        knobs = ["--kd", kind, "--tail", tail, "--alpha", "0.3", "--max-length", "100"]
+        plain = train(cache, tmp_path / f"plain-{kind}", *knobs, student="arith-student")
+        xt = train(cache, tmp_path / f"xt-{kind}", *knobs, "--cross-tokenizer", student="arith-student")
+        assert "100.0% one-to-one" in xt["stderr"]
+        for a, b in zip(plain["rows"], xt["rows"], strict=True):
+            assert (a["loss"], a["ce"], a["kd"], a["tokens"]) == (b["loss"], b["ce"], b["kd"], b["tokens"])
+            assert b["uld"] == 0.0 and b["kd"] > 0
+        w_plain, w_xt = weights(tmp_path / f"plain-{kind}"), weights(tmp_path / f"xt-{kind}")
+        assert all(torch.equal(w_plain[k], w_xt[k]) for k in w_plain)
+
+
+def test_a_student_of_another_tokenizer_learns_from_the_teacher(cache: Path, tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "distill", "train", "--student", "arith-student-bpe", "--cache", str(cache),
+         "--out", str(tmp_path / "refused"), "--max-steps", "1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "--cross-tokenizer" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (tmp_path / "refused" / "model").exists()
+
+    out = train(cache, tmp_path / "xt", "--cross-tokenizer", "--kd", "reverse", steps=8)
+    report = out["run"]["summary"]["cross_tokenizer"]
+    assert 0.3 < report["one_to_one"] < 0.9 and report["merged"] > 0.1 and report["student_per_teacher_token"] < 1
+    assert report["mapped_mass"] > 0.9 and "merged (taught by ULD)" in out["stderr"]
+    rows = out["rows"]
+    assert all(r["kd"] > 0 and r["uld"] > 0 for r in rows)
+    assert np.mean([r["loss"] for r in rows[-3:]]) < np.mean([r["loss"] for r in rows[:3]])
+    # the export is the student's own: its tokenizer, a model transformers loads with it
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "xt" / "model")
+    assert tok.tokenize(" 17") == load_tokenizer(OTHER).tokenize(" 17") == ["Ġ17"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "xt" / "model")
+    assert model.config.model_type == "llama"
+    # the ULD term is in the loss, weighed by --xt-weight
+    none = train(cache, tmp_path / "no-uld", "--cross-tokenizer", "--kd", "reverse", "--xt-weight", "0", steps=1)
+    one = rows[0]
+    assert none["rows"][0]["uld"] == pytest.approx(one["uld"], rel=1e-6)
+    assert one["loss"] - none["rows"][0]["loss"] == pytest.approx(0.5 * one["uld"], rel=1e-4)
+
+
+def test_packing_cuts_views_and_lora(cache: Path, tmp_path: Path) -> None:
+    """Rows packed and records cut by --max-length keep teacher rows and student rows in step; a view selects the
+    records; LoRA adapters train and merge."""
+    c = open_cache(cache)
+    write_view(c, "first", list(range(0, len(c), 2)), {})
+    out = train(cache, tmp_path / "lora", "--cross-tokenizer", "--view", "first", "--lora", "--max-length", "96")
+    assert out["run"]["summary"]["records"] == (len(c) + 1) // 2
+    assert all(np.isfinite(r["loss"]) and r["uld"] > 0 for r in out["rows"])
+    base, merged = load_file(Path(OTHER) / "model.safetensors"), weights(tmp_path / "lora")
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    assert changed and all("proj" in k for k in changed)
+
+
+def test_cut_records_keep_whole_groups_and_rows_in_order(cache: Path) -> None:
+    c = open_cache(cache)
+    teacher, student = cache_tokenizer(c), load_tokenizer(OTHER)
+    aligned = retokenize([c[i] for i in range(len(c))], teacher, student)
+    report = alignment_report(aligned, student_vocab_map(teacher, student))
+    assert report.one_to_one + report.merged + report.unmatched == pytest.approx(1.0)
+    first = aligned[0].alignment
+    for n in range(first.num_student + 1):
+        cut = truncate(first, n)
+        assert cut.num_student == n and sorted(s for _, g in cut.groups for s in g) == list(range(n))
+        assert sorted(t for t, _ in cut.groups for t in t) == list(range(cut.num_teacher))
+        assert sum(cut.counts.values()) == cut.num_teacher
+    # a micro-batch of two rows cut at 10 completion tokens of the first record: the second row's first record
+    # is cut too and its second gets no room; teacher rows follow the student's loss positions
+    width = len(aligned[0].student.prompt_ids) + 10
+    batch = collate_aligned([[aligned[0]], [aligned[1], aligned[2]]], width, 0)
+    t = batch.aligned
+    p1, c1 = len(aligned[1].student.prompt_ids), len(aligned[1].student.completion_ids)
+    assert [a.num_student for a in t.alignments] == [10, min(c1, width - p1), 0]
+    assert sum(a.num_student for a in t.alignments) == batch.num_tokens
+    n0 = t.alignments[0].num_teacher
+    assert torch.equal(t.ids[:n0], torch.from_numpy(aligned[0].teacher.completion_ids[:n0].astype(np.int64)))
+    assert len(t.ids) == n0 + t.alignments[1].num_teacher and t.alignments[2].num_teacher == 0
+
+
+@pytest.mark.torchrun
+def test_two_processes_on_gloo_match_one(cache: Path, tmp_path: Path) -> None:
+    one = train(cache, tmp_path / "one", "--cross-tokenizer", "--kd", "reverse", steps=2)
+    args = ["--student", "arith-student-bpe", "--cache", str(cache), "--out", str(tmp_path / "two"), "--max-steps", "2"]
+    args += ["--batch-rows", "4", "--micro-rows", "2", "--lr", "3e-3", "--warmup-ratio", "0", "--seed", "5"]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531", "-m",
+         "distill", "train", *args, "--cross-tokenizer", "--kd", "reverse"],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, one["rows"], strict=True):
+        assert a["tokens"] == b["tokens"]
+        for key in ("loss", "ce", "kd", "uld"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), key
+    w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
