@@ -28,7 +28,15 @@ Each step:
 
 Guards learned from the anchors: the student's and teacher's regular vocabularies must be one (the ids
 are scored verbatim), the templates must open the completion the same way (think prefix) and end it with
-a token the teacher also ends on; both are refused with a sentence before any model loads. Before step 1
+a token the teacher also ends on; both are refused with a sentence before any model loads.
+
+`--cross-tokenizer` (a student of another tokenizer; --loss reverse): the completion's text (its end token
+aside) is re-tokenised by the teacher, which scores its own ids and ends with its own eos where the student
+ended; both sides are aligned by byte spans (distill.retokenize), and each student token gets its share of
+the teacher's log-probability of its span (`span_logprobs`): one-to-one tokens the teacher's own value, a
+student token covering several teacher tokens their sum, several covering one an equal share of it. Per
+span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). With identical
+tokenizers the ids are not re-tokenised and the run is the one without the flag, bit for bit. Before step 1
 the teacher writes a few greedy completions and scores them through the same scoring path: its mean
 logprob (high: its own argmax choices) and the gap to the logprobs it generated them with (≈ 0 when scoring is
 aligned) are logged and kept in run.json, so a shifted or broken scoring path shows before any update.
@@ -57,11 +65,13 @@ from distill.engines import Completion, Request, SamplingSpec, open_engine
 from distill.errors import DistillError
 from distill.fingerprint import cache_key, tokenizer_fingerprint
 from distill.losses import IGNORE_INDEX, distill_loss, group_advantages
+from distill.losses.cross_tokenizer import alignment_shares, span_logprobs
 from distill.losses.onpolicy import onpolicy_reverse_objective, reverse_kl_advantages, reverse_kl_by_position
 from distill.models.tokenizer import load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, record_meta
 from distill.recording import to_record
+from distill.retokenize import align_text
 from distill.rollouts import (
     MicroBatch,
     Rollout,
@@ -116,10 +126,13 @@ class OnPolicyRecipe:
         self.tokenizer = load_tokenizer(self.student.hub_id, self.student.revision)
         self.teacher_tokenizer = load_tokenizer(self.teacher.hub_id, self.teacher.revision)
         self.stops = stop_token_ids(self.tokenizer, self.student.hub_id)
-        problems = tokenizer_problems(self.tokenizer, self.teacher_tokenizer, self.student.name, self.teacher.name)
+        xt = cfg.cross_tokenizer  # the text is re-tokenised and the teacher ends on its own eos: ids may differ
+        problems = [] if xt else tokenizer_problems(self.tokenizer, self.teacher_tokenizer, self.student.name,
+                                                    self.teacher.name)  # fmt: skip
         problems += template_problems(
-            self.student, self.teacher, self.stops, stop_token_ids(self.teacher_tokenizer, self.teacher.hub_id)
-        )
+            self.student, self.teacher, [] if xt else self.stops,
+            stop_token_ids(self.teacher_tokenizer, self.teacher.hub_id),
+        )  # fmt: skip
         if problems:
             raise DistillError("The teacher cannot score this student's samples: " + "; ".join(problems) + ".")
         self.top_k = cfg.top_k or self.teacher.top_k
@@ -207,6 +220,7 @@ class OnPolicyRecipe:
             f"{cfg.batch_size // cfg.group_size} prompts × G={cfg.group_size} per step, {cfg.steps} steps, "
             f"loss {cfg.loss}{' (' + cfg.kd + ')' if cfg.loss == 'topk' else ''}, reward weight {cfg.reward_weight}, "
             f"μ={cfg.iterations}, engines {self.engine.name} (student) / {cfg.teacher_backend} (teacher)"
+            + (", the student's text re-tokenised for the teacher (--cross-tokenizer)" if cfg.cross_tokenizer else "")
         )
 
     def _open_cache(self) -> CacheWriter:
@@ -243,9 +257,43 @@ class OnPolicyRecipe:
     # -----------------------------------------------------------------------------------------
     # teacher
 
-    def score(self, completions: list[Completion], prompts: list[dict[str, Any]]) -> TeacherScores:
-        """The teacher's view of every completion, teacher-forced after the teacher's rendering of its prompt."""
+    def score(
+        self, completions: list[Completion], prompts: list[dict[str, Any]], retokenize: bool = False
+    ) -> TeacherScores:
+        """The teacher's view of every completion, teacher-forced after the teacher's rendering of its prompt;
+        `retokenize`: completions of another tokenizer, carried over as the module doc says."""
         as_teacher = [replace(c, prompt_ids=q["teacher_ids"]) for c, q in zip(completions, prompts, strict=True)]
+        alignments = None
+        if retokenize:
+            as_teacher, alignments = self._as_teacher_text(as_teacher)
+        rows, tempered = self._teacher_rows(as_teacher)
+        if alignments is not None:
+            tempered = [
+                span_logprobs(a, torch.from_numpy(np.asarray(lp, np.float32))).numpy()
+                for a, lp in zip(alignments, tempered, strict=True)
+            ]
+            self.xt_shares = alignment_shares(alignments)
+        return stack_scores(rows, tempered)
+
+    def _as_teacher_text(self, completions: list[Completion]) -> tuple[list[Completion], list[Any]]:
+        """Each student completion re-tokenised by the teacher (ending with its eos where the student ended), and
+        the alignment of the two."""
+        student_tok, teacher_tok = self.tokenizer, self.teacher_tokenizer
+        same = tokenizer_fingerprint(student_tok) == tokenizer_fingerprint(teacher_tok)
+        out, alignments = [], []
+        for c in completions:
+            ids = [int(t) for t in c.completion_ids]
+            ends = bool(ids) and ids[-1] in self.stops
+            body = ids[:-1] if ends else ids
+            text = student_tok.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            teacher = body if same else teacher_tok(text, add_special_tokens=False)["input_ids"]
+            end = [ids[-1] if same else teacher_tok.eos_token_id] * ends
+            alignments.append(align_text(text, teacher_tok, teacher, student_tok, body, ends, f"completion {c.key}"))
+            out.append(replace(c, completion_ids=np.asarray(teacher + end, np.int32)))
+        return out, alignments
+
+    def _teacher_rows(self, as_teacher: list[Completion]) -> tuple[list[Completion], list[np.ndarray]]:
+        """The teacher's scored completions, and each one's sampled-token logprobs at the run's temperature."""
         if self.teacher_engine is not None:
             requests = [
                 Request(c.key, c.prompt_ids, completion_ids=[int(t) for t in c.completion_ids]) for c in as_teacher
@@ -254,7 +302,7 @@ class OnPolicyRecipe:
             rows = [scored[c.key] for c in as_teacher]
             for r, c in zip(rows, as_teacher, strict=True):
                 r.finish_reason = c.finish_reason
-            return stack_scores(rows)
+            return rows, [r.sampled_logprobs for r in rows]  # τ = 1 (a vLLM teacher takes no other)
         pad = self.teacher_tokenizer.pad_token_id or 0
         rows: list[Completion] = []
         tempered: list[np.ndarray] = []
@@ -267,7 +315,7 @@ class OnPolicyRecipe:
                         Completion(c.key, c.prompt_ids, c.completion_ids, finish_reason=c.finish_reason, **view)
                     )
                     tempered.append(at_t[j, : len(c.completion_ids)].numpy())
-        return stack_scores(rows, tempered)
+        return rows, tempered
 
     def self_check(self) -> dict[str, float]:
         """The teacher's greedy completions of a few prompts, scored by the scoring path (see the module doc)."""
@@ -425,10 +473,13 @@ class OnPolicyRecipe:
         start = time.perf_counter()
         rollout = self.rollout()
         rollout_s = time.perf_counter() - start
-        scores = self.score(rollout.completions, rollout.prompts)
+        scores = self.score(rollout.completions, rollout.prompts, retokenize=cfg.cross_tokenizer)
         teacher_s = time.perf_counter() - start - rollout_s
+        if cfg.cross_tokenizer:
+            row_xt = {f"xt_{k}": v for k, v in self.xt_shares.items()}
         self._record(scores, rollout.prompts)
         rewards, row = self.reward_advantages(rollout)
+        row.update(row_xt if cfg.cross_tokenizer else {})
         lengths = [len(c.completion_ids) for c in rollout.completions]
         truncated = [c.finish_reason == "length" for c in rollout.completions]
         self.rollout_tokens += sum(lengths)

@@ -36,7 +36,8 @@ def tokenizer_problems(student_tok: Any, teacher_tok: Any, student: str, teacher
     return [
         f"the student ({student}, {len(student_tok)} tokens) and the teacher ({teacher}, {len(teacher_tok)} tokens) "
         "have different vocabularies, so the teacher would score other tokens than the student wrote; on-policy "
-        "distillation needs a student of the teacher's tokenizer family (cross-tokenizer scoring is not built yet)"
+        "distillation needs a student of the teacher's tokenizer family, or --cross-tokenizer (the teacher then scores "
+        "the student's text re-tokenised)"
     ]
 
 
@@ -67,9 +68,10 @@ class TeacherScores:
     """The teacher's view of one step's completions, as (batch, time) tensors in row order (right-padded)."""
 
     logprobs: torch.Tensor
-    """(N, T) float32 log π_T of each sampled token, at the run's temperature (raw at 1)"""
+    """(N, T) float32 log π_T of each sampled token, at the run's temperature (raw at 1); across tokenizers the
+    student token's share of the teacher's log-probability of its span (`span_logprobs`)"""
     topk_ids: torch.Tensor
-    """(N, T, k) int64"""
+    """(N, T', k) int64, at the teacher's positions (T' = T unless across tokenizers)"""
     topk_logprobs: torch.Tensor
     """(N, T, k) float32"""
     tail_logprobs: torch.Tensor | None
@@ -80,12 +82,12 @@ class TeacherScores:
 
 def stack_scores(rows: list[Completion], tempered: list[np.ndarray] | None = None) -> TeacherScores:
     """Per-row teacher completions as right-padded tensors (padding: logprob 0, id 0, tail −inf); `tempered`:
-    each row's sampled-token logprobs at the run's temperature (None: the raw ones, temperature 1)."""
-    t = max(len(c.completion_ids) for c in rows)
+    each row's sampled-token logprobs at the run's temperature (None: the raw ones, temperature 1), which may be
+    carried onto another tokenizer's positions (`distill onpolicy --cross-tokenizer`) and so be of other lengths."""
     k = rows[0].topk_ids.shape[1]
 
     def pad(arrays: list[np.ndarray], value: float, dtype: torch.dtype) -> torch.Tensor:
-        shape = (len(arrays), t, *arrays[0].shape[1:])
+        shape = (len(arrays), max(len(a) for a in arrays), *arrays[0].shape[1:])
         out = torch.full(shape, value, dtype=dtype)
         for i, a in enumerate(arrays):
             out[i, : len(a)] = torch.as_tensor(np.asarray(a)).to(dtype)

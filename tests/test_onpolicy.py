@@ -197,6 +197,44 @@ def test_topk_loss_with_rewards_mixed_in(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.vllm
+def test_cross_tokenizer_with_the_teachers_tokenizer_is_the_same_run(run: Path, tmp_path: Path) -> None:
+    """The identity invariant: with one tokenizer --cross-tokenizer aligns every token one-to-one and carries the
+    teacher's logprobs over unchanged, so the run is the one without the flag, bit for bit."""
+    out = tmp_path / "xt"
+    proc = distill("onpolicy", *RUN_ARGS, "--cross-tokenizer", "--steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(metrics(out), metrics(run)[:2], strict=True):
+        assert a["xt_one_to_one"] == 1.0 and a["xt_merged"] == 0.0
+        for key in ("reverse_kl", "reverse_kl_last_quarter", "completion_len_mean", "loss", "grad_norm"):
+            assert a[key] == b[key], key
+
+
+@pytest.mark.vllm
+def test_a_student_of_another_tokenizer_learns_on_policy(tmp_path: Path) -> None:
+    """arith-student-bpe (Llama, its own BPE) under the bundled teacher: the teacher scores its re-tokenised text;
+    merged spans carry the teacher's log-probability of the span, so per completion the advantages sum to the
+    exact log-ratio of the text."""
+    from distill.cache import TeacherCache
+
+    out = tmp_path / "xt-bpe"
+    args = ["--student", "arith-student-bpe", "--teacher", "arith-teacher", *SMALL, "--cross-tokenizer"]
+    proc = distill("onpolicy", *args, "--steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in metrics(out):
+        assert 0.2 < r["xt_one_to_one"] < 0.95 and r["xt_merged"] > 0.05
+        assert r["reverse_kl"] > 0.1 and r["grad_norm"] > 0
+    # the scores cache holds the teacher's own tokens of the student's text
+    cache = TeacherCache(out / "cache")
+    from transformers import AutoTokenizer
+
+    teacher_tok, bpe = AutoTokenizer.from_pretrained(TEACHER), AutoTokenizer.from_pretrained(out / "model")
+    rec = cache[0]
+    text = teacher_tok.decode(rec.completion_ids.tolist(), skip_special_tokens=False)
+    assert rec.completion_ids.tolist() == teacher_tok(text, add_special_tokens=False)["input_ids"]
+    assert bpe.tokenize(" 17") == ["Ġ17"] and teacher_tok.tokenize(" 17") == ["Ġ", "1", "7"]
+
+
 def test_a_student_of_another_tokenizer_is_refused_before_anything_runs(tmp_path: Path) -> None:
     from distill.models.tiny import build_tiny_model
 
@@ -233,6 +271,7 @@ def test_a_template_that_opens_the_completion_differently_is_refused(tmp_path: P
         (["--beta", "1.5"], "--beta must be in (0, 1), got 1.5"),
         (["--loss", "topk", "--temperature", "0.6"], "--loss topk takes --temperature 1 only"),
         (["--teacher-backend", "vllm", "--temperature", "0.6"], "needs --teacher-backend hf"),
+        (["--cross-tokenizer", "--loss", "topk"], "--cross-tokenizer takes --loss reverse"),
     ],
 )
 def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_path: Path) -> None:

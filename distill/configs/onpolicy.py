@@ -25,7 +25,7 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     YAML or hub id (it must have weights)."""
     teacher: str
     """Teacher that scores the student's tokens: a preset name, preset YAML, model directory or hub id; its
-    tokenizer must be the student's."""
+    tokenizer must be the student's, unless --cross-tokenizer."""
     loss: OnPolicyLoss = "reverse"
     """reverse: per-token reverse KL log π_teacher − log π_student of each sampled token as a dense advantage
     under the clipped ratio (Qwen3 / Tinker); topk: the `distill train` KD loss (--kd) over the teacher's top-k at
@@ -36,6 +36,10 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     """--kd jsd: the mixture weight β (0 < β < 1)."""
     top_k: int | None = None
     """Teacher logprobs kept per position, for --loss topk and the scores cache OUT/cache [teacher preset]."""
+    cross_tokenizer: bool = False
+    """A student whose tokenizer differs from the teacher's (--loss reverse): the teacher scores the student's
+    text re-tokenised into its own vocabulary; a span of student tokens that covers several teacher tokens (or
+    the reverse, by byte offsets) shares the teacher's log-probability of the span's text."""
     teacher_backend: Backend = "hf"
     """Teacher scoring: hf (a transformers forward in the trainer's numerics: exact, the default) or vllm (prompt
     logprobs from a second vLLM engine in this process)."""
@@ -101,6 +105,11 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
             out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
         if not 0 < self.beta < 1:
             out.append(f"--beta must be in (0, 1), got {self.beta}")
+        if self.cross_tokenizer and self.loss == "topk":
+            out.append(
+                "--cross-tokenizer takes --loss reverse: the teacher's top-k is over its own vocabulary, at its own "
+                "positions; the reverse KL needs only its log-probability of the student's text"
+            )
         if self.temperature <= 0:
             out.append(f"--temperature must be > 0, got {self.temperature}")
         elif self.temperature != 1 and self.loss == "topk":
