@@ -84,7 +84,7 @@ class AlignmentReport:
     one_to_one: float
     """share of teacher positions aligned one-to-one"""
     merged: float
-    """share in merged groups (many-to-one, one-to-many, many-to-many): taught by ULD"""
+    """share in merged groups (many-to-one, one-to-many, many-to-many): taught by the merged-span term"""
     unmatched: float
     """share with no student counterpart (zero-width tokens)"""
     mapped_mass: float
@@ -94,7 +94,7 @@ class AlignmentReport:
 
     def summary(self) -> str:
         return (
-            f"teacher positions {self.one_to_one:.1%} one-to-one, {self.merged:.1%} merged (taught by ULD), "
+            f"teacher positions {self.one_to_one:.1%} one-to-one, {self.merged:.1%} merged (taught per span), "
             f"{self.unmatched:.1%} unmatched; {self.mapped_mass:.1%} of the teacher's top-k mass maps onto student "
             f"ids; {self.student_per_teacher_token:.2f} student tokens per teacher token"
         )
@@ -104,8 +104,8 @@ class AlignmentReport:
             return []
         return [
             f"only {self.one_to_one:.1%} of the teacher's positions align one-to-one with the student's tokens; "
-            "the rest learn from the ULD term alone, a lower bound on the teacher's distribution (weigh it with "
-            "--xt-weight), so expect less from KD than with a student of the teacher's tokenizer"
+            "the rest learn from the teacher's probability of each merged span alone (--xt-merged, weighed by "
+            "--xt-weight), a coarser signal, so expect less from KD than with a student of the teacher's tokenizer"
         ]
 
 

@@ -6,7 +6,8 @@ One recipe that reads top to bottom: setup → train → save → cleanup. Choic
 - the loss is computed from final hidden states in chunks over the output layer (distill.losses),
   never materialising batch × time × vocab logits;
 - `--cross-tokenizer`: a student of another tokenizer re-tokenises the traces' text (distill.retokenize)
-  and learns from the teacher's top-k mapped onto its ids, plus ULD where tokens do not correspond;
+  and learns from the teacher's top-k mapped onto its ids, and from the teacher's probability of each
+  span where tokens do not correspond one to one;
 - batches are packed rows planned per epoch (distill.data); a step's loss is the mean over all its
   loss tokens across micro-batches and ranks, so 1 process and N processes with the same global
   batch compute the same numbers;
@@ -55,7 +56,7 @@ from distill.tracking import open_trackers
 from distill.vocab import reconcile
 
 TRAIN_CONFIG = "distill_train.json"
-TRACKED = ("loss", "ce", "kd", "uld", "lr", "grad_norm", "tokens_per_s")  # what --report-to trackers get (train/NAME)
+TRACKED = ("loss", "ce", "kd", "merged", "lr", "grad_norm", "tokens_per_s")  # to --report-to trackers (train/NAME)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -125,6 +126,7 @@ class StudentLoss(torch.nn.Module):
                 temperature=self.cfg.temperature,
                 beta=self.cfg.beta,
                 xt_weight=self.cfg.xt_weight,
+                merged=self.cfg.xt_merged,
                 chunk_size=self.cfg.chunk_size,
                 bias=getattr(head, "bias", None),
             )
@@ -396,9 +398,9 @@ class Trainer:
                     self.run.log_metrics(row)
                     trackers.log({f"train/{k}": row[k] for k in TRACKED if k in row}, self.step)
                     record.heartbeat(row)
-                    uld = f" uld {row['uld']:.4f}" if "uld" in row else ""
+                    merged = f" merged {row['merged']:.4f}" if "merged" in row else ""
                     bar.set_postfix_str(
-                        f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f}{uld} {rate:,.0f} tok/s",
+                        f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f}{merged} {rate:,.0f} tok/s",
                         refresh=False,
                     )
                     bar.update(1)
@@ -417,7 +419,7 @@ class Trainer:
         """One optimizer step over the step's micro-batches; its metrics row."""
         batches, step_tokens = self.loader.step(self.step)
         parts = self._parts()
-        sums = [0.0] * len(parts)  # loss, ce, kd (, uld): sums over this rank's loss tokens
+        sums = [0.0] * len(parts)  # loss, ce, kd (, merged): sums over this rank's loss tokens
         for batch in batches:
             batch = _to(batch, self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
@@ -444,8 +446,8 @@ class Trainer:
         }
 
     def _parts(self) -> tuple[str, ...]:
-        """The loss and the parts of it the metrics report: ULD too across tokenizers."""
-        return ("loss", "ce", "kd", "uld") if self.cfg.cross_tokenizer else ("loss", "ce", "kd")
+        """The loss and the parts of it the metrics report: the merged-span term too across tokenizers."""
+        return ("loss", "ce", "kd", "merged") if self.cfg.cross_tokenizer else ("loss", "ce", "kd")
 
     def final_metrics(self) -> dict[str, Any]:
         """The manifest's final metrics: loss, CE and KD over the last 50 steps, steps, tokens trained on."""

@@ -74,7 +74,7 @@ def test_identical_tokenizers_train_exactly_as_without_the_flag(cache: Path, tmp
         assert "100.0% one-to-one" in xt["stderr"]
         for a, b in zip(plain["rows"], xt["rows"], strict=True):
             assert (a["loss"], a["ce"], a["kd"], a["tokens"]) == (b["loss"], b["ce"], b["kd"], b["tokens"])
-            assert b["uld"] == 0.0 and b["kd"] > 0
+            assert b["merged"] == 0.0 and b["kd"] > 0
         w_plain, w_xt = weights(tmp_path / f"plain-{kind}"), weights(tmp_path / f"xt-{kind}")
         assert all(torch.equal(w_plain[k], w_xt[k]) for k in w_plain)
 
@@ -91,9 +91,9 @@ def test_a_student_of_another_tokenizer_learns_from_the_teacher(cache: Path, tmp
     out = train(cache, tmp_path / "xt", "--cross-tokenizer", "--kd", "reverse", steps=8)
     report = out["run"]["summary"]["cross_tokenizer"]
     assert 0.3 < report["one_to_one"] < 0.9 and report["merged"] > 0.1 and report["student_per_teacher_token"] < 1
-    assert report["mapped_mass"] > 0.9 and "merged (taught by ULD)" in out["stderr"]
+    assert report["mapped_mass"] > 0.9 and "merged (taught per span)" in out["stderr"]
     rows = out["rows"]
-    assert all(r["kd"] > 0 and r["uld"] > 0 for r in rows)
+    assert all(r["kd"] > 0 and r["merged"] > 0 for r in rows)
     assert np.mean([r["loss"] for r in rows[-3:]]) < np.mean([r["loss"] for r in rows[:3]])
     # the export is the student's own: its tokenizer, a model transformers loads with it
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -102,11 +102,11 @@ def test_a_student_of_another_tokenizer_learns_from_the_teacher(cache: Path, tmp
     assert tok.tokenize(" 17") == load_tokenizer(OTHER).tokenize(" 17") == ["Ġ17"]
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "xt" / "model")
     assert model.config.model_type == "llama"
-    # the ULD term is in the loss, weighed by --xt-weight
-    none = train(cache, tmp_path / "no-uld", "--cross-tokenizer", "--kd", "reverse", "--xt-weight", "0", steps=1)
+    # the merged-span term is in the loss, weighed by --xt-weight
+    none = train(cache, tmp_path / "no-merged", "--cross-tokenizer", "--kd", "reverse", "--xt-weight", "0", steps=1)
     one = rows[0]
-    assert none["rows"][0]["uld"] == pytest.approx(one["uld"], rel=1e-6)
-    assert one["loss"] - none["rows"][0]["loss"] == pytest.approx(0.5 * one["uld"], rel=1e-4)
+    assert none["rows"][0]["merged"] == pytest.approx(one["merged"], rel=1e-6)
+    assert one["loss"] - none["rows"][0]["loss"] == pytest.approx(0.5 * one["merged"], rel=1e-4)
 
 
 def test_packing_cuts_views_and_lora(cache: Path, tmp_path: Path) -> None:
@@ -116,7 +116,7 @@ def test_packing_cuts_views_and_lora(cache: Path, tmp_path: Path) -> None:
     write_view(c, "first", list(range(0, len(c), 2)), {})
     out = train(cache, tmp_path / "lora", "--cross-tokenizer", "--view", "first", "--lora", "--max-length", "96")
     assert out["run"]["summary"]["records"] == (len(c) + 1) // 2
-    assert all(np.isfinite(r["loss"]) and r["uld"] > 0 for r in out["rows"])
+    assert all(np.isfinite(r["loss"]) and r["merged"] > 0 for r in out["rows"])
     base, merged = load_file(Path(OTHER) / "model.safetensors"), weights(tmp_path / "lora")
     changed = [k for k in base if not torch.equal(base[k], merged[k])]
     assert changed and all("proj" in k for k in changed)
@@ -161,7 +161,7 @@ def test_two_processes_on_gloo_match_one(cache: Path, tmp_path: Path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(rows, one["rows"], strict=True):
         assert a["tokens"] == b["tokens"]
-        for key in ("loss", "ce", "kd", "uld"):
+        for key in ("loss", "ce", "kd", "merged"):
             assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), key
     w1, w2 = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4

@@ -111,9 +111,13 @@ class TrainConfig(Config, RunOptions):
     cross_tokenizer: bool = False
     """Train a student whose tokenizer differs from the cache's teacher: each trace's text is re-tokenised by the
     student and aligned to the teacher's tokens by bytes; KD on the teacher's top-k mapped onto student ids where a
-    token has a one-to-one counterpart, ULD (sorted probabilities) on merged spans; --kd forward|reverse|jsd."""
+    token has a one-to-one counterpart, --xt-merged on spans merged across tokens; --kd forward|reverse|jsd."""
+    xt_merged: Literal["span", "uld"] = "span"
+    """With --cross-tokenizer, what teaches a merged span: span (the --kd divergence on {the span's text, the rest},
+    from both sides' probabilities of that text) or uld (sorted-probability L1, as TRL's GOLD; blind to which
+    token is right)."""
     xt_weight: float = 1.0
-    """With --cross-tokenizer: weight of the ULD term (spans without a one-to-one counterpart) beside the KD term."""
+    """With --cross-tokenizer: weight of the merged-span term beside the KD term."""
 
     def problems(self) -> list[str]:
         out = self.run_problems(self.save_every)

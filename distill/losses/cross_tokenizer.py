@@ -17,15 +17,21 @@ The two sides share the trace's text, not its tokens: the teacher's ids spell it
    predict the next token from the same text, so the teacher's top-k moves onto student ids and the unmapped
    part joins the tail bucket (the same KL on a coarser partition); `distill_loss` then applies unchanged on
    the mapped columns (forward / reverse / jsd, bucket / renorm, chunking: all reused).
-5. `uld_loss`: everywhere else, Universal Logit Distillation (Boizard et al., 2024): L1 between the two sides'
-   probabilities sorted in decreasing order, which needs no token correspondence. The teacher is known only
-   through its top-k and tail, so the sorted vectors are compared on k + 1 buckets (the k largest, the rest):
-   a lower bound of the full sorted L1, equal to it when k covers both supports. A merged group compares its
-   first positions (the only pair conditioned on the same text), each scaled, as in GOLD, by the chain-rule
-   probability of its side's later trace tokens in the group: the trace path's mass is then the probability
-   of the group's whole text on either side.
-6. `cross_tokenizer_kd`: (α·CE + (1 − α)·(τ²·KD + xt_weight·ULD)) summed over the student positions and
-   divided by their number (ULD once per group, at τ = 1). Where the tokenizers agree, every position is
+5. Merged spans, two choices (`merged`). "span" (the default): the two-outcome divergence on {the span's
+   text as the trace has it, anything else}: the teacher's probability of the span's text is the product of
+   its trace tokens' probabilities, the student's of its own; the same --kd kind on that coarse partition,
+   a lower bound of the full divergence (as the tail bucket is), 0 exactly when the two sides give the span
+   the same probability. It is tied to the right text: a student confident in another number pays for it.
+   "uld": Universal Logit Distillation (Boizard et al., 2024; TRL's GOLD): L1 between the two sides'
+   probabilities sorted in decreasing order, which needs no token correspondence — and so rewards confidence
+   in whatever the student's top token is, right or wrong (measured on the embedded default: README). The
+   teacher is known only through its top-k and tail, so the sorted vectors are compared on k + 1 buckets
+   (the k largest, the rest): a lower bound of the full sorted L1, equal to it when k covers both supports.
+   A merged group compares its first positions (the only pair conditioned on the same text), each scaled,
+   as in GOLD, by the chain-rule probability of its side's later trace tokens in the group: the trace
+   path's mass is then the probability of the group's whole text on either side.
+6. `cross_tokenizer_kd`: (α·CE + (1 − α)·(τ²·KD + xt_weight·MERGED)) summed over the student positions and
+   divided by their number (the merged term once per group, at τ = 1). Where the tokenizers agree, every position is
    one-to-one and mapped and the result is `distill_loss`'s own, bit for bit.
    Memory: the mapped positions go through the chunked `distill_loss`; every other row's CE and ULD terms
    are reduced per chunk to its trace token's log q and its k largest, and recomputed in backward, so no
@@ -47,10 +53,11 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from distill.losses.chunked import IGNORE_INDEX, auto_chunk_size, distill_loss
-from distill.losses.kd import log1mexp
+from distill.losses.kd import divergence, log1mexp
 
 KINDS = ("one_to_one", "many_to_one", "one_to_many", "many_to_many", "unmatched")
 XT_KD_KINDS = ("forward", "reverse", "jsd")  # sampled KD draws teacher ids, which need not map: not unbiased here
+MERGED_TERMS = ("span", "uld")  # what teaches a merged span (module doc, 5)
 
 Group = tuple[tuple[int, ...], tuple[int, ...]]  # (teacher positions, student positions) covering one text range
 
@@ -248,10 +255,10 @@ def uld_loss(
 class CrossTokenizerOutput:
     """The loss to backpropagate and its parts: sums over the student positions divided by `num_tokens`."""
 
-    loss: torch.Tensor  # () differentiable: (α·ce_sum + (1 − α)·(τ²·kd_sum + xt_weight·uld_sum)) / num_tokens
+    loss: torch.Tensor  # () differentiable: (α·ce_sum + (1 − α)·(τ²·kd_sum + xt_weight·merged_sum)) / num_tokens
     ce: torch.Tensor  # () detached cross-entropy to the student's trace tokens
     kd: torch.Tensor  # () detached KD at the mapped one-to-one positions, before τ²
-    uld: torch.Tensor  # () detached ULD of the other groups, before xt_weight
+    merged: torch.Tensor  # () detached span divergence or ULD of the merged groups, before xt_weight
     num_tokens: int  # student positions
     mapped_mass: float  # share of the teacher's top-k mass, over all its positions, that mapped onto student ids
 
@@ -274,18 +281,20 @@ def cross_tokenizer_kd(
     temperature: float = 1.0,
     beta: float = 0.5,
     xt_weight: float = 1.0,
+    merged: str = "span",
     chunk_size: int | None = None,
     bias: torch.Tensor | None = None,
 ) -> CrossTokenizerOutput:
-    """KD through `distill_loss` at mapped one-to-one positions, ULD on every other group, CE everywhere.
+    """KD through `distill_loss` at mapped one-to-one positions, `merged` on every other group, CE everywhere.
 
     hidden (N_s, H), weight (V_s, H), bias (V_s,) or None: the student at its trace positions, in the order of
     `alignments` (one per trace, trace i's rows after trace i − 1's); targets (N_s,) its trace ids, none masked.
     teacher_ids (N_t,) the teacher's trace ids; topk_ids, topk_logprobs (N_t, k) and tail_logprobs (N_t,) or None
     its cached view; vmap (V_t,) from `vocab_map`; teacher_trace_logprobs (N_t,) the teacher's logprobs of its
     trace tokens for merged groups (the cache's sampled_logprobs, NaN where unknown; None or NaN: the top-k's
-    value, or the tail's log mass, an upper bound, for a token outside it). kd: one of XT_KD_KINDS; alpha, tail,
-    temperature, beta, chunk_size as in `distill_loss`. Raises ValueError, naming every problem, for bad input.
+    value, or the tail's log mass, an upper bound, for a token outside it). kd: one of XT_KD_KINDS; merged: one of
+    MERGED_TERMS; alpha, tail, temperature, beta, chunk_size as in `distill_loss`. Raises ValueError, naming every
+    problem, for bad input.
     """
     n_s, n_t = hidden.shape[0], topk_ids.shape[0]
     held = (sum(a.num_student for a in alignments), sum(a.num_teacher for a in alignments))
@@ -294,6 +303,8 @@ def cross_tokenizer_kd(
         problems.append(f"kd must be one of {', '.join(XT_KD_KINDS)} across tokenizers, got {kd!r}")
     if xt_weight < 0:
         problems.append(f"xt_weight must be ≥ 0, got {xt_weight}")
+    if merged not in MERGED_TERMS:
+        problems.append(f"merged must be one of {', '.join(MERGED_TERMS)}, got {merged!r}")
     if held != (n_s, n_t):
         problems.append(f"the alignments hold {held} (student, teacher) positions but the tensors {(n_s, n_t)}")
     if bool((targets == IGNORE_INDEX).any()):
@@ -306,7 +317,7 @@ def cross_tokenizer_kd(
     top_mass = topk_logprobs.double().logsumexp(-1).exp()  # (N_t,)
     mapped_mass = float((share.double() * top_mass).sum() / top_mass.sum()) if n_t else 0.0
     settings = dict(alpha=alpha, kd=kd, tail=tail, temperature=temperature, beta=beta, chunk_size=chunk_size)
-    sums = [hidden.sum().float() * 0.0] * 4  # loss, ce, kd, uld: zeros connected to the graph
+    sums = [hidden.sum().float() * 0.0] * 4  # loss, ce, kd, merged: zeros connected to the graph
     for k_used in sorted({kept[t] for t, _ in pairs}):  # one distill_loss per number of mapped columns
         t_rows = _index([t for t, _ in pairs if kept[t] == k_used], sid.device)
         s_rows = _index([s for t, s in pairs if kept[t] == k_used], hidden.device)
@@ -316,18 +327,22 @@ def cross_tokenizer_kd(
             return CrossTokenizerOutput(out.loss, out.ce, out.kd, torch.zeros_like(out.kd), n_s, mapped_mass)
         sums = [x + y * out.num_tokens for x, y in zip(sums, (out.loss, out.ce, out.kd, 0.0), strict=True)]
     rows = sorted({s for _, group in groups for s in group} | set(ce_only))
-    if rows:  # CE at every other student row and ULD per group, from per-row terms computed in chunks
-        k = topk_ids.shape[-1] if groups and alpha < 1.0 else 0
+    if rows:  # CE at every other student row and the merged term per group, from per-row terms made in chunks
+        k = topk_ids.shape[-1] if groups and alpha < 1.0 and merged == "uld" else 0
         picked, top = _row_terms(hidden[rows], weight, bias, targets[rows], k, chunk_size)  # (r,), (r, ≤ k)
         sums[0], sums[1] = sums[0] - alpha * picked.sum(), sums[1] - picked.sum()
-        if k:
+        if groups and alpha < 1.0:
             where = {r: i for i, r in enumerate(rows)}
-            groups = [(t, tuple(where[s] for s in group)) for t, group in groups]  # student rows → rows of `top`
-            teacher = (teacher_ids, topk_ids, topk_logprobs, _tail(topk_logprobs, tail_logprobs))
-            uld_sum = _uld_groups(top, picked, groups, *teacher, teacher_trace_logprobs)
-            sums[0], sums[3] = sums[0] + (1.0 - alpha) * xt_weight * uld_sum, sums[3] + uld_sum
-    loss, ce, kd_mean, uld = (x / max(n_s, 1) for x in sums)
-    return CrossTokenizerOutput(loss, ce.detach(), kd_mean.detach(), uld.detach(), n_s, mapped_mass)
+            groups = [(t, tuple(where[s] for s in group)) for t, group in groups]  # student rows → rows of `picked`
+            tail_t = _tail(topk_logprobs, tail_logprobs)
+            trace = _trace_logprobs(teacher_ids, topk_ids, topk_logprobs, tail_t, teacher_trace_logprobs)
+            if merged == "span":
+                merged_sum = _span_groups(picked, groups, trace, kd, beta)
+            else:
+                merged_sum = _uld_groups(top, picked, groups, topk_logprobs, tail_t, trace)
+            sums[0], sums[3] = sums[0] + (1.0 - alpha) * xt_weight * merged_sum, sums[3] + merged_sum
+    loss, ce, kd_mean, merged_mean = (x / max(n_s, 1) for x in sums)
+    return CrossTokenizerOutput(loss, ce.detach(), kd_mean.detach(), merged_mean.detach(), n_s, mapped_mass)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,26 +371,59 @@ def _plan(
     return pairs, groups, ce_only
 
 
-def _uld_groups(
-    top: torch.Tensor,
-    picked: torch.Tensor,
-    groups: list[Group],
+def _trace_logprobs(
     teacher_ids: torch.Tensor,
     topk_ids: torch.Tensor,
     topk_logprobs: torch.Tensor,
     tail_logprobs: torch.Tensor,
     sampled: torch.Tensor | None,
 ) -> torch.Tensor:
-    """() Σ ULD over the groups, each side's first row scaled by the probability of its later trace tokens.
-
-    top (r, ≤ k) and picked (r,): the student's k largest log-probs and its trace tokens' at the groups' rows;
-    teacher_ids (N_t,), topk_ids / topk_logprobs (N_t, k), tail_logprobs (N_t,) fp64, sampled (N_t,) or None.
-    """
+    """(N_t,) fp64 the teacher's log p of each trace token: `sampled` where known, else the top-k's value, else the
+    tail's log mass (an upper bound). teacher_ids (N_t,), topk_* (N_t, k), tail_logprobs (N_t,) fp64."""
     listed = topk_ids.long() == teacher_ids.long().unsqueeze(-1)  # (N_t, k)
     trace = torch.where(
         listed.any(-1), torch.where(listed, topk_logprobs.double(), -math.inf).logsumexp(-1), tail_logprobs
     )
-    trace = trace if sampled is None else torch.where(sampled.isfinite(), sampled.double(), trace)  # (N_t,) log p
+    return trace if sampled is None else torch.where(sampled.isfinite(), sampled.double(), trace)
+
+
+def _span_groups(picked: torch.Tensor, groups: list[Group], trace: torch.Tensor, kd: str, beta: float) -> torch.Tensor:
+    """() Σ over the groups of the `kd` divergence on {the group's text, anything else} (module doc, 5).
+
+    picked (r,): the student's log q of its trace tokens (rows of the groups' student positions); trace (N_t,)
+    fp64 the teacher's log p of its trace tokens. fp64, and log q kept below 0, so that 1 − q exists.
+    """
+    dev_t, dev_s = trace.device, picked.device
+    flat_t = [(g, r) for g, (t, _) in enumerate(groups) for r in t]
+    flat_s = [(g, r) for g, (_, s) in enumerate(groups) for r in s]
+    log_p = trace.new_zeros(len(groups)).index_add(  # (G,) log p(span text)
+        0, _index([g for g, _ in flat_t], dev_t), trace[_index([r for _, r in flat_t], dev_t)]
+    )
+    log_q = (
+        picked.double()
+        .new_zeros(len(groups))
+        .index_add(  # (G,) log q(span text)
+            0, _index([g for g, _ in flat_s], dev_s), picked.double()[_index([r for _, r in flat_s], dev_s)]
+        )
+    )
+    log_p, log_q = log_p.to(dev_s).clamp(max=-1e-12), log_q.clamp(max=-1e-12)
+    two = lambda x: torch.stack([x, log1mexp(x)], dim=-1)  # noqa: E731 - (G, 2) {span, rest}
+    return divergence(two(log_p), two(log_q), kd, beta).sum().to(picked.dtype)
+
+
+def _uld_groups(
+    top: torch.Tensor,
+    picked: torch.Tensor,
+    groups: list[Group],
+    topk_logprobs: torch.Tensor,
+    tail_logprobs: torch.Tensor,
+    trace: torch.Tensor,
+) -> torch.Tensor:
+    """() Σ ULD over the groups, each side's first row scaled by the probability of its later trace tokens.
+
+    top (r, ≤ k) and picked (r,): the student's k largest log-probs and its trace tokens' at the groups' rows;
+    topk_logprobs (N_t, k), tail_logprobs (N_t,) fp64, trace (N_t,) fp64 from `_trace_logprobs`.
+    """
     dev_t, dev_s = trace.device, top.device
     later_t = [(g, r) for g, (t, _) in enumerate(groups) for r in t[1:]]
     later_s = [(g, r) for g, (_, s) in enumerate(groups) for r in s[1:]]

@@ -129,7 +129,7 @@ def test_identical_tokenizers_give_distill_loss_exactly(teacher_tok, kd, tail, t
     (grad_plain,) = torch.autograd.grad(plain.loss, hidden)
     assert torch.equal(ours.loss, plain.loss) and torch.equal(ours.ce, plain.ce) and torch.equal(ours.kd, plain.kd)
     assert torch.equal(grad_ours, grad_plain)
-    assert ours.uld.item() == 0.0 and ours.mapped_mass == pytest.approx(1.0, abs=1e-12)
+    assert ours.merged.item() == 0.0 and ours.mapped_mass == pytest.approx(1.0, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,11 +295,17 @@ def test_merged_groups_scale_both_sides_by_their_remaining_trace_tokens() -> Non
     args = (hidden, torch.eye(3), targets, [alignment], teacher_ids, topk_ids, topk_lp, tail, torch.full((4,), -1))
     # group 1: student 0.5·[0.5, 0.3, 0.2] vs teacher [0.6, 0.3] + 0.1 → 0.35 + 0.15 + 0
     # group 2: teacher 0.5·([0.8, 0.1] + 0.1) (its "d" has p = 0.5) vs student [0.7, 0.2] + 0.1 → 0.3 + 0.15 + 0.05
-    out = cross_tokenizer_kd(*args, alpha=0.0)
-    assert out.uld.item() == pytest.approx(1.0 / 3, abs=1e-6) and out.loss.item() == pytest.approx(1.0 / 3, abs=1e-6)
+    out = cross_tokenizer_kd(*args, alpha=0.0, merged="uld")
+    assert out.merged.item() == pytest.approx(1.0 / 3, abs=1e-6) and out.loss.item() == pytest.approx(1.0 / 3, abs=1e-6)
     # the cache's sampled logprob of "d" (0.25) wins over the top-k's
-    out = cross_tokenizer_kd(*args, torch.tensor([math.nan, math.nan, math.log(0.25)]), alpha=0.0)
-    assert out.uld.item() == pytest.approx((0.5 + 0.6 + 0.075 + 0.075) / 3, abs=1e-6)
+    out = cross_tokenizer_kd(*args, torch.tensor([math.nan, math.nan, math.log(0.25)]), alpha=0.0, merged="uld")
+    assert out.merged.item() == pytest.approx((0.5 + 0.6 + 0.075 + 0.075) / 3, abs=1e-6)
+    # span: the two-outcome KL on {the span's text, the rest}; "ab": p 0.6, q 0.5·0.5; "cd": p 0.8·0.5, q 0.7
+    kl = lambda p, q: p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))  # noqa: E731
+    out = cross_tokenizer_kd(*args, alpha=0.0, kd="forward")
+    assert out.merged.item() == pytest.approx((kl(0.6, 0.25) + kl(0.4, 0.7)) / 3, abs=1e-6)
+    out = cross_tokenizer_kd(*args, alpha=0.0, kd="reverse")
+    assert out.merged.item() == pytest.approx((kl(0.25, 0.6) + kl(0.7, 0.4)) / 3, abs=1e-6)
     ce = cross_tokenizer_kd(*args, alpha=1.0)
     assert ce.loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.5) + math.log(0.7)) / 3, abs=1e-6)
 
@@ -315,10 +321,10 @@ def test_each_student_row_is_taught_by_kd_uld_or_ce_alone() -> None:
     # counterparts: KD on both groups, exactly distill_loss's on those rows
     out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.arange(3), alpha=0.0)
     plain = distill_loss(hidden[:2], torch.eye(3), targets[:2], topk_ids, topk_lp, teacher[3], alpha=0.0)
-    assert out.uld.item() == 0.0 and out.kd.item() * 3 == pytest.approx(plain.kd.item() * 2, rel=1e-6)
+    assert out.merged.item() == 0.0 and out.kd.item() * 3 == pytest.approx(plain.kd.item() * 2, rel=1e-6)
     # the teacher's trace tokens map onto other student ids than the student's trace tokens: ULD, not KD
     out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.tensor([1, 0, 2]), alpha=0.0)
-    assert out.kd.item() == 0.0 and out.uld.item() > 0
+    assert out.kd.item() == 0.0 and out.merged.item() > 0
     # CE covers the student-only row too
     out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.arange(3), alpha=1.0)
     assert out.loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25) + math.log(0.1)) / 3, abs=1e-6)
@@ -351,8 +357,8 @@ def test_loss_across_tokenizers_combines_ce_kd_and_uld(teacher_tok, student_tok)
     vmap = vocab_map(teacher_tok, student_tok)
     args = (hidden, weight, targets, alignments, teacher_ids, topk_ids, topk_lp, tail, vmap)
     with_uld, without = cross_tokenizer_kd(*args, alpha=0.3), cross_tokenizer_kd(*args, alpha=0.3, xt_weight=0.0)
-    assert with_uld.kd > 0 and with_uld.uld > 0 and 0 < with_uld.mapped_mass < 1
-    assert (with_uld.loss - without.loss).item() == pytest.approx(0.7 * with_uld.uld.item(), rel=1e-5)
+    assert with_uld.kd > 0 and with_uld.merged > 0 and 0 < with_uld.mapped_mass < 1
+    assert (with_uld.loss - without.loss).item() == pytest.approx(0.7 * with_uld.merged.item(), rel=1e-5)
     ce = F.cross_entropy(hidden @ weight.T, targets)  # CE covers every student position exactly once
     torch.testing.assert_close(with_uld.ce, ce.detach())
     torch.testing.assert_close(cross_tokenizer_kd(*args, alpha=1.0).loss, ce)
@@ -385,7 +391,7 @@ def test_chunked_rows_equal_one_chunk(teacher_tok, student_tok) -> None:
         out = cross_tokenizer_kd(hidden, weight, torch.tensor(s_ids), [alignment], torch.tensor(t_ids), topk_ids,
                                  topk_lp, tail, vmap, alpha=0.2, kd="reverse", chunk_size=chunk)  # fmt: skip
         out.loss.backward()
-        results.append((out.loss.detach(), out.uld, hidden.grad, weight.grad))
+        results.append((out.loss.detach(), out.merged, hidden.grad, weight.grad))
     assert results[0][1] > 0
     for ours, whole in zip(*results, strict=True):
         torch.testing.assert_close(ours, whole, rtol=1e-5, atol=1e-6)
@@ -406,3 +412,22 @@ def test_span_logprobs_keep_every_spans_total(teacher_tok, student_tok) -> None:
     assert any(len(t) != len(s) for t, s in alignment.groups)
     same = align_spans(token_spans(teacher_tok, TEXT, t_ids), token_spans(teacher_tok, TEXT, t_ids))
     assert torch.equal(span_logprobs(same, teacher), teacher)
+
+
+def test_span_term_is_zero_at_agreement_and_punishes_confidence_in_the_wrong_text() -> None:
+    """Merged spans: a student that gives the span the teacher's probability scores 0 whatever it does elsewhere;
+    one confident in another text pays more under span than under ULD, which sees only sorted probabilities."""
+    alignment = align_spans([(0, 1), (1, 2)], [(0, 2)])  # teacher "a" "b", student "ab"
+    teacher_ids, topk_ids = torch.tensor([0, 1]), torch.tensor([[0, 1], [1, 0]])
+    topk_lp = torch.tensor([[0.9, 0.05], [0.5, 0.3]]).log()  # p("ab") = 0.9 · 0.5 = 0.45
+    tail = torch.tensor([0.05, 0.2]).log()
+    vmap = torch.full((2,), -1)
+    agree = torch.tensor([[0.45, 0.35, 0.2]]).log()  # the student's "ab" is its id 0: q = 0.45
+    wrong = torch.tensor([[0.05, 0.9, 0.05]]).log()  # sure of another text (its id 1)
+    for kd in ("forward", "reverse", "jsd"):
+        args = (torch.eye(3), torch.tensor([0]), [alignment], teacher_ids, topk_ids, topk_lp, tail, vmap)
+        assert cross_tokenizer_kd(agree, *args, alpha=0.0, kd=kd).merged.item() == pytest.approx(0.0, abs=1e-7)
+        span = cross_tokenizer_kd(wrong, *args, alpha=0.0, kd=kd).merged.item()
+        uld = cross_tokenizer_kd(wrong, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
+        agree_uld = cross_tokenizer_kd(agree, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
+        assert span > 0.1 and uld < agree_uld  # ULD prefers the confidently wrong student
