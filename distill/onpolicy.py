@@ -135,6 +135,8 @@ class OnPolicyRecipe:
         )  # fmt: skip
         if problems:
             raise DistillError("The teacher cannot score this student's samples: " + "; ".join(problems) + ".")
+        # --cross-tokenizer with one tokenizer: the ids are the teacher's already (never re-encoded)
+        self.same_tokenizer = tokenizer_fingerprint(self.tokenizer) == tokenizer_fingerprint(self.teacher_tokenizer)
         self.top_k = cfg.top_k or self.teacher.top_k
         self._setup_prompts()
         self._setup_models()
@@ -278,8 +280,7 @@ class OnPolicyRecipe:
     def _as_teacher_text(self, completions: list[Completion]) -> tuple[list[Completion], list[Any]]:
         """Each student completion re-tokenised by the teacher (ending with its eos where the student ended), and
         the alignment of the two."""
-        student_tok, teacher_tok = self.tokenizer, self.teacher_tokenizer
-        same = tokenizer_fingerprint(student_tok) == tokenizer_fingerprint(teacher_tok)
+        student_tok, teacher_tok, same = self.tokenizer, self.teacher_tokenizer, self.same_tokenizer
         out, alignments = [], []
         for c in completions:
             ids = [int(t) for t in c.completion_ids]

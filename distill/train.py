@@ -161,6 +161,7 @@ class Trainer:
         self.rank, self.world = _dist()
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
         self.run = RunDirectory(Path(cfg.out))
+        self.vmap: torch.Tensor | None = None  # --cross-tokenizer: teacher id → student id (set with the data)
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -309,7 +310,7 @@ class Trainer:
 
     def _setup_model(self) -> None:
         self.model = self._build_model().to(self.device)
-        loss = StudentLoss(self.model, self.cfg, getattr(self, "vmap", None))
+        loss = StudentLoss(self.model, self.cfg, self.vmap)
         self.module = self._parallelize(loss.to(self.device))
 
     def _parallelize(self, module: torch.nn.Module) -> torch.nn.Module:
