@@ -12,7 +12,9 @@ The two sides share the trace's text, not its tokens: the teacher's ids spell it
    trainer does: one-to-one, merged (many-to-one, one-to-many, many-to-many), or unmatched (one side empty:
    zero-width tokens at the end). A zero-width token joins the group that follows it.
 3. `vocab_map`: teacher id → student id of the token with the same bytes (−1: none): tokens are compared as
-   the bytes they add to the text ("Ġ" undone, "▁" decoded), one rule whatever the two conventions.
+   the bytes they add to the text ("Ġ" undone, "▁" decoded), one rule whatever the two conventions; a pair
+   is kept only where both vocabularies have the same longer tokens beginning with those bytes (else "next
+   token '1'" means "the number 1" to one side and "a number starting with 1" to the other).
 4. `project_topk`: at a one-to-one position whose trace tokens are each other's counterparts both models
    predict the next token from the same text, so the teacher's top-k moves onto student ids and the unmapped
    part joins the tail bucket (the same KL on a coarser partition); `distill_loss` then applies unchanged on
@@ -161,12 +163,43 @@ def vocab_map(teacher_tok: Any, student_tok: Any) -> torch.Tensor:
     """(V_teacher,) int64: for each teacher id the student id of the token with the same bytes, −1 if none.
 
     V_teacher = len(teacher_tok). One-to-one: where one side has several ids of equal bytes, its lowest wins.
+    A pair is kept only where both tokenizers extend its bytes alike (`token_extensions`): "the next token is
+    '1'" is the event "the text goes on with 1, then not a longer token" on each side, so it is one event
+    only if both have the same longer tokens beginning with 1. A student that spells "17" as one token and a
+    teacher that spells it "1" "7" do not share the event '1': mapping it would move the teacher's mass for
+    every number starting with 1 onto the student's number 1 (measured on the embedded default: README).
+    Identical tokenizers map every token to itself.
     """
+    t_ext, s_ext = token_extensions(teacher_tok), token_extensions(student_tok)
     student = {b: i for i, b in reversed(list(enumerate(token_bytes(student_tok)))) if b is not None}
-    teacher = {b: i for i, b in reversed(list(enumerate(token_bytes(teacher_tok)))) if b in student}
+    teacher = {
+        b: i
+        for i, b in reversed(list(enumerate(token_bytes(teacher_tok))))
+        if b in student and t_ext.get(b, frozenset()) == s_ext.get(b, frozenset())
+    }
     out = torch.full((len(teacher_tok),), -1, dtype=torch.long)
     out[list(teacher.values())] = torch.tensor([student[b] for b in teacher], dtype=torch.long)
     return out
+
+
+@functools.lru_cache(maxsize=8)  # one table per tokenizer object, as token_bytes
+def token_extensions(tokenizer: Any) -> dict[bytes, frozenset[bytes]]:
+    """For each proper prefix of a reachable token's bytes, the reachable tokens (as bytes) that extend it.
+
+    Reachable: a regular token whose own text encodes to it alone. A vocabulary may hold merges its
+    pre-tokenizer never lets apply (Qwen's splits every digit, so its "12" is never produced); those are not
+    tokens the model writes, and would make two tokenizers that split digits alike look different.
+    """
+    table, special = token_bytes(tokenizer), set(tokenizer.added_tokens_decoder)
+    candidates = [(i, b) for i, b in enumerate(table) if b and len(b) > 1 and i not in special]
+    texts = [b.decode("utf-8", errors="replace") for _, b in candidates]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out: dict[bytes, set[bytes]] = {}
+    for (i, b), ids in zip(candidates, encoded, strict=True):
+        if ids == [i]:
+            for end in range(1, len(b)):
+                out.setdefault(b[:end], set()).add(b)
+    return {prefix: frozenset(longer) for prefix, longer in out.items()}
 
 
 def span_logprobs(alignment: Alignment, teacher_logprobs: torch.Tensor) -> torch.Tensor:
