@@ -87,6 +87,9 @@ class AlignmentReport:
     """share in merged groups (many-to-one, one-to-many, many-to-many): taught by the merged-span term"""
     unmatched: float
     """share with no student counterpart (zero-width tokens)"""
+    mapped_positions: float
+    """share taught by the mapped KD: one-to-one, and the two tokens each other's counterpart in `student_vocab_map`
+    (the other one-to-one positions are taught as merged spans are)"""
     mapped_mass: float
     """share of the teacher's top-k mass that maps onto student ids"""
     student_per_teacher_token: float
@@ -94,9 +97,10 @@ class AlignmentReport:
 
     def summary(self) -> str:
         return (
-            f"teacher positions {self.one_to_one:.1%} one-to-one, {self.merged:.1%} merged (taught per span), "
-            f"{self.unmatched:.1%} unmatched; {self.mapped_mass:.1%} of the teacher's top-k mass maps onto student "
-            f"ids; {self.student_per_teacher_token:.2f} student tokens per teacher token"
+            f"teacher positions {self.one_to_one:.1%} one-to-one ({self.mapped_positions:.1%} with counterparts in "
+            f"the vocabulary map: taught by KD), {self.merged:.1%} merged, {self.unmatched:.1%} unmatched; "
+            f"{self.mapped_mass:.1%} of the teacher's top-k mass maps onto student ids; "
+            f"{self.student_per_teacher_token:.2f} student tokens per teacher token"
         )
 
     def warnings(self) -> list[str]:
@@ -183,15 +187,21 @@ def alignment_report(records: Sequence[AlignedRecord], vmap: torch.Tensor) -> Al
     """The shares of `AlignmentReport` over `records`."""
     shares = alignment_shares([r.alignment for r in records])
     top_mass = mapped = 0.0
+    pairs = 0
     for r in records:
+        teacher, student = r.teacher.completion_ids, r.student.completion_ids
+        pairs += sum(
+            len(t) == len(s) == 1 and int(vmap[int(teacher[t[0]])]) == int(student[s[0]]) for t, s in r.alignment.groups
+        )
         lp = torch.from_numpy(r.teacher.topk_logprobs)
         _, _, _, share = project_topk(torch.from_numpy(r.teacher.topk_ids), lp, None, vmap)
         mass = lp.double().logsumexp(-1).exp()
         top_mass, mapped = top_mass + float(mass.sum()), mapped + float((share.double() * mass).sum())
     n_t = sum(r.alignment.num_teacher for r in records)
     n_s = sum(r.alignment.num_student for r in records)
+    mass = mapped / max(top_mass, 1e-300)
     return AlignmentReport(
-        shares["one_to_one"], shares["merged"], shares["unmatched"], mapped / max(top_mass, 1e-300), n_s / max(n_t, 1)
+        shares["one_to_one"], shares["merged"], shares["unmatched"], pairs / max(n_t, 1), mass, n_s / max(n_t, 1)
     )
 
 

@@ -91,7 +91,9 @@ def test_a_student_of_another_tokenizer_learns_from_the_teacher(cache: Path, tmp
     out = train(cache, tmp_path / "xt", "--cross-tokenizer", "--kd", "reverse", steps=8)
     report = out["run"]["summary"]["cross_tokenizer"]
     assert 0.3 < report["one_to_one"] < 0.9 and report["merged"] > 0.1 and report["student_per_teacher_token"] < 1
-    assert report["mapped_mass"] > 0.9 and "merged (taught per span)" in out["stderr"]
+    # numbers merge; digits and letters the student extends (its "17", the teacher's "Result") are not mapped
+    assert 0.3 < report["mapped_positions"] < report["one_to_one"] and 0.3 < report["mapped_mass"] < 0.9
+    assert "with counterparts in the vocabulary map: taught by KD" in out["stderr"]
     rows = out["rows"]
     assert all(r["kd"] > 0 and r["merged"] > 0 for r in rows)
     assert np.mean([r["loss"] for r in rows[-3:]]) < np.mean([r["loss"] for r in rows[:3]])
