@@ -16,7 +16,10 @@ trained on): 91.8% for the bundled one.
 the same shape from another family (Llama) on a byte-level BPE of the same size (512) trained on other
 text (arithmetic lines and task problems) with GPT-2's pre-tokenizer, so it spells numbers as whole
 tokens ("Ġ17") where the Qwen-style teacher spells every digit ("Ġ", "1", "7") — as Llama 3's tokenizer
-groups up to three digits and Qwen's splits each.
+groups up to three digits and Qwen's splits each. `--tokenizer bytes` makes `students/arith-student-bytes`:
+the same Llama on bytes (a byte-level BPE without merges: 256 tokens and the special ones, its embedding
+padded to 512 rows so the parameter count is arith-student's): digits spelled as the teacher spells them,
+every word and operator in pieces.
 
     python scripts/pretrain_arith_student.py [--steps 4000] [--seed 0] [--tokenizer teacher|own] --install
 """
@@ -31,9 +34,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SPECIAL_TOKENS = 5  # distill.models.tiny.SPECIAL_TOKENS
 STUDENT = dict(hidden_size=64, num_layers=4, num_heads=2, num_kv_heads=1, intermediate_size=192)
 TEACHER_DIR = REPO / "teachers" / "arith-teacher"
-TARGETS = {"teacher": REPO / "students" / "arith-student", "own": REPO / "students" / "arith-student-bpe"}
+TARGETS = {
+    "teacher": REPO / "students" / "arith-student",
+    "own": REPO / "students" / "arith-student-bpe",
+    "bytes": REPO / "students" / "arith-student-bytes",
+}
 
 
 def main() -> None:
@@ -47,7 +55,8 @@ def main() -> None:
     parser.add_argument("--teacher", type=Path, default=TEACHER_DIR, help="whose tokenizer the student shares")
     parser.add_argument(
         "--tokenizer", choices=sorted(TARGETS), default="teacher",
-        help="the teacher's tokenizer (arith-student) or one of its own (arith-student-bpe, for cross-tokenizer KD)",
+        help="the teacher's tokenizer (arith-student), or one of its own for cross-tokenizer KD: own "
+        "(arith-student-bpe) or bytes (arith-student-bytes)",
     )  # fmt: skip
     parser.add_argument("--work", type=Path, default=None, help="[runs/<student name>]")
     parser.add_argument("--install", action="store_true", help="copy the result into students/<student name>")
@@ -71,12 +80,16 @@ def pretrain(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     shutil.rmtree(args.work, ignore_errors=True)
     # the teacher's tokenizer, so the student reads the teacher's cache token for token; or one of its own
-    tokenizer = AutoTokenizer.from_pretrained(args.teacher) if args.tokenizer == "teacher" else own_tokenizer(args.seed)
+    if args.tokenizer == "teacher":
+        tokenizer = AutoTokenizer.from_pretrained(args.teacher)
+    else:
+        tokenizer = own_tokenizer(args.seed, 512 if args.tokenizer == "own" else 256 + SPECIAL_TOKENS)
     init = build_tiny_model(
         args.work / "init",
         seed=args.seed,
         max_position_embeddings=512,
         tokenizer=tokenizer,
+        model_vocab_size=512,
         **STUDENT,
         family="qwen2" if args.tokenizer == "teacher" else "llama",
     )
@@ -120,13 +133,14 @@ def pretrain(args: argparse.Namespace) -> Path:
     return out
 
 
-def own_tokenizer(seed: int):
-    """A byte-level BPE of the teacher's size and special tokens, trained on arithmetic lines and problem text."""
+def own_tokenizer(seed: int, vocab_size: int):
+    """A byte-level BPE with the teacher's special tokens, trained on arithmetic lines and problem text (at 261
+    tokens: the 256 bytes and the special tokens, no merges)."""
     from distill.models.tiny import build_tokenizer
     from distill.tasks import arith
 
     text = [f"{r['prompt']}\n{r['completion']}" for r in arith.problems("train")[:3000]]
-    return build_tokenizer(arith.arithmetic_facts(20_000, seed) + text, 512)
+    return build_tokenizer(arith.arithmetic_facts(20_000, seed) + text, vocab_size)
 
 
 def fact_accuracy(model, tok, facts: list[str]) -> float:
