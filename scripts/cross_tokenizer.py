@@ -89,8 +89,8 @@ def main() -> None:
         runs.append(row)
 
     names = ["teacher", "ref_kd", "ref_sft", *args.variants]
-    stats = {n: {"mean": statistics.mean(100 * r[n] for r in runs), "std": statistics.pstdev(100 * r[n] for r in runs)}
-             for n in names}  # fmt: skip
+    spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731 - sample std, as demo_seeds.py
+    stats = {n: {"mean": statistics.mean(v), "std": spread(v)} for n in names for v in [[100 * r[n] for r in runs]]}
     (root / "results.json").write_text(json.dumps({"runs": runs, "pass1": stats, "base_pass1": base}, indent=2))
     print(f"\npass@1 on arith:test (%), seeds {args.seeds}; {args.student} before distillation: {100 * base:.1f}")
     labels = {
