@@ -28,7 +28,10 @@ Each step:
 
 Guards learned from the anchors: the student's and teacher's regular vocabularies must be one (the ids
 are scored verbatim), the templates must open the completion the same way (think prefix) and end it with
-a token the teacher also ends on; both are refused with a sentence before any model loads.
+a token the teacher also ends on; both are refused with a sentence before any model loads. Before step 1
+the teacher writes a few greedy completions and scores them through the same scoring path: its mean
+logprob (high: its own argmax choices) and the gap to the logprobs it generated them with (≈ 0 when scoring is
+aligned) are logged and kept in run.json, so a shifted or broken scoring path shows before any update.
 
 `--cross-tokenizer` (a student of another tokenizer; --loss reverse): the completion's text (its end token
 aside) is re-tokenised by the teacher, which scores its own ids and ends with its own eos where the student
@@ -36,10 +39,7 @@ ended; both sides are aligned by byte spans (distill.retokenize), and each stude
 the teacher's log-probability of its span (`span_logprobs`): one-to-one tokens the teacher's own value, a
 student token covering several teacher tokens their sum, several covering one an equal share of it. Per
 span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). With identical
-tokenizers the ids are not re-tokenised and the run is the one without the flag, bit for bit. Before step 1
-the teacher writes a few greedy completions and scores them through the same scoring path: its mean
-logprob (high: its own argmax choices) and the gap to the logprobs it generated them with (≈ 0 when scoring is
-aligned) are logged and kept in run.json, so a shifted or broken scoring path shows before any update.
+tokenizers the ids are not re-tokenised and the run is the one without the flag, bit for bit.
 
 Output and resume as `distill grpo`: OUT/checkpoints, OUT/metrics.jsonl (and `--report-to` trackers),
 OUT/run.json, OUT/model; `--resume` restores policy, optimiser, RNG and step and redraws the same samples.
@@ -476,11 +476,10 @@ class OnPolicyRecipe:
         rollout_s = time.perf_counter() - start
         scores = self.score(rollout.completions, rollout.prompts, retokenize=cfg.cross_tokenizer)
         teacher_s = time.perf_counter() - start - rollout_s
-        if cfg.cross_tokenizer:
-            row_xt = {f"xt_{k}": v for k, v in self.xt_shares.items()}
+        xt_row = {f"xt_{k}": v for k, v in self.xt_shares.items()} if cfg.cross_tokenizer else {}
         self._record(scores, rollout.prompts)
         rewards, row = self.reward_advantages(rollout)
-        row.update(row_xt if cfg.cross_tokenizer else {})
+        row.update(xt_row)
         lengths = [len(c.completion_ids) for c in rollout.completions]
         truncated = [c.finish_reason == "length" for c in rollout.completions]
         self.rollout_tokens += sum(lengths)
