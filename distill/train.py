@@ -107,6 +107,9 @@ class StudentLoss(torch.nn.Module):
         keep = batch.targets != IGNORE_INDEX  # only loss positions go through the output layer
         flat = lambda t: None if t is None else t[keep]  # noqa: E731
         head = lm.get_output_embeddings()
+        cfg = self.cfg  # the loss settings both paths share
+        shared = dict(alpha=cfg.alpha, kd=cfg.kd, tail=cfg.tail, temperature=cfg.temperature, beta=cfg.beta,
+                      chunk_size=cfg.chunk_size, bias=getattr(head, "bias", None))  # fmt: skip
         if batch.aligned is not None:  # --cross-tokenizer: the teacher's rows are its own, aligned by text
             t = batch.aligned
             return cross_tokenizer_kd(
@@ -120,15 +123,9 @@ class StudentLoss(torch.nn.Module):
                 t.tail_logprobs,
                 self.vmap,
                 t.trace_logprobs,
-                alpha=self.cfg.alpha,
-                kd=self.cfg.kd,
-                tail=self.cfg.tail,
-                temperature=self.cfg.temperature,
-                beta=self.cfg.beta,
-                xt_weight=self.cfg.xt_weight,
-                merged=self.cfg.xt_merged,
-                chunk_size=self.cfg.chunk_size,
-                bias=getattr(head, "bias", None),
+                xt_weight=cfg.xt_weight,
+                merged=cfg.xt_merged,
+                **shared,
             )
         return distill_loss(
             hidden[keep],
@@ -139,13 +136,7 @@ class StudentLoss(torch.nn.Module):
             tail_logprobs=flat(batch.tail_logprobs) if self.cfg.alpha < 1 else None,
             extra_ids=flat(batch.extra_ids) if self.cfg.kd == "sampled" else None,
             extra_logprobs=flat(batch.extra_logprobs) if self.cfg.kd == "sampled" else None,
-            alpha=self.cfg.alpha,
-            kd=self.cfg.kd,
-            tail=self.cfg.tail,
-            temperature=self.cfg.temperature,
-            beta=self.cfg.beta,
-            chunk_size=self.cfg.chunk_size,
-            bias=getattr(head, "bias", None),
+            **shared,
         )
 
 
