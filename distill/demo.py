@@ -13,7 +13,9 @@ KD has more to pass on than the text; the summary reports that entropy. Both stu
 the bundled pretrained base student (it knows arithmetic, not the task's reasoning).
 
 Each stage runs as its own `distill` command in a subprocess, exactly as a user would chain them:
-stages talk through files on disk, never in memory. Without the bundled teacher (a checkout where
+stages talk through files on disk, never in memory. The two students train side by side, each on an
+equal share of the cores (one thread each on two), so each equals the same `distill train` run alone
+with that many threads. Without the bundled teacher (a checkout where
 scripts/train_arith_teacher.py has not been run) the demo says so and uses a random tiny teacher,
 whose accuracies are near zero: the machinery runs, the comparison means nothing.
 """
@@ -21,6 +23,7 @@ whose accuracies are near zero: the machinery runs, the comparison means nothing
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -29,12 +32,13 @@ from typing import Any
 
 import numpy as np
 import typer
+from tqdm import tqdm
 
 from distill.cache import load_view, open_cache, view_indices
 from distill.configs import DemoConfig
 from distill.presets import preset_dir
 
-STAGES = 7
+STAGES = 6
 
 KL_TITLE = {"forward": "KL(teacher ‖ student)", "reverse": "KL(student ‖ teacher)", "jsd": "JSD(teacher, student)"}
 BATCH_ROWS = 4  # small steps: on 2 CPU cores the students are limited by optimiser steps, not data
@@ -46,6 +50,54 @@ def _distill(*args: str) -> str:
     if out.returncode != 0:
         raise typer.Exit(out.returncode)
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def train_threads(jobs: int) -> int:
+    """Threads per training process when `jobs` of them share this process's cores (at least one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // jobs)
+
+
+def train_side_by_side(jobs: dict[str, list[str]], out: Path, steps: int, threads: int) -> dict[str, Path]:
+    """Run `distill train` commands at once, each with `threads` threads and its log in out/train-NAME.log, under
+    one progress bar of their steps; returns each run's directory. Tiny models use two threads poorly, so two
+    one-thread runs on two cores finish in little more than the time of one; and a run's result depends on its
+    thread count (the order of float sums), not on what runs beside it: each equals the same command run alone."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    procs, logs = {}, {}
+    try:
+        for name, args in jobs.items():
+            logs[name] = out / f"train-{name}.log"
+            with logs[name].open("w") as log:
+                cmd = [sys.executable, "-m", "distill", *args]
+                procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        with tqdm(total=steps * len(jobs), desc="train " + " + ".join(n.upper() for n in jobs), unit="step") as bar:
+            while any(p.poll() is None for p in procs.values()):
+                time.sleep(1)
+                bar.n = sum(_steps_done(out / name) for name in jobs)
+                bar.refresh()
+            bar.n = sum(_steps_done(out / name) for name in jobs)
+        results = {name: p.communicate()[0] for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    for name, p in procs.items():
+        if p.returncode != 0:
+            tail = logs[name].read_text().strip().splitlines()[-5:]
+            typer.echo("\n".join(tail), err=True)
+            typer.echo(f"error: the {name.upper()} student's training failed; its log is {logs[name]}", err=True)
+            raise typer.Exit(p.returncode)
+    return {name: Path(results[name].strip().splitlines()[-1]) for name in jobs}
+
+
+def _steps_done(run: Path) -> int:
+    """Steps a training run has logged so far (a line of metrics.jsonl each)."""
+    try:
+        with (run / "metrics.jsonl").open("rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
 
 
 def _teacher(out: Path, seed: int) -> tuple[str, bool]:
@@ -100,11 +152,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     _distill("filter", cache, "--verifiers", "math,format", "--name", "correct")
     view = load_view(open_cache(cache), "correct")
     tail = "bucket" if kd_temperature == 1 else "renorm"  # both students get it: they differ in α and τ only
-    runs = {}
     entropy = teacher_entropy(Path(cache)) if view.kept else np.zeros(0)
-    for i, (name, alpha) in enumerate((("kd", str(kd_alpha)), ("sft", "1.0"))):
-        how = f"alpha {alpha}" + (f", --kd {cfg.kd}, temperature {kd_temperature:g}" if name == "kd" else "")
-        typer.echo(f"[{3 + i}/{STAGES}] train the {name.upper()} student ({how}, {steps} steps, seed {seed})")
+    jobs = {}
+    for name, alpha in (("kd", str(kd_alpha)), ("sft", "1.0")):
         args = [
             "train",
             "--student",
@@ -132,10 +182,17 @@ def run_demo(cfg: DemoConfig) -> dict:
             args += ["--view", "correct"]
         if not bundled:
             args += ["--init", "random", "--max-length", "512"]
-        runs[name] = Path(_distill(*args))
+        jobs[name] = args
+    threads = train_threads(len(jobs))
+    typer.echo(
+        f"[3/{STAGES}] train the KD student (alpha {kd_alpha}, --kd {cfg.kd}, temperature {kd_temperature:g}) and the "
+        f"SFT student (alpha 1) side by side, {steps} steps each, seed {seed}, {threads} thread(s) each; "
+        f"logs: {out}/train-kd.log, {out}/train-sft.log"
+    )
+    runs = train_side_by_side(jobs, out, steps, threads)
     scores = {}
     for i, (name, model) in enumerate((("teacher", teacher), ("kd", str(runs["kd"])), ("sft", str(runs["sft"])))):
-        typer.echo(f"[{5 + min(i, 2)}/{STAGES}] eval {name} on arith:test ({eval_problems} problems × 4 samples)")
+        typer.echo(f"[{4 + i}/{STAGES}] eval {name} on arith:test ({eval_problems} problems × 4 samples)")
         path = out / f"eval-{name}.json"
         _distill(
             "eval",
@@ -175,6 +232,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         "kd_kind": cfg.kd,
         "kd_tail": tail,
         "batch_rows": BATCH_ROWS,
+        "train_threads": threads,
         "teacher_entropy_mean": float(entropy.mean()) if len(entropy) else None,
         "teacher_entropy_above_half": float((entropy > 0.5).mean()) if len(entropy) else None,
         "seconds": round(time.perf_counter() - start, 1),

@@ -9,8 +9,8 @@ it with the same steps, batch and seed as the demo's students, and both are eval
 (the same training run: all kept traces, same steps and seed), so they are read, not retrained.
 Every stage is a `distill` command, as a user would run it. A student already evaluated
 (OUT/seed-N/nM-kd/eval.json) is read, not retrained, so an interrupted curve resumes where it stopped.
-On a shared machine, OMP_NUM_THREADS=1 keeps each run at ~7k tokens/s (two threads on a busy pair of
-cores fell to under 1k).
+The KD and SFT students of a size train side by side, as the demo's do (an equal share of the cores each,
+logs in OUT/seed-N/train-nM-kd.log), so each equals the same `distill train` run alone with that many threads.
 
 Writes OUT/results.json (per run and aggregated) and OUT/kd_vs_sft.png (pass@1 against the number of
 traces, mean and spread over seeds, the teacher as a line), prints a table and how many traces SFT
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.cache import open_cache, view_indices, write_view
+from distill.demo import train_side_by_side, train_threads
 
 
 def distill(*args: str) -> str:
@@ -67,7 +69,7 @@ def main() -> None:
         cache = open_cache(cache_path)
         kept = view_indices(cache, "correct")
         kd_args = ["--alpha", str(summary["kd_alpha"]), "--temperature", str(summary["kd_temperature"])]
-        kd_args += ["--tail", summary["kd_tail"]]
+        kd_args += ["--tail", summary["kd_tail"], "--kd", summary.get("kd_kind", "forward")]
         common = ["--student", "arith-student", "--cache", str(cache_path), "--max-steps", str(summary["steps"])]
         common += ["--batch-rows", str(summary["batch_rows"]), "--save-every", str(summary["steps"])]
         for fraction in args.fractions:
@@ -81,16 +83,25 @@ def main() -> None:
             subset = np.random.default_rng(seed).choice(kept, size=n, replace=False)
             view = f"kd-vs-sft-s{seed}-n{n}"
             write_view(cache, view, subset.tolist(), {"source_view": "correct", "seed": seed})
-            for name, loss in (("kd", kd_args), ("sft", ["--alpha", "1"])):
-                out = args.out / f"seed-{seed}" / f"n{n}-{name}"
-                print(f"== seed {seed}, {n} traces, {name}", flush=True)
-                if (out / "eval.json").is_file():  # measured by an earlier (interrupted) run of this script
-                    pass1 = json.loads((out / "eval.json").read_text())["summary"]["pass@1"]
-                else:
-                    model = distill("train", *common, *loss, "--view", view, "--seed", str(seed), "--out", str(out))
-                    pass1 = evaluate(model, out, seed, args.eval_problems)
+            where = args.out / f"seed-{seed}"
+            losses = {f"n{n}-kd": kd_args, f"n{n}-sft": ["--alpha", "1"]}
+            todo = {  # a student evaluated by an earlier (interrupted) run of this script is read, not retrained
+                run: ["train", *common, *loss, "--view", view, "--seed", str(seed), "--out", str(where / run)]
+                for run, loss in losses.items()
+                if not (where / run / "eval.json").is_file()
+            }
+            print(f"== seed {seed}, {n} traces: {', '.join(todo) or 'measured before'}", flush=True)
+            where.mkdir(parents=True, exist_ok=True)
+            for run in todo:
+                shutil.rmtree(where / run, ignore_errors=True)  # one stopped mid-training starts over
+            models = train_side_by_side(todo, where, summary["steps"], train_threads(len(todo))) if todo else {}
+            for run in losses:
+                if run in models:
+                    evaluate(str(models[run]), where / run, seed, args.eval_problems)
+                pass1 = json.loads((where / run / "eval.json").read_text())["summary"]["pass@1"]
+                name = run.rsplit("-", 1)[1]
                 runs.append({"seed": seed, "traces": n, "fraction": fraction, "loss": name, "pass1": pass1})
-                print(f"   pass@1 {100 * pass1:.1f}", flush=True)
+                print(f"   {name}: pass@1 {100 * pass1:.1f}", flush=True)
 
     # sizes differ a little between seeds (each seed's filter kept its own number): group by fraction,
     # and place each fraction at its mean number of traces

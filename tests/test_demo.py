@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 
 @pytest.mark.vllm
@@ -58,6 +60,31 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     for name in ("report.md", "curves.png", "accuracy.png", "filter.png", "entropy.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert "![accuracy](accuracy.png)" in (tmp_path / "demo" / "report.md").read_text()
+    # the students train side by side, each with train_threads threads: the KD student is what the same
+    # `distill train` run alone with that many threads makes, bit for bit (nothing leaks between the two)
+    alone = tmp_path / "kd-alone"
+    cmd = [
+        sys.executable,
+        "-m",
+        "distill",
+        "train",
+        "--student",
+        "arith-student" if summary["bundled_teacher"] else str(tmp_path / "demo" / "random-teacher"),
+    ]
+    cmd += ["--cache", str(tmp_path / "demo" / "cache"), "--alpha", "0.5", "--kd", "reverse", "--temperature", "1.0"]
+    cmd += ["--tail", "bucket", "--max-steps", "2", "--save-every", "2", "--batch-rows", str(summary["batch_rows"])]
+    cmd += ["--seed", "0", "--out", str(alone)] + (["--view", "correct"] if summary["kept_records"] else [])
+    if not summary["bundled_teacher"]:
+        cmd += ["--init", "random", "--max-length", "512"]
+    threads = str(summary["train_threads"])
+    subprocess.run(
+        cmd, check=True, capture_output=True, env={**env, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    )
+    side_by_side = load_file(tmp_path / "demo" / "kd" / "model" / "model.safetensors")
+    assert side_by_side.keys() == load_file(alone / "model" / "model.safetensors").keys()
+    for name, tensor in load_file(alone / "model" / "model.safetensors").items():
+        assert torch.equal(tensor, side_by_side[name]), name
+    assert (tmp_path / "demo" / "train-kd.log").stat().st_size > 0
     table = out.stdout[out.stdout.index("model") :]
     assert "teacher" in table and "kd" in table and "sft" in table
     if not summary["bundled_teacher"]:

@@ -24,8 +24,9 @@ class DemoConfig(Config):
     """Seed for generation, training and evaluation."""
     prompts: int = 4000
     """arith:distill prompts the teacher answers (one sample each)."""
-    steps: int = 1500
-    """Training steps of each student."""
+    steps: int = 3000
+    """Training steps of each student (4 rows each; the two train side by side). Both students are still
+    learning at 1,500 (seed 0: KD 55.0, SFT 46.5 pass@1); 3,000 is what the 10-minute demo affords."""
     eval_problems: int = 200
     """arith:test problems to evaluate on (4 samples each)."""
     kd_temperature: float = 1.0
