@@ -62,9 +62,10 @@ def train_side_by_side(jobs: dict[str, list[str]], out: Path, steps: int, thread
     """Run `distill train` commands at once, each with `threads` threads and its log in out/train-NAME.log, under
     one progress bar of their steps; returns each run's directory. Tiny models use two threads poorly, so two
     one-thread runs on two cores finish in little more than the time of one; and a run's result depends on its
-    thread count (the order of float sums), not on what runs beside it: each equals the same command run alone."""
+    thread count (the order of float sums), not on what runs beside it: each equals the same command run alone.
+    When one fails the others are stopped, and its log's last lines and the log's path are shown."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    procs, logs = {}, {}
+    procs, logs, failed = {}, {}, []
     try:
         for name, args in jobs.items():
             logs[name] = out / f"train-{name}.log"
@@ -72,23 +73,23 @@ def train_side_by_side(jobs: dict[str, list[str]], out: Path, steps: int, thread
                 cmd = [sys.executable, "-m", "distill", *args]
                 procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         with tqdm(total=steps * len(jobs), desc="train " + " + ".join(n.upper() for n in jobs), unit="step") as bar:
-            while any(p.poll() is None for p in procs.values()):
+            while any(p.poll() is None for p in procs.values()) and not failed:
                 time.sleep(1)
                 bar.n = sum(_steps_done(out / name) for name in jobs)
                 bar.refresh()
-            bar.n = sum(_steps_done(out / name) for name in jobs)
-        results = {name: p.communicate()[0] for name, p in procs.items()}
+                failed = [name for name, p in procs.items() if p.poll() not in (None, 0)]
+        failed = [name for name, p in procs.items() if p.poll() not in (None, 0)]
     finally:
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
-    for name, p in procs.items():
-        if p.returncode != 0:
-            tail = logs[name].read_text().strip().splitlines()[-5:]
-            typer.echo("\n".join(tail), err=True)
-            typer.echo(f"error: the {name.upper()} student's training failed; its log is {logs[name]}", err=True)
-            raise typer.Exit(p.returncode)
-    return {name: Path(results[name].strip().splitlines()[-1]) for name in jobs}
+            p.wait()
+    for name in failed:
+        typer.echo("\n".join(logs[name].read_text().strip().splitlines()[-5:]), err=True)
+        typer.echo(f"error: the {name.upper()} student's training failed; its log is {logs[name]}", err=True)
+    if failed:
+        raise typer.Exit(1)
+    return {name: Path(p.stdout.read().strip().splitlines()[-1]) for name, p in procs.items()}
 
 
 def _steps_done(run: Path) -> int:

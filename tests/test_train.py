@@ -414,3 +414,43 @@ class _Saved:
 
     def save_pretrained(self, target: Path) -> None:
         shutil.copytree(self.path, target)
+
+
+def test_side_by_side_runs_equal_the_same_runs_alone(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    """What the demo and kd_vs_sft do: two `distill train` at once, one thread each; each is the run made alone."""
+    from distill.demo import train_side_by_side
+
+    jobs = {
+        "kd": ["train", *train_args(student, teacher_cache, tmp_path / "kd", steps=3), "--alpha", "0.5"],
+        "sft": ["train", *train_args(student, teacher_cache, tmp_path / "sft", steps=3), "--alpha", "1"],
+    }
+    runs = train_side_by_side(jobs, tmp_path, 3, threads=1)
+    assert runs == {name: tmp_path / name / "model" for name in jobs}
+    assert [len(metrics(tmp_path / name)) for name in jobs] == [3, 3]
+    alone = tmp_path / "alone"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run(cli(*train_args(student, teacher_cache, alone, steps=3), "--alpha", "0.5"), check=True, env=env)
+    assert [m["loss"] for m in metrics(alone)] == [m["loss"] for m in metrics(tmp_path / "kd")]
+    side, by_itself = AutoModel(runs["kd"]), AutoModel(alone / "model")
+    assert all(torch.equal(side[k], by_itself[k]) for k in by_itself)
+    assert not torch.equal(side["model.norm.weight"], AutoModel(runs["sft"])["model.norm.weight"])
+
+
+def test_side_by_side_stops_the_others_when_one_fails(
+    student: Path, teacher_cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import typer
+
+    from distill.demo import _steps_done, train_side_by_side
+
+    jobs = {
+        "bad": ["train", "--student", "qwen-3b", "--cache", str(teacher_cache), "--out", str(tmp_path / "bad")],
+        "long": ["train", *train_args(student, teacher_cache, tmp_path / "long", steps=100_000)],
+    }
+    with pytest.raises(typer.Exit) as stopped:
+        train_side_by_side(jobs, tmp_path, 100_000, threads=1)
+    assert stopped.value.exit_code == 1
+    err = capsys.readouterr().err
+    assert "Unknown model 'qwen-3b'" in err  # the failed run's own sentence, from its log
+    assert f"the BAD student's training failed; its log is {tmp_path / 'train-bad.log'}" in err
+    assert _steps_done(tmp_path / "long") < 100_000  # stopped, not waited for
