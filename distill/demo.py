@@ -74,12 +74,14 @@ def train_side_by_side(jobs: dict[str, list[str]], out: Path, steps: int, thread
                 cmd = [sys.executable, "-m", "distill", *args]
                 procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env)
         with tqdm(total=steps * len(jobs), desc="train " + " + ".join(n.upper() for n in jobs), unit="step") as bar:
-            while any(p.poll() is None for p in procs.values()) and not failed:
+            while True:
                 time.sleep(1)
                 bar.n = sum(_steps_done(out / name) for name in jobs)
                 bar.refresh()
-                failed = [name for name, p in procs.items() if p.poll() not in (None, 0)]
-        failed = [name for name, p in procs.items() if p.poll() not in (None, 0)]
+                codes = {name: p.poll() for name, p in procs.items()}
+                failed = [name for name, code in codes.items() if code not in (None, 0)]
+                if failed or None not in codes.values():
+                    break
     finally:
         for p in procs.values():
             if p.poll() is None:
