@@ -451,12 +451,16 @@ def test_span_term_is_zero_at_agreement_and_punishes_confidence_in_the_wrong_tex
     topk_lp = torch.tensor([[0.9, 0.05], [0.5, 0.3]]).log()  # p("ab") = 0.9 · 0.5 = 0.45
     tail = torch.tensor([0.05, 0.2]).log()
     vmap = torch.full((2,), -1)
-    agree = torch.tensor([[0.45, 0.35, 0.2]]).log()  # the student's "ab" is its id 0: q = 0.45
-    wrong = torch.tensor([[0.05, 0.9, 0.05]]).log()  # sure of another text (its id 1)
+    # the student's "ab" is its id 0: q = 0.45. ULD compares sorted buckets: the teacher's first row scaled by
+    # p("b" | "a") = 0.5 is [0.45, 0.025] + tail 0.025, so any student at or above it in every bucket scores
+    # exactly 0.5; this one's tail (0.01) is below the teacher's, so ULD gives it 0.53 (a tie would be decided
+    # by rounding)
+    agree = torch.tensor([[0.45, 0.54, 0.01]]).log()
+    wrong = torch.tensor([[0.05, 0.9, 0.05]]).log()  # sure of another text (its id 1): ULD 0.5
     for kd in ("forward", "reverse", "jsd"):
         args = (torch.eye(3), torch.tensor([0]), [alignment], teacher_ids, topk_ids, topk_lp, tail, vmap)
         assert cross_tokenizer_kd(agree, *args, alpha=0.0, kd=kd).merged.item() == pytest.approx(0.0, abs=1e-7)
         span = cross_tokenizer_kd(wrong, *args, alpha=0.0, kd=kd).merged.item()
         uld = cross_tokenizer_kd(wrong, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
         agree_uld = cross_tokenizer_kd(agree, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
-        assert span > 0.1 and uld < agree_uld  # ULD prefers the confidently wrong student
+        assert span > 0.1 and uld < agree_uld - 0.01  # ULD prefers the confidently wrong student
