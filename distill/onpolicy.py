@@ -18,8 +18,11 @@ Each step:
   advantages of exactly 0; `vllm` uses a second engine's prompt-logprobs path (the top-k tail then derives
   from the top-k). The scores are appended to OUT/cache in the cache format (`distill cache info`, notebooks);
 - loss: `reverse` — A_t = log π_T(x_t) − log π_θold(x_t) (+ w · group-normalised reward) per token under
-  the clipped ratio (distill.losses.onpolicy); `topk` — `distill_loss` with α = 0 over the teacher's top-k at
-  every sampled position (GKD with λ = 1), plus w · the reward policy gradient when --reward-weight > 0;
+  the clipped ratio (distill.losses.onpolicy), or with --kl-discount γ the discounted sum of the log-ratios
+  still to come; `topk` — `distill_loss` with α = 0 over the teacher's top-k at every sampled position (GKD
+  with λ = 1); `full` — the --kd divergence over the whole vocabulary there (exact GKD: the teacher's hidden
+  states, distill.losses.full_vocab, in chunks); topk and full add w · the reward policy gradient when
+  --reward-weight > 0;
 - π_θold is the trainer's own forward right after the rollout (as grpo); the engine's logprobs of its own
   samples are only compared with it (`logprob_mismatch`);
 - truncated completions (finish reason "length") are trained on by default — every token's teacher
@@ -66,6 +69,7 @@ from distill.errors import DistillError
 from distill.fingerprint import cache_key, tokenizer_fingerprint
 from distill.losses import IGNORE_INDEX, distill_loss, group_advantages
 from distill.losses.cross_tokenizer import alignment_shares, span_logprobs
+from distill.losses.full_vocab import full_vocab_kd
 from distill.losses.onpolicy import onpolicy_reverse_objective, reverse_kl_advantages, reverse_kl_by_position
 from distill.models.tokenizer import load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset
@@ -75,6 +79,7 @@ from distill.retokenize import align_text
 from distill.rollouts import (
     MicroBatch,
     Rollout,
+    completion_hidden,
     completion_logprobs,
     compute_rewards,
     logprob_mismatch,
@@ -220,7 +225,7 @@ class OnPolicyRecipe:
         self.log(
             f"onpolicy: {self.student.name} ← {self.teacher.name} on {len(self.prompts)} prompts of {self.where}, "
             f"{cfg.batch_size // cfg.group_size} prompts × G={cfg.group_size} per step, {cfg.steps} steps, "
-            f"loss {cfg.loss}{' (' + cfg.kd + ')' if cfg.loss == 'topk' else ''}, reward weight {cfg.reward_weight}, "
+            f"loss {cfg.loss}{'' if cfg.loss == 'reverse' else ' (' + cfg.kd + ')'}, reward {cfg.reward_weight}, "
             f"μ={cfg.iterations}, engines {self.engine.name} (student) / {cfg.teacher_backend} (teacher)"
             + (", the student's text re-tokenised for the teacher (--cross-tokenizer)" if cfg.cross_tokenizer else "")
         )
@@ -385,13 +390,7 @@ class OnPolicyRecipe:
     def _topk_loss(self, mb: MicroBatch, scores: TeacherScores, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
         """KD over the teacher's top-k at every sampled position (α = 0), this micro-batch's share of the batch mean."""
         lm = self.policy
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type != "cpu"):
-            hidden = lm.model(
-                input_ids=mb.input_ids.to(self.device),
-                attention_mask=mb.attention_mask.to(self.device),
-                position_ids=mb.position_ids.to(self.device),
-                use_cache=False,
-            ).last_hidden_state[:, -mb.completion_ids.shape[1] - 1 : -1]  # (b, T, H): the positions predicting them
+        hidden = completion_hidden(lm, mb, self.device)  # (b, T, H): the positions predicting the sampled tokens
         keep = mb.mask.bool().to(self.device)
         targets = torch.where(keep, mb.completion_ids.to(self.device), IGNORE_INDEX)
         tail = scores.tail_logprobs
@@ -409,6 +408,34 @@ class OnPolicyRecipe:
         share = out.num_tokens / max(tokens, 1)
         return out.loss * share, out.kd * share
 
+    def _full_loss(self, mb: MicroBatch, teacher_hidden: torch.Tensor, tokens: int) -> tuple[torch.Tensor, float]:
+        """The --kd divergence over the whole vocabulary at every sampled position (exact GKD, λ = 1), this
+        micro-batch's share of the batch mean; teacher_hidden (b, T, H_t) at the same positions."""
+        keep = mb.mask.bool().to(self.device)
+        per_position = full_vocab_kd(
+            completion_hidden(self.policy, mb, self.device)[keep],
+            self.policy.get_output_embeddings().weight,
+            teacher_hidden[keep],
+            self.teacher_model.get_output_embeddings().weight,
+            kd=self.cfg.kd,
+            beta=self.cfg.beta,
+            temperature=self.cfg.temperature,
+            vocab=len(self.tokenizer),
+        )  # (n,)
+        loss = per_position.sum() / max(tokens, 1)
+        return loss, float(loss.detach())
+
+    def _teacher_hidden(self, batches: list[MicroBatch], scores: TeacherScores) -> list[torch.Tensor]:
+        """(b, T, H_t) per micro-batch: the teacher's final hidden states at the positions predicting the student's
+        tokens, over its own rendering of each prompt (the rows `score` graded), for --loss full."""
+        pad = self.teacher_tokenizer.pad_token_id or 0
+        with torch.no_grad():
+            return [
+                completion_hidden(self.teacher_model, micro_batches(scores.rows, mb.rows, len(mb.rows), pad)[0],
+                                  self.device)
+                for mb in batches
+            ]  # fmt: skip
+
     def update(
         self, batches: list[MicroBatch], scores: TeacherScores, rewards: torch.Tensor | None
     ) -> tuple[dict[str, float], list[torch.Tensor], list[torch.Tensor]]:
@@ -421,6 +448,7 @@ class OnPolicyRecipe:
         old, raw = [f[0] for f in first], [f[1] for f in first]
         seqs = sum(len(mb.rows) for mb in batches)
         toks = int(sum(mb.mask.sum() for mb in batches))
+        teacher_hidden = self._teacher_hidden(batches, scores) if cfg.loss == "full" else None
         passes = []
         for _ in range(cfg.iterations):
             sums: dict[str, float] = {}
@@ -433,8 +461,8 @@ class OnPolicyRecipe:
                 if cfg.loss == "reverse" or reward is not None:
                     logp, _ = completion_logprobs(self.policy, mb, t, self.device)
                     if cfg.loss == "reverse":
-                        adv = reverse_kl_advantages(old[k], teacher, mask, reward, cfg.reward_weight)
-                    else:  # topk: the reward's policy gradient beside the KD term
+                        adv = reverse_kl_advantages(old[k], teacher, mask, reward, cfg.reward_weight, cfg.kl_discount)
+                    else:  # topk, full: the reward's policy gradient beside the KD term
                         adv = torch.where(mask.bool(), cfg.reward_weight * reward[:, None], 0.0)
                     pg, stats = onpolicy_reverse_objective(
                         logp,
@@ -448,8 +476,11 @@ class OnPolicyRecipe:
                         batch_tokens=toks,
                     )
                     loss = loss + pg
-                if cfg.loss == "topk":
-                    kd_loss, kd = self._topk_loss(mb, scores, toks)
+                if cfg.loss != "reverse":
+                    if cfg.loss == "topk":
+                        kd_loss, kd = self._topk_loss(mb, scores, toks)
+                    else:
+                        kd_loss, kd = self._full_loss(mb, teacher_hidden[k], toks)
                     loss = loss + kd_loss
                     sums["kd"] = sums.get("kd", 0.0) + float(kd)
                 loss.backward()

@@ -191,6 +191,19 @@ def completion_logits(model: torch.nn.Module, mb: MicroBatch, device: Any) -> to
     return logits.float()
 
 
+def completion_hidden(model: torch.nn.Module, mb: MicroBatch, device: Any) -> torch.Tensor:
+    """(b, T, H) the final hidden states at the positions that predict the completion tokens (bf16 autocast on a
+    GPU): what a chunked loss over the output layer takes instead of (b, T, V) logits."""
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(device) != "cpu"):
+        hidden = model.model(
+            input_ids=mb.input_ids.to(device),
+            attention_mask=mb.attention_mask.to(device),
+            position_ids=mb.position_ids.to(device),
+            use_cache=False,
+        ).last_hidden_state
+    return hidden[:, -mb.completion_ids.shape[1] - 1 : -1]
+
+
 def completion_logprobs(model: torch.nn.Module, mb: MicroBatch, temperature: float, device: Any) -> tuple[Any, Any]:
     """(b, T) logprobs of the completion tokens at `temperature` and at 1 (raw, comparable with the engine's)."""
     logits = completion_logits(model, mb, device)

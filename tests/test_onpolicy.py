@@ -165,21 +165,47 @@ def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> N
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("temperature", ["1.0", "0.6"])
+@pytest.mark.parametrize(
+    ("temperature", "loss"),
+    [
+        ("1.0", ["--loss", "reverse"]),
+        ("0.6", ["--loss", "reverse"]),
+        ("1.0", ["--loss", "reverse", "--kl-discount", "1"]),
+        ("1.0", ["--loss", "full", "--kd", "forward"]),
+        ("0.6", ["--loss", "full", "--kd", "reverse"]),
+        ("1.0", ["--loss", "full", "--kd", "jsd"]),
+    ],
+)
 def test_the_teacher_as_its_own_student_sees_zero_reverse_kl_and_gets_no_update(
-    temperature: str, tmp_path: Path
+    temperature: str, loss: list[str], tmp_path: Path
 ) -> None:
     out = tmp_path / "self"
     args = ["--student", "arith-teacher", "--teacher", "arith-teacher", *SMALL, "--lr", "1e-2", "--self-check", "0"]
-    args += ["--temperature", temperature]  # both sides are scored at τ: still bit-identical
+    args += ["--temperature", temperature, *loss]  # both sides are scored at τ: still bit-identical
     proc = distill("onpolicy", *args, "--steps", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in metrics(out):
-        # the default teacher path is the trainer's own forward: bit-identical logprobs, advantages exactly 0
+        # the default teacher path is the trainer's own forward: bit-identical logprobs, advantages exactly 0; the
+        # full-vocabulary divergence is exactly 0 too, and its gradient (written out) exactly 0
         assert r["reverse_kl"] == 0.0 and r["reverse_kl_last_quarter"] == 0.0
-        assert r["loss"] == 0.0 and r["grad_norm"] == 0.0
+        assert r["loss"] == 0.0 and r["grad_norm"] == 0.0 and r.get("kd", 0.0) == 0.0
     after, before = weights(out / "model"), weights(TEACHER)
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+@pytest.mark.vllm
+@pytest.mark.parametrize("loss", [["--loss", "full", "--kd", "reverse"], ["--loss", "reverse", "--kl-discount", "0.9"]])
+def test_full_vocabulary_and_discounted_losses_train(loss: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "learns"
+    proc = distill("onpolicy", *RUN_ARGS, *loss, "--self-check", "0", "--steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in metrics(out):
+        assert r["grad_norm"] > 0 and r["reverse_kl"] > 0.1
+        if "full" in loss:  # the exact divergence is at least the top-k + tail one (a coarser partition)
+            assert r["kd"] > 0.1
+    assert json.loads((out / "run.json").read_text())["config"]["loss"] == loss[1]
+    moved, start = weights(out / "model"), weights(STUDENT)
+    assert any(not torch.equal(moved[k], start[k]) for k in start)
 
 
 @pytest.mark.vllm
@@ -272,6 +298,9 @@ def test_a_template_that_opens_the_completion_differently_is_refused(tmp_path: P
         (["--loss", "topk", "--temperature", "0.6"], "--loss topk takes --temperature 1 only"),
         (["--teacher-backend", "vllm", "--temperature", "0.6"], "needs --teacher-backend hf"),
         (["--cross-tokenizer", "--loss", "topk"], "--cross-tokenizer takes --loss reverse"),
+        (["--loss", "full", "--teacher-backend", "vllm"], "--loss full needs --teacher-backend hf"),
+        (["--kl-discount", "1.5"], "--kl-discount must be in [0, 1], got 1.5"),
+        (["--loss", "topk", "--kl-discount", "0.5"], "--kl-discount applies to --loss reverse"),
     ],
 )
 def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from typing import Literal
 from distill.configs.base import Backend, Config, ModelRuntime, PromptSource, at_least
 from distill.configs.student import RunOptions, VerifierRewards
 
-OnPolicyLoss = Literal["reverse", "topk"]
+OnPolicyLoss = Literal["reverse", "topk", "full"]
 OnPolicyKd = Literal["forward", "reverse", "jsd"]
 Aggregation = Literal["token", "sequence"]
 
@@ -29,11 +29,16 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     loss: OnPolicyLoss = "reverse"
     """reverse: per-token reverse KL log π_teacher − log π_student of each sampled token as a dense advantage
     under the clipped ratio (Qwen3 / Tinker); topk: the `distill train` KD loss (--kd) over the teacher's top-k at
-    every sampled position (GKD, λ = 1)."""
+    every sampled position (GKD, λ = 1); full: the --kd divergence over the whole vocabulary at every sampled
+    position (exact GKD, λ = 1; needs --teacher-backend hf)."""
     kd: OnPolicyKd = "reverse"
-    """--loss topk: the divergence over the teacher's top-k plus its tail bucket (forward, reverse, jsd)."""
+    """--loss topk / full: the divergence (forward, reverse, jsd); topk's is over the teacher's top-k plus its tail
+    bucket, full's over the whole vocabulary."""
     beta: float = 0.5
     """--kd jsd: the mixture weight β (0 < β < 1)."""
+    kl_discount: float = 0.0
+    """--loss reverse: γ of the advantage Σ_{s≥t} γ^{s−t} (log π_teacher − log π_student)(x_s); 0 credits each token
+    with its own log-ratio, 1 with the rest of its completion's (the gradient of the sequence-level reverse KL)."""
     top_k: int | None = None
     """Teacher logprobs kept per position, for --loss topk and the scores cache OUT/cache [teacher preset]."""
     cross_tokenizer: bool = False
@@ -105,11 +110,17 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
             out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
         if not 0 < self.beta < 1:
             out.append(f"--beta must be in (0, 1), got {self.beta}")
-        if self.cross_tokenizer and self.loss == "topk":
+        if self.cross_tokenizer and self.loss != "reverse":
             out.append(
-                "--cross-tokenizer takes --loss reverse: the teacher's top-k is over its own vocabulary, at its own "
-                "positions; the reverse KL needs only its log-probability of the student's text"
+                f"--cross-tokenizer takes --loss reverse, not {self.loss}: the teacher's distribution is over its own "
+                "vocabulary, at its own positions; the reverse KL needs only its log-probability of the student's text"
             )
+        if self.loss == "full" and self.teacher_backend != "hf":
+            out.append("--loss full needs --teacher-backend hf: the whole vocabulary comes from the teacher's forward")
+        if not 0 <= self.kl_discount <= 1:
+            out.append(f"--kl-discount must be in [0, 1], got {self.kl_discount}")
+        elif self.kl_discount and self.loss != "reverse":
+            out.append(f"--kl-discount applies to --loss reverse (its advantages), not --loss {self.loss}")
         if self.temperature <= 0:
             out.append(f"--temperature must be > 0, got {self.temperature}")
         elif self.temperature != 1 and self.loss == "topk":

@@ -131,22 +131,35 @@ def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     return (a * diff).sum(-1)
 
 
-def divergence(log_p: torch.Tensor, log_q: torch.Tensor, kd: str, beta: float) -> torch.Tensor:
+def divergence(
+    log_p: torch.Tensor, log_q: torch.Tensor, kd: str, beta: float, teacher_floor: float | None = TEACHER_FLOOR
+) -> torch.Tensor:
     """Per-position divergence between teacher and student partitions.
 
     log_p: (n, B) teacher log-probs (from `teacher_partition`); log_q: (n, B) student log-probs
-    (from `student_partition`); B = k+1 or k. Returns (n,):
-    forward KL(p‖q); reverse KL(q‖p) with p floored at TEACHER_FLOOR; jsd β·KL(p‖m) + (1−β)·KL(q‖m)
-    with m = βp + (1−β)q, 0 < β < 1.
+    (from `student_partition`); B = k+1 or k (or V: `distill.losses.full_vocab`). Returns (n,):
+    forward KL(p‖q); reverse KL(q‖p) with p floored at `teacher_floor` (None: not floored, for a teacher whose
+    every probability is exact); jsd β·KL(p‖m) + (1−β)·KL(q‖m) with m = βp + (1−β)q, 0 < β < 1.
+    Every kind is exactly 0 where log_p == log_q.
     """
     if kd == "forward":
         return _kl(log_p, log_q)
     if kd == "reverse":
-        return _kl(log_q, log_p.clamp(min=math.log(TEACHER_FLOOR)))
+        return _kl(log_q, log_p if teacher_floor is None else log_p.clamp(min=math.log(teacher_floor)))
     if kd == "jsd":
-        log_m = torch.logaddexp(log_p + math.log(beta), log_q + math.log1p(-beta))  # (n, B)
+        log_m = _log_mixture(log_p, log_q, beta)  # (n, B)
         return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
     raise ValueError(f"divergence() handles forward, reverse and jsd, not {kd!r}")
+
+
+def _log_mixture(log_p: torch.Tensor, log_q: torch.Tensor, beta: float) -> torch.Tensor:
+    """log(β·p + (1 − β)·q) elementwise, written around the larger side so that p == q gives log p exactly
+    (logaddexp(ℓ + log β, ℓ + log(1 − β)) is off by rounding, which made jsd of equal sides ~1e-8, not 0)."""
+    p_larger = log_p >= log_q
+    big, small = torch.where(p_larger, log_p, log_q), torch.where(p_larger, log_q, log_p)
+    w_small = beta + (1.0 - 2.0 * beta) * p_larger.to(big.dtype)  # the smaller side's weight, in big's dtype
+    gap = torch.where(torch.isinf(big) & (big < 0), 0.0, small - big)  # both −inf: no mass, no NaN
+    return big + torch.log1p(w_small * torch.expm1(gap))
 
 
 def sampled_kl(

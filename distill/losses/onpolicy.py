@@ -14,8 +14,12 @@ group-normalised verifier reward (`group_advantages`) and w its weight:
 w = 0 is pure distillation; w > 0 mixes in GRPO. log π_θold(x_t) − log π_T(x_t) with x_t ~ π_θold is a
 one-sample, unbiased estimate of KL(π_θold‖π_T) at that prefix; its mean over tokens is the logged
 `reverse_kl`. At ρ = 1 the gradient is −Σ m_it A_it ∇log π_θ(x_t) / N: REINFORCE with the teacher's
-per-token verdict as the advantage. Each token is credited with its own term only (Tinker's default,
+per-token verdict as the advantage. By default each token is credited with its own term only (Tinker's default,
 kl_discount_factor = 0), not the sum of the KL still to come: biased for the sequence KL, far lower variance.
+With `discount` γ the advantage is the discounted reward-to-go Σ_{s≥t} γ^{s−t} (log π_T − log π_θold)(x_s). At
+γ = 1 the expected gradient is exactly that of the sequence-level KL(π_θ‖π_T): ∇KL = E[Σ_t ∇log π_θ(x_t) ·
+Σ_s (log π_θ − log π_T)(x_s)], and the terms with s < t vanish in expectation (they do not depend on x_t), so
+only the reward-to-go is left (tests/losses/test_onpolicy.py enumerates a tabular model to check both γ).
 
 Why reverse KL on the student's own samples:
 - on-policy: the student is corrected on the prefixes it actually reaches, its own mistakes included;
@@ -83,20 +87,28 @@ def reverse_kl_advantages(
     mask: torch.Tensor,
     reward_advantages: torch.Tensor | None = None,
     reward_weight: float = 0.0,
+    discount: float = 0.0,
 ) -> torch.Tensor:
-    """Dense per-token advantages: A_t = log π_T(x_t) − log π_θold(x_t) [+ w · r_i], 0 where mask is 0.
+    """Dense per-token advantages: A_t = Σ_{s≥t} γ^{s−t} (log π_T − log π_θold)(x_s) [+ w · r_i], 0 where mask is 0.
 
     student_logprobs: (batch, time) the sampling policy π_θold's logprobs of the sampled tokens (detached here).
     teacher_logprobs: (batch, time) the teacher's logprobs of the same tokens, teacher-forced.
     mask: (batch, time) 1/True on completion tokens, 0/False on padding (which may hold −inf or NaN).
     reward_advantages: (batch,) one group-normalised reward per completion (`group_advantages`), or None.
     reward_weight: w; each completion's w · r_i is added to every one of its unmasked tokens.
+    discount: γ in [0, 1]. 0: each token its own log-ratio (the prefix held fixed; Tinker's default); 1: the
+        log-ratios of the whole rest of the completion, which makes the policy gradient that of the
+        sequence-level KL(π_θ‖π_T) (module docstring); between: a discounted reward-to-go.
     Returns (batch, time) float32, without grad.
     """
     _check_same_shape(student_logprobs=student_logprobs, teacher_logprobs=teacher_logprobs, mask=mask)
     if reward_weight != 0 and reward_advantages is None:
         raise ValueError(f"reward_weight={reward_weight} needs reward_advantages, one per completion")
+    if not 0.0 <= discount <= 1.0:
+        raise ValueError(f"discount must be in [0, 1], got {discount}")
     adv = teacher_logprobs.detach().float() - student_logprobs.detach().float()  # (B, T) −(log π_θold − log π_T)
+    if discount > 0:
+        adv = _reward_to_go(torch.where(mask.bool(), adv, 0.0), discount)
     if reward_advantages is not None:
         if tuple(reward_advantages.shape) != (adv.shape[0],):
             raise ValueError(
@@ -106,6 +118,17 @@ def reverse_kl_advantages(
         adv = adv + reward_weight * reward_advantages.detach().float()[:, None]
     # where, not a product: 0 · (−inf) on padding would be NaN
     return torch.where(mask.bool(), adv, 0.0)
+
+
+def _reward_to_go(x: torch.Tensor, discount: float) -> torch.Tensor:
+    """(B, T) → (B, T): Σ_{s≥t} γ^{s−t} x_s along time (x is 0 past each completion's end)."""
+    if discount == 1.0:
+        return x.flip(-1).cumsum(-1).flip(-1)
+    out, running = torch.empty_like(x), torch.zeros_like(x[:, 0])
+    for t in range(x.shape[1] - 1, -1, -1):  # T small ops of (B,): cheap next to the forward passes
+        running = x[:, t] + discount * running
+        out[:, t] = running
+    return out
 
 
 def onpolicy_reverse_objective(
