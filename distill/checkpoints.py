@@ -29,6 +29,7 @@ import torch
 
 from distill.atomic import TMP_SUFFIX, write_json_atomic
 from distill.errors import DistillError
+from distill.presets import write_preset_record
 from distill.runs import MANIFEST, RunRecord
 
 CHECKPOINTS = "checkpoints"
@@ -79,8 +80,12 @@ def truncate_metrics(path: Path, step: int) -> None:
     path.write_text("".join(r + "\n" for r in rows))
 
 
-def export_model(model: Any, tokenizer: Any, final: Path, record_name: str, record: dict[str, Any]) -> Path:
-    """Write `model` + `tokenizer` + sampling defaults + `record_name` (JSON) as a HF directory at `final`."""
+def export_model(
+    model: Any, tokenizer: Any, final: Path, record_name: str, record: dict[str, Any], preset: Any = None
+) -> Path:
+    """Write `model` + `tokenizer` + sampling defaults + `record_name` (JSON) as a HF directory at `final`; with
+    `preset` (the one the model was trained from), the directory remembers it (presets.PRESET_RECORD), so that a
+    later command starting from it keeps that preset's size-dependent defaults."""
     from transformers import GenerationConfig
 
     tmp = final.with_name(final.name + TMP_SUFFIX)
@@ -95,6 +100,7 @@ def export_model(model: Any, tokenizer: Any, final: Path, record_name: str, reco
         top_p=0.95,
     ).save_pretrained(tmp)
     write_json_atomic(tmp / record_name, record)
+    write_preset_record(tmp, preset)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final
@@ -198,6 +204,7 @@ class RunDirectory:
             )
             raise DistillError(f"The loss became {loss} at step {step}; training stopped. {where}")
 
-    def export(self, model: Any, tokenizer: Any, record_name: str, record: dict[str, Any]) -> Path:
-        """Write the Hugging Face directory `model/` with the run's record (`portable_paths` applied)."""
-        return export_model(model, tokenizer, self.model, record_name, portable_paths(record))
+    def export(self, model: Any, tokenizer: Any, record_name: str, record: dict[str, Any], preset: Any = None) -> Path:
+        """Write the Hugging Face directory `model/` with the run's record (`portable_paths` applied) and the preset
+        it was trained from (`export_model`)."""
+        return export_model(model, tokenizer, self.model, record_name, portable_paths(record), preset)

@@ -353,7 +353,7 @@ class GRPORecipe:
             "prompts": self.where,
             "steps": self.step,
         }
-        return self.run.export(self.policy, self.tokenizer, GRPO_CONFIG, record)
+        return self.run.export(self.policy, self.tokenizer, GRPO_CONFIG, record, self.preset)
 
 
 def run_grpo(cfg: GRPOConfig) -> Path:

@@ -636,7 +636,7 @@ class OnPolicyRecipe:
             "prompts": self.where,
             "steps": self.step,
         }
-        return self.run.export(self.policy, self.tokenizer, ONPOLICY_CONFIG, record)
+        return self.run.export(self.policy, self.tokenizer, ONPOLICY_CONFIG, record, self.student)
 
 
 def run_onpolicy(cfg: OnPolicyConfig) -> Path:

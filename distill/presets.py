@@ -12,6 +12,7 @@ carries them as the packages `distill.teachers` / `distill.students`, so lookups
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -87,6 +88,9 @@ class TeacherPreset:
     """Prompt convention."""
     description: str = ""
     """One line for listings."""
+    origin: str | None = None
+    """Set by lookup, never in YAML: the preset (bundled name or YAML path) whose defaults this model has: its own
+    name, or, for a model directory distill wrote, the preset of the model it was trained from."""
 
 
 @dataclass
@@ -139,6 +143,8 @@ class StudentPreset:
     """Start from the hub weights ('pretrained') or from the config alone ('random')."""
     description: str = ""
     """One line for listings."""
+    origin: str | None = None
+    """Set by lookup, never in YAML (as TeacherPreset.origin)."""
 
 
 KINDS: dict[str, type] = {"teacher": TeacherPreset, "student": StudentPreset}
@@ -156,6 +162,10 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "LoraDefaults": {"r": (1, None), "dropout": (0, 1)},
 }
 _FOLDERS = {"teacher": "teachers", "student": "students"}
+# In a model directory distill wrote (OUT/model of train, grpo, onpolicy): {"preset": ORIGIN}, the preset whose
+# size-dependent defaults (learning rate, context, batch) the model keeps when a later command starts from it.
+PRESET_RECORD = "distill_preset.json"
+_SET_BY_LOOKUP = frozenset({"origin"})
 # Fields older presets carry that nothing reads any more: skipped on load, so such a YAML still works.
 # (tokenizer_family: whether two tokenizers agree is checked on the tokenizers themselves, distill.vocab.)
 RETIRED_FIELDS = frozenset({"tokenizer_family"})
@@ -172,8 +182,9 @@ def _build(cls: type, data: Any, where: str, problems: list[str]) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in fields:
-            problems.append(f"{where}: unknown field {key!r} (known: {', '.join(fields)})")
+        if key not in fields or key in _SET_BY_LOOKUP:
+            known = ", ".join(f for f in fields if f not in _SET_BY_LOOKUP)
+            problems.append(f"{where}: unknown field {key!r} (known: {known})")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
@@ -265,17 +276,21 @@ def resolve_preset(spec: str, kind: str) -> Any:
     for k in (kind, other):
         named = preset_dir(k) / f"{spec}.yaml"
         if bare and named.is_file():
-            return _as_kind(load_preset_file(named, k), kind)
+            return dataclasses.replace(_as_kind(load_preset_file(named, k), kind), origin=spec)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         try:
-            return load_preset_file(path, kind)
+            preset = load_preset_file(path, kind)
         except DistillError as first:
             try:
-                return _as_kind(load_preset_file(path, other), kind)
+                preset = _as_kind(load_preset_file(path, other), kind)
             except DistillError:
                 raise first from None
+        return dataclasses.replace(preset, origin=str(path.resolve()))
     if path.is_dir():
         model = path / "model" if (path / "model" / "config.json").is_file() else path
+        base = _origin_preset(model, kind)
+        if base is not None:  # a model distill wrote keeps the defaults of the preset it was trained from
+            return dataclasses.replace(base, name=path.name, hub_id=str(model.resolve()), revision=None)
         return KINDS[kind](name=path.name, hub_id=str(model.resolve()))
     parts = spec.split("/")
     if len(parts) == 2 and all(parts) and not path.exists():
@@ -286,8 +301,36 @@ def resolve_preset(spec: str, kind: str) -> Any:
     )
 
 
+def _origin_preset(model: Path, kind: str) -> Any:
+    """The preset named by `model`'s PRESET_RECORD, as a `kind` preset; None when it has none or it no longer
+    resolves (a preset file since moved: the model then gets the generic defaults, as any directory does)."""
+    record = model / PRESET_RECORD
+    try:
+        origin = json.loads(record.read_text())["preset"] if record.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(origin, str) or Path(origin).resolve() == model.resolve():
+        return None
+    try:
+        return resolve_preset(origin, kind)
+    except DistillError:
+        return None
+
+
+def write_preset_record(model: Path, preset: Any) -> None:
+    """Remember in the model directory `model` (being written by an export) the preset `preset` came from."""
+    if getattr(preset, "origin", None):
+        (Path(model) / PRESET_RECORD).write_text(json.dumps({"preset": preset.origin}) + "\n")
+
+
 def _as_kind(preset: Any, kind: str) -> Any:
     """A preset of the other kind as a `kind` preset: same model, this kind's defaults."""
     if isinstance(preset, KINDS[kind]):
         return preset
-    return KINDS[kind](name=preset.name, hub_id=preset.hub_id, revision=preset.revision, description=preset.description)
+    return KINDS[kind](
+        name=preset.name,
+        hub_id=preset.hub_id,
+        revision=preset.revision,
+        description=preset.description,
+        origin=preset.origin,
+    )

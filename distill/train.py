@@ -501,7 +501,7 @@ class Trainer:
             "student": asdict(self.preset),
             "steps": self.step,
         }
-        return self.run.export(model, self.tokenizer, TRAIN_CONFIG, record)
+        return self.run.export(model, self.tokenizer, TRAIN_CONFIG, record, self.preset)
 
     def cleanup(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():

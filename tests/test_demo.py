@@ -52,6 +52,10 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     want = (summary["kd_kind"], summary["kd_alpha"], summary["kd_temperature"], summary["kd_tail"])
     assert kd == want == ("reverse", 0.5, 1.0, "bucket")
     assert configs["sft"]["alpha"] == 1.0
+    # `distill train --student demo-out/kd/model` gets the bundled student's defaults, not the generic 16,384 tokens
+    from distill.presets import resolve_preset
+
+    assert resolve_preset(str(tmp_path / "demo" / "kd" / "model"), "student").train.max_length == 512
     loss = ("kd", "alpha", "temperature", "out")  # the loss's settings (and where it wrote); nothing else differs
     assert {k: v for k, v in configs["kd"].items() if k not in loss} == {
         k: v for k, v in configs["sft"].items() if k not in loss

@@ -114,6 +114,8 @@ def test_a_run_logs_every_metric_and_exports_a_model(run: Path) -> None:
     start = weights(STUDENT)
     assert any(not torch.equal(moved[k], start[k]) for k in start)
     assert json.loads((run / "model" / "distill_onpolicy.json").read_text())["steps"] == 3
+    # the model remembers the preset it came from: a later command gets its defaults (512-token rows)
+    assert resolve_preset(str(run / "model"), "student").train.max_length == 512
     assert latest_checkpoint(run / "checkpoints").name == "step-00000003"
 
     stderr = (run.parent / "stderr.txt").read_text()

@@ -162,3 +162,37 @@ def test_one_resolver_for_every_kind_of_model_spec(tmp_path: Path) -> None:
     assert resolve_preset("org/model", "student").hub_id == "org/model"
     with pytest.raises(DistillError, match=r"Unknown model 'nope'.*arith-teacher.*arith-student"):
         resolve_preset("nope", "teacher")
+
+
+def test_a_model_directory_distill_wrote_keeps_its_presets_defaults(tmp_path: Path) -> None:
+    """OUT/model of train / grpo / onpolicy remembers its preset, so `--student OUT/model` gets that preset's
+    size-dependent defaults (the bundled student's 512-token rows and lr 3e-3, not 16,384 tokens at 5e-5)."""
+    from transformers import AutoTokenizer
+
+    from distill.checkpoints import export_model
+    from distill.models.tiny import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path / "tiny", vocab_size=300)
+    model = __import__("transformers").AutoModelForCausalLM.from_pretrained(tiny)
+    base = resolve_preset("arith-student", "student")
+    assert base.origin == "arith-student"
+    first = export_model(model, AutoTokenizer.from_pretrained(tiny), tmp_path / "kd" / "model", "r.json", {}, base)
+    again = resolve_preset(str(tmp_path / "kd"), "student")  # a run directory: its model/
+    assert again.train == base.train and again.lora == base.lora and again.origin == "arith-student"
+    assert again.hub_id == str(first.resolve()) and again.name == "kd"
+    # a second generation (onpolicy from the KD student) still descends from the bundled preset
+    second = export_model(model, AutoTokenizer.from_pretrained(tiny), tmp_path / "opd", "r.json", {}, again)
+    assert resolve_preset(str(second), "student").train.max_length == 512
+    # as a teacher-kind model (what eval and onpolicy's rollouts read) it keeps its origin too
+    assert resolve_preset(str(second), "teacher").origin == "arith-student"
+    # a directory without the record, or with one naming a preset that no longer exists: the generic defaults
+    assert resolve_preset(str(tiny), "student").train.max_length == 16384
+    (second / "distill_preset.json").write_text('{"preset": "no-such-preset"}')
+    assert resolve_preset(str(second), "student").train.max_length == 16384
+
+
+def test_origin_is_not_a_yaml_field(tmp_path: Path) -> None:
+    preset = tmp_path / "p.yaml"
+    preset.write_text("name: p\nhub_id: org/p\norigin: arith-student\n")
+    with pytest.raises(DistillError, match="unknown field 'origin'"):
+        resolve_preset(str(preset), "student")
