@@ -1,22 +1,31 @@
-"""On-policy distillation against GRPO at equal rollouts, from the demo's SFT student, over seeds.
+"""On-policy distillation against GRPO and offline alternatives at equal rollouts, from the demo's students.
 
-For every seed: the SFT student of `distill demo --seed N` (its directory OUT/../demo/seed-N, made here when
-missing) is trained twice with the same rollouts per step and the same number of steps — `distill onpolicy`
-with the bundled teacher (reverse-KL advantages), and `distill grpo` with the verifiers' rewards — in
-`--evals` segments (`--resume` with more steps), each segment's model evaluated on arith:test as the demo
-evaluates. The final models' reverse KL to the teacher is measured on arith:test prompts by
-`distill onpolicy --lr 0` (both at the rollout temperature, scored by the teacher; the weights do not move),
-and the SFT start, the final models and the teacher are also evaluated at the rollout temperature (top-p 1),
-the distribution both objectives act on. Seeds can run as separate processes with one --out; a last run
-over all seeds then finds every result on disk and writes the combined table and plot.
+For every seed and start (the demo's SFT and KD students, `distill demo --seed N`, made here when missing) each
+method spends the same number of student completions (`--completions`, rollout tokens as they fall), in
+`--evals` segments; after each segment the model is evaluated on arith:test as the demo evaluates (temperature
+0.6) and at the rollout temperature (top-p 1), and its reverse KL to the teacher is measured on arith:test
+prompts (`distill onpolicy --lr 0`: the student's own samples scored by the teacher, nothing moves). Methods:
 
-    python scripts/onpolicy_vs_grpo.py [--seeds 0 1 2] [--steps 300] [--evals 3] [--out runs/onpolicy-vs-grpo]
-        [--demos runs/demo-reverse] [--onpolicy-lr 3e-4] [--warmup-steps 20] [--grpo-lr 1e-4] [--temperature 1.0]
+- `onpolicy:ARGS`: `distill onpolicy` with the bundled teacher, ARGS added (the batch size sets the steps);
+- `grpo:ARGS`: `distill grpo` with the verifiers' rewards, ARGS added;
+- `offline:ARGS`: offline on-policy distillation (scripts/offline_onpolicy.py): per segment the student samples
+  the segment's completions once (`distill generate`), the teacher scores them (`distill score`), and
+  `distill train --alpha 0` learns on them; ARGS go to train;
+- `kd:ARGS`: continued offline KD on the demo's own cache (`distill train` from the start, the demo's loss),
+  as many teacher-scored tokens as the on-policy run's rollouts, ARGS added.
 
-Writes OUT/results.json (per seed: pass@1 after each segment, rollout tokens, reverse KL, seconds per step
-split into rollout / teacher scoring / update) and OUT/onpolicy_vs_grpo.png (pass@1 against rollout tokens,
-mean and range over seeds, with the SFT start and the teacher), and prints the table the README shows.
-Every run resumes or is skipped when its output exists, so an interrupted comparison continues.
+`--method NAME=KIND:ARGS` adds a method (the named ones below are the defaults); the diagnosis runs use it, e.g.
+`--method 'r8=onpolicy:--batch-size 8 --lr 1e-4'`. Every run resumes or is skipped when its output exists, so an
+interrupted comparison continues, and seeds can run as separate processes with one --out; a last run over all
+seeds finds every result on disk and writes the combined table and plots.
+
+    python scripts/onpolicy_vs_grpo.py [--seeds 0 1 2] [--starts sft kd] [--methods onpolicy grpo ...]
+        [--method NAME=KIND:ARGS ...] [--completions 19200] [--evals 3] [--demos runs/demo-seeds]
+        [--out runs/onpolicy-vs-grpo]
+
+Writes OUT/results.json (per seed, start and method: the points — completions, rollout tokens, seconds,
+pass@1 at 0.6 and at the rollout temperature, reverse KL — and seconds per step split into rollout / teacher /
+update) and OUT/pass1_vs_tokens.png, OUT/pass1_vs_seconds.png, and prints the table the README shows.
 """
 
 from __future__ import annotations
@@ -24,31 +33,44 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 EVAL = ["--prompts", "arith:test", "--limit", "200", "--samples", "4", "--max-new-tokens", "96", "--dtype", "float32"]
 # fp32 engines: vLLM would run a model directory (dtype auto) in bf16 on the CPU, sampling from a rounded policy
-ROLLOUTS = [
-    "--prompts",
-    "arith:train",
-    "--batch-size",
-    "64",
-    "--micro-batch",
-    "16",
-    "--max-new-tokens",
-    "96",
-    "--dtype",
-    "float32",
-]
+ROLLOUTS = ["--prompts", "arith:train", "--max-new-tokens", "96", "--dtype", "float32", "--report-to", "none"]
+METHODS = {
+    "onpolicy": "onpolicy:--loss reverse --batch-size 64 --group-size 4 --lr 3e-4 --warmup-steps 20",
+    "grpo": "grpo:--group-size 8 --batch-size 64 --lr 1e-4",
+}
 
 
-def distill(*args: str) -> None:
-    print("$ distill " + " ".join(args), flush=True)
+def distill(*args: str, log: Path | None = None) -> None:
+    print("$ distill " + shlex.join(args), flush=True)
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
-    subprocess.run([sys.executable, "-m", "distill", *args], check=True, stdout=subprocess.DEVNULL, env=env)
+    out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    try:
+        subprocess.run([sys.executable, "-m", "distill", *args], check=True, stdout=out, stderr=out, env=env)
+    finally:
+        if log:
+            out.close()
+
+
+def metric_rows(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def option(args: list[str], name: str, default: str) -> str:
+    return args[args.index(name) + 1] if name in args else default
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements of one model
 
 
 def pass1(model: str | Path, out: Path, seed: int, temperature: str | None = None) -> float:
@@ -57,10 +79,6 @@ def pass1(model: str | Path, out: Path, seed: int, temperature: str | None = Non
         at = ["--temperature", temperature, "--top-p", "1.0"] if temperature else []
         distill("eval", "--model", str(model), *EVAL, *at, "--seed", str(seed), "--out", str(out))
     return 100 * json.loads(out.read_text())["summary"]["pass@1"]
-
-
-def metric_rows(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def reverse_kl(model: Path, out: Path, seed: int, temperature: str) -> float:
@@ -76,136 +94,223 @@ def reverse_kl(model: Path, out: Path, seed: int, temperature: str) -> float:
     return sum(r["reverse_kl"] for r in rows) / len(rows)
 
 
-def train(method: str, start: Path, out: Path, seed: int, args: argparse.Namespace) -> dict:
-    """`method` from `start` in `args.evals` segments; pass@1 and rollout tokens after each."""
-    steps, evals = args.steps, args.evals
-    common = [*ROLLOUTS, "--seed", str(seed), "--temperature", args.temperature, "--out", str(out)]
-    common += ["--report-to", "none"]
-    if method == "onpolicy":
-        run = ["onpolicy", "--student", str(start), "--teacher", "arith-teacher", "--group-size", "4", *common]
-        run += ["--lr", args.onpolicy_lr, "--warmup-steps", str(args.warmup_steps)]
-    else:  # the README's GRPO settings (G 8, β 0.04), at the on-policy run's rollouts per step and temperature
-        run = ["grpo", "--policy", str(start), "--group-size", "8", *common, "--lr", args.grpo_lr]
+def measure(model: Path, where: Path, seed: int, temperature: str) -> dict:
+    where.mkdir(parents=True, exist_ok=True)
+    return {
+        "pass1": pass1(model, where / "eval.json", seed),
+        "pass1_at_rollout_t": pass1(model, where / "eval-t.json", seed, temperature),
+        "reverse_kl": reverse_kl(model, where / "kl", seed, temperature),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the methods: each spends `completions` student samples in `evals` segments and returns its points
+
+
+def live(kind: str, args: list[str], start: Path, out: Path, seed: int, budget: int, evals: int) -> list[dict]:
+    """`distill onpolicy` / `distill grpo` in segments (--resume with more steps)."""
+    batch = int(option(args, "--batch-size", "64"))
+    steps = budget // batch
+    if kind == "onpolicy":
+        run = ["onpolicy", "--student", str(start), "--teacher", "arith-teacher", "--self-check", "0"]
+    else:
+        run = ["grpo", "--policy", str(start)]
+    run += [*ROLLOUTS, "--seed", str(seed), "--out", str(out / "run"), *args]
     points = []
     for k in range(1, evals + 1):
         done = steps * k // evals
-        rows = metric_rows(out) if (out / "metrics.jsonl").is_file() else []
+        rows = metric_rows(out / "run")
         if not rows or rows[-1]["step"] < done:
-            distill(*run, "--steps", str(done), "--save-every", str(max(done // 4, 1)), *(["--resume"] if rows else []))
-            rows = metric_rows(out)
-        tokens = sum(r["completion_len_mean"] * 64 for r in rows[:done])
+            every = str(max(done // 4, 1))
+            distill(*run, "--steps", str(done), "--save-every", every, *(["--resume"] if rows else []),
+                    log=out / "log.txt")  # fmt: skip
+            rows = metric_rows(out / "run")
+        used = rows[:done]
         points.append(
-            {"steps": done, "rollout_tokens": tokens, "pass1": pass1(out / "model", out / f"eval-{done}.json", seed)}
+            {
+                "completions": done * batch,
+                "rollout_tokens": sum(r["completion_len_mean"] * batch for r in used),
+                "seconds": sum(r["seconds"] for r in used),
+                "model": str(out / "run" / "model") if k == evals else None,
+                "train_reverse_kl": statistics.mean(r["reverse_kl"] for r in used[-10:]) if "reverse_kl" in used[0]
+                else None,
+            }
+        )  # fmt: skip
+        if k < evals:  # keep the segment's model: the next segment's --resume overwrites run/model
+            snapshot = out / f"model-{done}"
+            if not snapshot.is_dir():
+                subprocess.run(["cp", "-r", str(out / "run" / "model"), str(snapshot)], check=True)
+            points[-1]["model"] = str(snapshot)
+    return points
+
+
+def offline(args: list[str], start: Path, out: Path, seed: int, budget: int, evals: int) -> list[dict]:
+    """Offline on-policy distillation, one round per segment (scripts/offline_onpolicy.py)."""
+    script = REPO / "scripts" / "offline_onpolicy.py"
+    per_round = budget // evals
+    cmd = [sys.executable, str(script), "--student", str(start), "--rounds", str(evals), "--completions",
+           str(per_round), "--seed", str(seed), "--out", str(out), "--", *args]  # fmt: skip
+    if not (out / "rounds.json").is_file() or len(json.loads((out / "rounds.json").read_text())) < evals:
+        print("$ " + shlex.join(cmd[1:]), flush=True)
+        with open(out.parent / f"{out.name}-log.txt", "a") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=log)
+    rounds = json.loads((out / "rounds.json").read_text())
+    points, tokens, seconds = [], 0, 0.0
+    for k, r in enumerate(rounds, 1):
+        tokens, seconds = tokens + r["tokens"], seconds + r["seconds"]
+        points.append({"completions": per_round * k, "rollout_tokens": tokens, "seconds": seconds,
+                       "model": r["model"], "train_reverse_kl": r.get("kd")})  # fmt: skip
+    return points
+
+
+def continued_kd(
+    args: list[str], start: Path, demo: Path, out: Path, seed: int, tokens: list[float], evals: int
+) -> list[dict]:
+    """More offline KD on the demo's cache from `start`, with the demo's loss; segment k ends when as many trace
+    tokens have been trained on as the reference on-policy run had rolled out by its k-th point."""
+    cfg = json.loads((demo / "kd" / "model" / "distill_train.json").read_text())["config"]
+    cache = demo / "cache"
+    rows = 4
+    per_step = rows * 512 * 0.9  # tokens per step: packed rows of 512 are nearly full
+    points, model = [], start
+    for k in range(evals):
+        run = out / f"segment-{k + 1}"
+        want = tokens[k] - (tokens[k - 1] if k else 0)
+        if not (run / "model").is_dir():
+            steps = max(int(want / per_step), 1)
+            loss = ["--kd", cfg["kd"], "--alpha", str(cfg["alpha"])]  # the demo's own KD loss
+            distill("train", "--student", str(model), "--cache", str(cache), "--view", "correct", *loss,
+                    "--batch-rows", str(rows), "--max-steps", str(steps), "--seed", str(seed), "--out", str(run),
+                    "--report-to", "none", *args, log=out / "log.txt")  # fmt: skip
+        used = metric_rows(run)
+        trained = sum(r["tokens"] for r in used)
+        before = points[-1] if points else {"rollout_tokens": 0, "seconds": 0.0}
+        points.append(
+            {
+                "completions": 0,
+                "rollout_tokens": before["rollout_tokens"] + trained,  # trace tokens the teacher scored once
+                "seconds": before["seconds"] + trained / used[-1]["tokens_per_s"],
+                "model": str(run / "model"),
+                "train_reverse_kl": None,
+            }
         )
-    rows = metric_rows(out)
-    split = {
-        k: statistics.mean(r[k] for r in rows if k in r)
-        for k in ("rollout_s", "teacher_s", "update_s", "seconds")
-        if any(k in r for r in rows)
-    }
-    return {"points": points, "seconds_per_step": split}
+        model = run / "model"
+    return points
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparison
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--starts", nargs="+", default=["sft", "kd"], choices=["sft", "kd"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help="names of METHODS or of --method")
+    parser.add_argument("--method", action="append", default=[], help="NAME=KIND:ARGS, KIND one of onpolicy, grpo, "
+                        "offline, kd (kd spends the tokens of the first onpolicy method)")  # fmt: skip
+    parser.add_argument("--completions", type=int, default=19_200, help="student samples each method spends")
     parser.add_argument("--evals", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("runs/onpolicy-vs-grpo"))
-    parser.add_argument("--demos", type=Path, default=Path("runs/demo-reverse"))
-    parser.add_argument("--onpolicy-lr", default="3e-4")
-    parser.add_argument("--warmup-steps", type=int, default=20)
-    parser.add_argument("--grpo-lr", default="1e-4")
-    parser.add_argument("--temperature", default="1.0", help="rollout temperature of both (the demo evaluates at 0.6)")
+    parser.add_argument("--demos", type=Path, default=Path("runs/demo-seeds"))
     args = parser.parse_args()
+    methods = dict(METHODS)
+    for spec in args.method:
+        name, _, rest = spec.partition("=")
+        methods[name] = rest
+    unknown = [m for m in args.methods if m not in methods]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; define them with --method NAME=KIND:ARGS")
 
-    results = {}
+    results_path = args.out / "results.json"
+    results = json.loads(results_path.read_text())["seeds"] if results_path.is_file() else {}
     for seed in args.seeds:
         demo = args.demos / f"seed-{seed}"
         if not (demo / "summary.json").is_file():
             distill("demo", "--seed", str(seed), "--out", str(demo))
         summary = json.loads((demo / "summary.json").read_text())
-        start = demo / "sft" / "model"
-        out = args.out / f"seed-{seed}"
-        r = {"teacher": 100 * summary["teacher_pass1"], "sft": 100 * summary["sft_pass1"]}
-        r["sft_reverse_kl"] = reverse_kl(start, out / "kl-sft", seed, args.temperature)
-        for method in ("onpolicy", "grpo"):
-            r[method] = train(method, start, out / method, seed, args)
-            r[method]["reverse_kl"] = reverse_kl(out / method / "model", out / f"kl-{method}", seed, args.temperature)
-            r[method]["pass1_at_rollout_t"] = pass1(
-                out / method / "model", out / f"eval-{method}-t.json", seed, args.temperature
-            )
-        # the temperature both trained at: what their objectives act on
-        r["sft_at_rollout_t"] = pass1(start, out / "eval-sft-t.json", seed, args.temperature)
-        r["teacher_at_rollout_t"] = pass1("arith-teacher", out / "eval-teacher-t.json", seed, args.temperature)
-        results[seed] = r
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "results.json").write_text(
-            json.dumps({"args": vars(args), "seeds": results}, indent=2, default=str)
-        )
-
+        for start_name in args.starts:
+            start = demo / start_name / "model"
+            base = args.out / f"seed-{seed}" / start_name
+            entry = results.setdefault(str(seed), {}).setdefault(start_name, {})
+            entry["teacher"] = 100 * summary["teacher_pass1"]
+            for name in args.methods:
+                kind, _, extra = methods[name].partition(":")
+                extra_args = shlex.split(extra)
+                temperature = option(extra_args, "--temperature", "1.0")
+                out = base / name
+                if kind in ("onpolicy", "grpo"):
+                    points = live(kind, extra_args, start, out, seed, args.completions, args.evals)
+                elif kind == "offline":
+                    points = offline(extra_args, start, out, seed, args.completions, args.evals)
+                elif kind == "kd":
+                    ref = next(entry[m] for m in args.methods if methods[m].startswith("onpolicy:") and m in entry)
+                    tokens = [p["rollout_tokens"] for p in ref["points"]]
+                    points = continued_kd(extra_args, start, demo, out, seed, tokens, args.evals)
+                else:
+                    raise SystemExit(f"method {name}: unknown kind {kind!r}")
+                start_point = measure(start, base / "start" / f"t{temperature}", seed, temperature)
+                for i, p in enumerate(points):
+                    p.update(measure(Path(p["model"]), out / f"point-{i + 1}", seed, temperature))
+                split = {}
+                for key in ("rollout_s", "teacher_s", "update_s", "seconds"):
+                    values = [r[key] for r in metric_rows(out / "run") if key in r]
+                    if values:
+                        split[key] = statistics.mean(values)
+                entry[name] = {"spec": methods[name], "start": start_point, "points": points, "seconds_per_step": split}
+                args.out.mkdir(parents=True, exist_ok=True)
+                results_path.write_text(json.dumps({"methods": methods, "seeds": results}, indent=2))
     report(results, args.out)
 
 
 def report(results: dict, out: Path) -> None:
-    """The README's table and the plot."""
+    """The README's table and the two plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     seeds = sorted(results)
-    print(f"\narith:test pass@1 (%) from the demo's SFT student, seeds {seeds}")
-    print(
-        f"{'':<10}{'SFT':>8}{'onpolicy':>10}{'grpo':>8}{'teacher':>9}{'closed':>9}   reverse KL sft → onpolicy / grpo"
-    )
-    for s in seeds:
-        r = results[s]
-        op, gr = r["onpolicy"]["points"][-1]["pass1"], r["grpo"]["points"][-1]["pass1"]
-        closed = (op - r["sft"]) / (r["teacher"] - r["sft"])
-        print(
-            f"seed {s:<5}{r['sft']:8.1f}{op:10.1f}{gr:8.1f}{r['teacher']:9.1f}{closed:9.2f}   "
-            f"{r['sft_reverse_kl']:.3f} → {r['onpolicy']['reverse_kl']:.3f} / {r['grpo']['reverse_kl']:.3f}"
-        )
-    print("at the rollout temperature (top-p 1): SFT → onpolicy / grpo (teacher)")
-    for s in seeds:
-        r = results[s]
-        print(
-            f"seed {s:<5}{r['sft_at_rollout_t']:.1f} → {r['onpolicy']['pass1_at_rollout_t']:.1f} / "
-            f"{r['grpo']['pass1_at_rollout_t']:.1f} ({r['teacher_at_rollout_t']:.1f})"
-        )
-    for method in ("onpolicy", "grpo"):
-        finals = [results[s][method]["points"][-1]["pass1"] for s in seeds]
-        logged = [
-            k for k in ("rollout_s", "teacher_s", "update_s") if k in results[seeds[0]][method]["seconds_per_step"]
-        ]
-        split = ", ".join(
-            f"{k[:-2]} {statistics.mean(results[s][method]['seconds_per_step'][k] for s in seeds):.2f}" for k in logged
-        )  # grpo logs its rollout seconds only
-        step = statistics.mean(results[s][method]["seconds_per_step"]["seconds"] for s in seeds)
-        spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
-        print(f"{method}: pass@1 {statistics.mean(finals):.1f} ± {spread:.1f}; seconds per step {step:.2f} ({split})")
+    starts = sorted({s for seed in seeds for s in results[seed]})
+    for start in starts:
+        names = [n for n in results[seeds[0]].get(start, {}) if n != "teacher"]
+        teacher = statistics.mean(results[s][start]["teacher"] for s in seeds)
+        first = statistics.mean(results[s][start][names[0]]["start"]["pass1"] for s in seeds) if names else 0.0
+        print(f"\nfrom the {start} student ({first:.1f}; teacher {teacher:.1f}), seeds {seeds}: pass@1 at T 0.6 "
+              "(at the rollout T), reverse KL, seconds per step")  # fmt: skip
+        for name in names:
+            have = [s for s in seeds if name in results[s][start]]
+            finals = [results[s][start][name]["points"][-1]["pass1"] for s in have]
+            at_t = [results[s][start][name]["points"][-1]["pass1_at_rollout_t"] for s in have]
+            kl = [results[s][start][name]["points"][-1]["reverse_kl"] for s in have]
+            per_step = [results[s][start][name]["seconds_per_step"].get("seconds", float("nan")) for s in have]
+            spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
+            gap = (statistics.mean(finals) - first) / max(teacher - first, 1e-9)
+            print(f"  {name:<16}{statistics.mean(finals):6.1f} ± {spread:3.1f}  ({statistics.mean(at_t):5.1f})  "
+                  f"per seed {' '.join(f'{v:.1f}' for v in finals)}  closes {gap:+.0%} of the gap  "
+                  f"{statistics.mean(kl):.3f} nats  {statistics.mean(per_step):.2f} s")  # fmt: skip
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, color in (("onpolicy", "tab:blue"), ("grpo", "tab:orange")):
-        n = len(results[seeds[0]][method]["points"])
-        xs = [0.0] + [
-            statistics.mean(results[s][method]["points"][i]["rollout_tokens"] for s in seeds) for i in range(n)
-        ]
-        ys = [[results[s]["sft"]] + [p["pass1"] for p in results[s][method]["points"]] for s in seeds]
-        mean = [statistics.mean(col) for col in zip(*ys, strict=True)]
-        ax.plot(xs, mean, "o-", color=color, label=f"distill {method}")
-        ax.fill_between(
-            xs, [min(c) for c in zip(*ys, strict=True)], [max(c) for c in zip(*ys, strict=True)], color=color, alpha=0.2
-        )
-    ax.axhline(statistics.mean(results[s]["teacher"] for s in seeds), color="k", ls="--", label="teacher")
-    ax.set_xlabel("rollout tokens (student samples)")
-    ax.set_ylabel("arith:test pass@1 at T 0.6 (%)")
-    ax.set_title(f"From the SFT student, {len(seeds)} seeds (mean, range)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "onpolicy_vs_grpo.png", dpi=120)
-    print(out / "onpolicy_vs_grpo.png")
+    for axis, label in (("rollout_tokens", "rollout tokens (student samples)"), ("seconds", "training seconds")):
+        fig, axes = plt.subplots(1, len(starts), figsize=(6 * len(starts), 4), squeeze=False)
+        for ax, start in zip(axes[0], starts, strict=True):
+            names = [n for n in results[seeds[0]].get(start, {}) if n != "teacher"]
+            for name in names:
+                runs = [results[s][start][name] for s in seeds if name in results[s][start]]
+                points = zip(*(r["points"] for r in runs), strict=True)
+                xs = [0.0] + [statistics.mean(p[axis] for p in col) for col in points]
+                ys = [[r["start"]["pass1"]] + [p["pass1"] for p in r["points"]] for r in runs]
+                cols = list(zip(*ys, strict=True))
+                ax.plot(xs, [statistics.mean(c) for c in cols], "o-", label=name)
+                ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], alpha=0.15)
+            ax.axhline(statistics.mean(results[s][start]["teacher"] for s in seeds), color="k", ls="--",
+                       label="teacher")  # fmt: skip
+            ax.set_xlabel(label)
+            ax.set_ylabel("arith:test pass@1 at T 0.6 (%)")
+            ax.set_title(f"from the {start} student, {len(seeds)} seed(s): mean, range")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / f"pass1_vs_{'tokens' if axis == 'rollout_tokens' else 'seconds'}.png", dpi=120)
+        plt.close(fig)
 
 
 if __name__ == "__main__":
