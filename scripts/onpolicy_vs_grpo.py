@@ -52,6 +52,8 @@ METHODS = {
 def distill(*args: str, log: Path | None = None) -> None:
     print("$ distill " + shlex.join(args), flush=True)
     env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"}
+    if log:
+        log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 - closed below
     try:
         subprocess.run([sys.executable, "-m", "distill", *args], check=True, stdout=out, stderr=out, env=env)
