@@ -2,10 +2,10 @@
 
 An engine completion becomes a cache record (`to_record`); `stream_into_cache` appends them as they
 arrive, with a progress bar and a time-based flush; `count_padding` makes it count, in the cache's
-provenance and across resumed runs, the top-k entries of a padded vocabulary's padding rows that the engine
-folded into the tail; `summary_lines` reports the run. Kept out of the
-stages themselves because stages never import each other; the tokenizer side every stage shares
-(loading, stop tokens, decoding) is `distill.models.tokenizer`.
+provenance and across resumed runs, the top-k entries of a padded vocabulary's padding rows that the
+engine folded into the tail; `summary_lines` reports the run. Kept out of the stages themselves because
+stages never import each other; the tokenizer side every stage shares (loading, stop tokens, decoding)
+is `distill.models.tokenizer`.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def stream_into_cache(
 def count_padding(writer: CacheWriter, tokens: int, rows: int) -> None:
     """Where the model has more rows than its tokenizer has tokens, give the cache a `padding` provenance entry
     (both sizes, and the folded counts so far: zero, or those of the run this one resumes), which
-    `stream_into_cache` then counts up. It travels with every index write, so it always covers exactly the
-    records on disk."""
+    `stream_into_cache` then counts up. It travels with every index write, so a killed and resumed run counts
+    the records of its shards on disk once."""
     if rows > tokens:
         before = writer.index.provenance.get("padding", {})
         writer.index.provenance["padding"] = {

@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -179,6 +180,35 @@ def test_hf_generate_folds_padding_into_the_tail(
     assert_reported(hf_cache, capsys.readouterr().out, counts)
 
 
+def test_folded_counts_survive_an_interrupted_run_and_a_merge(
+    hf_cache: Path, padded: Path, prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The counts cover the records on disk: a run stopped after 2 records and resumed, and two slices merged,
+    report what the uninterrupted run reports."""
+    from distill.cache.admin import merge_caches
+    from distill.engines import Completion, Request, SamplingSpec
+    from distill.engines.hf_engine import HFEngine
+
+    whole = open_cache(hf_cache).provenance["padding"]
+    real_generate = HFEngine.generate
+
+    def stops_after_two(self: HFEngine, requests: Iterable[Request], spec: SamplingSpec) -> Iterator[Completion]:
+        for i, c in enumerate(real_generate(self, requests, spec)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield c
+
+    monkeypatch.setattr(HFEngine, "generate", stops_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        generate_hf(padded, prompts, tmp_path / "resumed")
+    partial = open_cache(tmp_path / "resumed", allow_incomplete=True)
+    assert len(partial) == 2 and 0 < partial.provenance["padding"]["folded_entries"] < whole["folded_entries"]
+    monkeypatch.setattr(HFEngine, "generate", real_generate)
+    assert open_cache(generate_hf(padded, prompts, tmp_path / "resumed")).provenance["padding"] == whole
+    slices = [generate_hf(padded, prompts, tmp_path / f"slice{i}", shard_index=i, num_shards=2) for i in range(2)]
+    assert open_cache(merge_caches(slices, tmp_path / "merged")).provenance["padding"] == whole
+
+
 def test_hf_extra_samples_are_real_tokens(padded: Path, prompts: Path, tmp_path: Path) -> None:
     """Sampled-KD draws come from the teacher over its real tokens (renormalised): a padding row is no token."""
     from transformers import AutoModelForCausalLM
@@ -240,12 +270,20 @@ def test_hf_never_samples_padding_that_holds_most_of_the_mass(
 def test_vllm_never_samples_padding_and_says_when_its_top_k_is_all_padding(
     padding_heavy: Path, prompts: Path, tmp_path: Path
 ) -> None:
+    from transformers import AutoModelForCausalLM
+
     out = distill(
         "generate", "--teacher", str(padding_heavy), "--prompts", str(prompts), "--top-k", "0", *ARGS, home=tmp_path,
     )  # fmt: skip
     cache = open_cache(Path(out.stdout.strip().splitlines()[-1]))
     assert len(cache) == 6
-    assert max(int(r.completion_ids.max()) for r in cache) < TOKENS  # the logit bias masked every padding row
+    model = AutoModelForCausalLM.from_pretrained(padding_heavy, dtype=torch.float32).eval()
+    for rec in cache:
+        assert rec.completion_ids.max() < TOKENS  # the logit bias masked every padding row...
+        ref = full_logprobs(model, rec.prompt_ids, rec.completion_ids)
+        assert np.exp(ref[:, TOKENS:]).sum(axis=1).mean() > 0.9  # ...which hold most of the mass, and
+        # the recorded logprobs are raw, over every row: vLLM takes them before it applies the bias
+        np.testing.assert_allclose(rec.sampled_logprobs, ref[np.arange(rec.num_tokens), rec.completion_ids], atol=1e-4)
     refused = distill(
         "generate", "--teacher", str(padding_heavy), "--prompts", str(prompts), "--top-k", "4", *ARGS,
         home=tmp_path, check=False,
