@@ -153,6 +153,10 @@ def cache_info(
     typer.echo(f"{'bytes_on_disk':<22}{_human_bytes(d['bytes_on_disk'])} ({d['bytes_per_token']} bytes/token)")
     typer.echo(f"{'teacher':<22}{d['teacher']}")
     typer.echo(f"{'tokenizer':<22}{d['tokenizer_fingerprint']}")
+    if d["provenance"].get("padding"):
+        from distill.recording import padding_line
+
+        typer.echo(padding_line(d["provenance"]["padding"]))
     views = ", ".join(f"{k} ({v} kept)" for k, v in d["views"].items()) or "none"
     typer.echo(f"{'views':<22}{views}")
     typer.echo(f"{'runs':<22}{len(runs)} trained on this cache" + (":" if runs else ""))

@@ -34,7 +34,7 @@ from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer, stop_token
 from distill.paths import cache_root
 from distill.presets import TeacherPreset, resolve_preset
 from distill.prompts import load_prompts, record_meta, render_prompt, shard_slice
-from distill.recording import stream_into_cache, summary_lines
+from distill.recording import count_padding, stream_into_cache, summary_lines
 
 
 @dataclass
@@ -140,7 +140,9 @@ def run_generate(cfg: GenerateConfig) -> Path:
             gpu_memory_utilization=preset.engine.gpu_memory_utilization,
             max_logprobs=p.top_k,
             seed=cfg.seed,
+            tokens=vocab_size,
         )
+        count_padding(writer, vocab_size, engine.rows)
         too_long = sorted({q["id"] for q, _ in todo if len(rendered[q["id"]]) >= engine.max_model_len})
         if too_long and cfg.long_prompts == "fail":
             raise DistillError(

@@ -201,6 +201,7 @@ class OnPolicyRecipe:
             max_logprobs=1,
             seed=cfg.seed,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tokens=len(self.tokenizer),
         )
         if self.step > 0:  # resumed: the engine starts from the checkpoint's weights, not the preset's
             self.engine.load_weights(self.policy.state_dict())
@@ -214,6 +215,7 @@ class OnPolicyRecipe:
                 max_logprobs=self.top_k,
                 seed=cfg.seed,
                 gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
+                tokens=len(self.teacher_tokenizer),
             )
         room = [self.engine.max_model_len - len(q["ids"]) for q in self.prompts]
         if all(r < 1 for r in room):
@@ -239,11 +241,8 @@ class OnPolicyRecipe:
         settings = {
             k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "out", "report_to", "steps", "save_every")
         }
-        from transformers import AutoConfig
-
-        # the model's output rows, which may exceed the tokenizer's (padded vocabularies): every top-k id is below it
-        rows = AutoConfig.from_pretrained(self.teacher.hub_id, revision=self.teacher.revision).vocab_size
-        vocab = max(len(self.teacher_tokenizer), rows)
+        # padded vocabularies: the engines and teacher_view fold padding rows into the tail, so ids are tokens
+        vocab = len(self.teacher_tokenizer)
         provenance = {
             "teacher": self.teacher.name,
             "teacher_model": self.teacher.hub_id,
@@ -314,7 +313,9 @@ class OnPolicyRecipe:
         tempered: list[np.ndarray] = []
         with torch.no_grad():
             for mb in micro_batches(as_teacher, list(range(len(as_teacher))), self.cfg.micro_batch, pad):
-                views, at_t = teacher_view(self.teacher_model, mb, self.top_k, self.cfg.temperature, self.device)
+                views, at_t = teacher_view(
+                    self.teacher_model, mb, self.top_k, self.cfg.temperature, self.device, len(self.teacher_tokenizer)
+                )
                 for j, (i, view) in enumerate(zip(mb.rows, views, strict=True)):
                     c = as_teacher[i]
                     rows.append(
@@ -336,7 +337,11 @@ class OnPolicyRecipe:
         else:
             from distill.engines.hf_engine import HFEngine
 
-            written = list(HFEngine.from_model(self.teacher_model).generate(iter(requests), spec))
+            written = list(
+                HFEngine.from_model(self.teacher_model, tokens=len(self.teacher_tokenizer)).generate(
+                    iter(requests), spec
+                )
+            )
         written = [c for c in written if len(c.completion_ids)]
         if not written:
             return {}

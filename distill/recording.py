@@ -1,9 +1,11 @@
 """Recording teacher completions into a cache: what the teacher-side stages (generate, score) share.
 
 An engine completion becomes a cache record (`to_record`); `stream_into_cache` appends them as they
-arrive, with a progress bar and a time-based flush; `summary_lines` reports the run. Kept out of the
-stages themselves because stages never import each other; the tokenizer side every stage shares
-(loading, stop tokens, decoding) is `distill.models.tokenizer`.
+arrive, with a progress bar and a time-based flush; `count_padding` makes it count, in the cache's
+provenance and across resumed runs, the top-k entries of a padded vocabulary's padding rows that the
+engine folded into the tail; `summary_lines` reports the run. Kept out of the stages themselves because
+stages never import each other; the tokenizer side every stage shares (loading, stop tokens, decoding)
+is `distill.models.tokenizer`.
 """
 
 from __future__ import annotations
@@ -62,9 +64,15 @@ def stream_into_cache(
     """
     from tqdm import tqdm
 
+    padding = writer.index.provenance.get("padding")
+
     stats, start, last_flush = StreamStats(), time.perf_counter(), time.perf_counter()
     with tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True) as bar:
         for c in completions:
+            if padding is not None:
+                # before the append: a shard it flushes is then listed with counts that include its records
+                padding["folded_entries"] += c.folded
+                padding["folded_positions"] += c.folded_positions
             writer.append(to_record(c, metas[c.key]))
             stats.records += 1
             stats.tokens += len(c.completion_ids)
@@ -79,6 +87,30 @@ def stream_into_cache(
     return stats
 
 
+def count_padding(writer: CacheWriter, tokens: int, rows: int) -> None:
+    """Where the model has more rows than its tokenizer has tokens, give the cache a `padding` provenance entry
+    (both sizes, and the folded counts so far: zero, or those of the run this one resumes), which
+    `stream_into_cache` then counts up. It travels with every index write, so a killed and resumed run counts
+    the records of its shards on disk once."""
+    if rows > tokens:
+        before = writer.index.provenance.get("padding", {})
+        writer.index.provenance["padding"] = {
+            "tokens": tokens,
+            "model_rows": rows,
+            "folded_entries": before.get("folded_entries", 0),
+            "folded_positions": before.get("folded_positions", 0),
+        }
+
+
+def padding_line(padding: dict[str, int]) -> str:
+    """One sentence on a padded vocabulary's folded top-k entries (what the summary and `cache info` print)."""
+    return (
+        f"padding: the model has {padding['model_rows']} rows for {padding['tokens']} tokens; "
+        f"{padding['folded_entries']} top-k entries at {padding['folded_positions']} positions were padding rows, "
+        "folded into the tail (each position keeps its best k real tokens)"
+    )
+
+
 def summary_lines(path: Path, stats: StreamStats, info: dict[str, Any], skipped: int = 0) -> list[str]:
     """The end-of-run summary; the cache path is the last line."""
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.finish_reasons.items())) or "none new"
@@ -89,6 +121,8 @@ def summary_lines(path: Path, stats: StreamStats, info: dict[str, Any], skipped:
         f"cache: {info['records']} records, {info['tokens']} tokens, top-{info['top_k']}, "
         f"{info['bytes_per_token']} bytes/token",
     ]
+    if info["provenance"].get("padding"):
+        lines.append(padding_line(info["provenance"]["padding"]))
     if skipped:
         lines.append(f"skipped {skipped} prompts longer than the model's context (listed in the cache provenance)")
     return [*lines, str(path)]

@@ -31,7 +31,7 @@ from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer
 from distill.paths import cache_root
 from distill.presets import resolve_preset
 from distill.prompts import load_traces, record_meta, render_prompt
-from distill.recording import stream_into_cache, summary_lines
+from distill.recording import count_padding, stream_into_cache, summary_lines
 
 
 @dataclass
@@ -143,7 +143,9 @@ def run_score(cfg: ScoreConfig) -> Path:
             tensor_parallel_size=cfg.tensor_parallel_size or preset.engine.tensor_parallel_size,
             gpu_memory_utilization=preset.engine.gpu_memory_utilization,
             max_logprobs=top_k,
+            tokens=len(tokenizer),
         )
+        count_padding(writer, len(tokenizer), engine.rows)
         too_long = [t for t in todo if len(t.prompt_ids) + len(t.completion_ids) > engine.max_model_len]
         if too_long:
             raise DistillError(

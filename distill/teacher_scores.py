@@ -104,10 +104,12 @@ def stack_scores(rows: list[Completion], tempered: list[np.ndarray] | None = Non
 
 
 def teacher_view(
-    model: torch.nn.Module, mb: MicroBatch, top_k: int, temperature: float, device: Any
+    model: torch.nn.Module, mb: MicroBatch, top_k: int, temperature: float, device: Any, tokens: int | None = None
 ) -> tuple[list[dict[str, np.ndarray]], torch.Tensor]:
     """Per row of `mb`: the teacher's raw logprob of each completion token, its top-k and the exact tail (what
     the scores cache records); and (b, T) the sampled tokens' logprobs at `temperature` (what the advantage uses).
+    `tokens`: the tokenizer's size; the top-k is the best k of the rows below it, so a padded vocabulary's padding
+    rows (Qwen2.5) are never in it and their mass is in the tail (None: every row is a token).
 
     The forward is `completion_logprobs`'s (`completion_logits`), so identical weights give bit-identical logprobs.
     """
@@ -117,7 +119,7 @@ def teacher_view(
     tempered = at_t.gather(-1, target)[..., 0]  # (b, T)
     logp = at_t if temperature == 1.0 else torch.log_softmax(logits, -1)  # (b, T, V) raw
     sampled = logp.gather(-1, target)[..., 0]  # (b, T)
-    top_lp, top_ids = logp.topk(top_k, -1)  # (b, T, k)
+    top_lp, top_ids = logp[..., :tokens].topk(top_k, -1)  # (b, T, k) real tokens only
     tail = logp.scatter(-1, top_ids, -math.inf).logsumexp(-1)  # (b, T) exact: the full distribution is here
     out = []
     for j in range(len(mb.rows)):

@@ -145,6 +145,12 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
         key = cache_key(merged=sorted(c.key for c in caches))
         provenance = {**first.provenance}
     provenance["merged_from"] = [c.key for c in caches]
+    if first.provenance.get("padding"):  # the slices' folded padding entries, summed (see distill.recording)
+        counts = [c.provenance.get("padding", {}) for c in caches]
+        provenance["padding"] = {
+            **first.provenance["padding"],
+            **{name: sum(p.get(name, 0) for p in counts) for name in ("folded_entries", "folded_positions")},
+        }
     path = Path(out) if out else cache_root() / key
     writer = CacheWriter(path, first.spec, key, provenance)
     try:

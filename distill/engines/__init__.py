@@ -66,6 +66,11 @@ class Completion:
     """(T, M) int32 tokens drawn from the teacher's full distribution at the extra temperature, or None"""
     extra_logprobs: np.ndarray | None = None
     """(T, M) float32 their logprobs under that tempered distribution"""
+    folded: int = 0
+    """Top-k entries that were padding rows of the model (ids ≥ the tokenizer's size), left out of the top-k so
+    that their mass is in the tail; the top-k holds the best k real tokens instead"""
+    folded_positions: int = 0
+    """Positions with at least one such entry"""
 
 
 def request_seed(seed: int, prompt_id: str, sample_index: int) -> int:

@@ -6,6 +6,11 @@ logits (`output_logits=True`), i.e. before temperature and top-p, like vLLM's ra
 Slow next to vLLM — it does not batch — but simple enough to trust. It sees the full logits, so it
 records exact tail masses and can draw extra tokens from the teacher's distribution for sampled KD
 (`--extra-samples`), which vLLM cannot.
+
+Padded vocabularies (more model rows than the tokenizer has tokens, as in Qwen2.5): given the tokenizer's
+size (`tokens`), sampling never picks a padding row (their logits are −inf for the sampler only; the recorded
+logprobs are the raw ones over every row), the top-k is taken over the real rows, and the tail is the exact
+mass of everything else, padding included.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, model: str, dtype: str = "auto", max_model_len: int | None = None, **_: object) -> None:
+    def __init__(
+        self, model: str, dtype: str = "auto", max_model_len: int | None = None, tokens: int | None = None, **_: object
+    ) -> None:
+        """`tokens`: the tokenizer's size; model rows at or above it are padding (None: every row is a token)."""
         import transformers
         from transformers import AutoModelForCausalLM
 
@@ -33,9 +41,12 @@ class HFEngine:
         torch_dtype = torch.float32 if self.device == "cpu" or dtype in ("auto", "float32") else getattr(torch, dtype)
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
         self.max_model_len = max_model_len or self.model.config.max_position_embeddings
+        self._set_rows(tokens)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, max_model_len: int | None = None) -> HFEngine:
+    def from_model(
+        cls, model: torch.nn.Module, max_model_len: int | None = None, tokens: int | None = None
+    ) -> HFEngine:
         """An engine over a model already loaded (e.g. a trainer's teacher), without a second copy of it."""
         engine = cls.__new__(cls)
         import transformers
@@ -44,7 +55,12 @@ class HFEngine:
         engine.model = model
         engine.device = next(model.parameters()).device
         engine.max_model_len = max_model_len or model.config.max_position_embeddings
+        engine._set_rows(tokens)
         return engine
+
+    def _set_rows(self, tokens: int | None) -> None:
+        self.rows = self.model.get_output_embeddings().weight.shape[0]
+        self.tokens = min(tokens or self.rows, self.rows)
 
     @torch.no_grad()
     def load_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
@@ -63,17 +79,19 @@ class HFEngine:
         extra_samples: int = 0,
         extra_temperature: float = 1.0,
         seed: int = 0,
-    ) -> dict[str, np.ndarray | None]:
+    ) -> dict[str, np.ndarray | int | None]:
         """What the cache records of each position, from the full raw logits (T, V), as numpy.
 
-        topk_ids / topk_logprobs (T, k); sampled_logprobs (T,) of the targets; tail_logprobs (T,): the
-        exact log mass outside the top-k, a logsumexp over the complement (no 1 − Σ cancellation, so a
-        tail of 1e-9 next to a top-1 of 1 − 1e-9 survives); extra_ids / extra_logprobs (T, M): tokens
-        drawn from softmax(logits / extra_temperature) with their logprobs there, seeded by `seed`.
+        topk_ids / topk_logprobs (T, k): the best k real tokens (ids below `self.tokens`); sampled_logprobs
+        (T,) of the targets; tail_logprobs (T,): the exact log mass outside the top-k, padding rows included, a
+        logsumexp over the complement (no 1 − Σ cancellation, so a tail of 1e-9 next to a top-1 of 1 − 1e-9
+        survives); folded / folded_positions: padding rows within the top k of all rows, and the positions that
+        have one; extra_ids / extra_logprobs (T, M): real tokens drawn from
+        softmax(logits / extra_temperature) over the real rows, with their logprobs there, seeded by `seed`.
         """
-        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (T, V)
-        t = len(targets)
-        out: dict[str, np.ndarray | None] = {
+        logprobs = torch.log_softmax(logits.float(), dim=-1)  # (T, V): padding rows keep their mass
+        t, real = len(targets), self.tokens
+        out: dict[str, np.ndarray | int | None] = {
             "sampled_logprobs": logprobs.gather(-1, targets[:, None])[:, 0].cpu().numpy(),
             "topk_ids": np.zeros((t, 0), np.int32),
             "topk_logprobs": np.zeros((t, 0), np.float32),
@@ -82,13 +100,19 @@ class HFEngine:
             "extra_logprobs": None,
         }
         if k:
-            top = torch.topk(logprobs, k, dim=-1)
+            top = torch.topk(logprobs[:, :real], k, dim=-1)
             outside = logprobs.scatter(-1, top.indices, -math.inf)  # (T, V) copy: the complement of the top-k
             out["topk_ids"] = top.indices.int().cpu().numpy()
             out["topk_logprobs"] = top.values.cpu().numpy()
             out["tail_logprobs"] = torch.logsumexp(outside, dim=-1).cpu().numpy()
+            # (T,) padding rows in the top-k of every row: the entries the best k real tokens replaced
+            ranked = top if real == logprobs.shape[-1] else torch.topk(logprobs, k, dim=-1)
+            folded = (ranked.indices >= real).sum(-1)
+            out["folded"] = int(folded.sum())
+            out["folded_positions"] = int(torch.count_nonzero(folded))
         if extra_samples:
-            tempered = torch.log_softmax(logits.float() / extra_temperature, dim=-1)  # (T, V)
+            # over the real rows: a padding row is no token a student could be trained towards
+            tempered = torch.log_softmax(logits[:, :real].float() / extra_temperature, dim=-1)  # (T, tokens)
             # a stream of its own: the request seed also drives generation, whose draws these must not repeat
             gen = torch.Generator(device=logits.device).manual_seed((seed * 7919 + 1) % 2**63)
             draws = torch.multinomial(tempered.exp(), extra_samples, replacement=True, generator=gen)  # (T, M)
@@ -111,6 +135,7 @@ class HFEngine:
                 max_new_tokens=req.max_new_tokens or spec.max_new_tokens,
                 eos_token_id=spec.stop_token_ids or None,
                 pad_token_id=(spec.stop_token_ids or [0])[0],
+                suppress_tokens=list(range(self.tokens, self.rows)) or None,  # padding rows: not tokens
                 output_logits=True,
                 return_dict_in_generate=True,
             )

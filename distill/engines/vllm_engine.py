@@ -9,12 +9,18 @@ Choices:
   numbers (sampled token first, then the top-k) instead of building a dict of objects and decoding
   every candidate token — this is what keeps large k from collapsing throughput;
 - on a CPU-only machine vLLM runs eagerly, without chunked prefill (the CPU build cannot rewind a
-  seeded request's generator), with a small KV cache unless the environment says otherwise.
+  seeded request's generator), with a small KV cache unless the environment says otherwise;
+- padded vocabularies (Qwen2.5: 151,665 tokens, 151,936 rows): given the tokenizer's size (`tokens`), the
+  engine never samples a padding row (a −inf logit bias on those rows, which vLLM applies after it has taken
+  the raw logprobs, so these keep the padding mass), asks for a few more logprobs than k per position and keeps
+  the best k real tokens; the padding entries it drops are folded into the tail (1 − Σ of the kept top-k) and
+  counted in the completion.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -31,6 +37,21 @@ CPU_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
 }
+
+# vLLM's model runner V2 (its default on GPUs) takes at most this many logit-bias entries per request; a model
+# with more padding rows than this is not masked, and a sampled padding row is refused instead
+MAX_MASKED_ROWS = 1024
+
+
+def padding_margin(k: int, padding: float) -> int:
+    """Logprobs to ask for beyond k per position, so that k real tokens remain once padding rows are dropped.
+
+    Never more than the padding (then k real ones always remain); capped at max(k, 16) so that Qwen2.5's 271 or
+    399 padding rows do not multiply every position's logprob traffic for what a trained teacher hardly ever
+    ranks: a position whose top k + margin still holds fewer than k real tokens is refused with a sentence.
+    `padding` math.inf gives the largest margin k can get (what the engine's logprob limit must allow).
+    """
+    return 0 if k == 0 else min(padding, max(k, 16))
 
 
 def _on_cpu() -> bool:
@@ -54,7 +75,9 @@ class VLLMEngine:
         max_logprobs: int = 20,
         seed: int = 0,
         max_inflight: int = 1024,
+        tokens: int | None = None,
     ) -> None:
+        """`tokens`: the tokenizer's size; model rows at or above it are padding (None: every row is a token)."""
         # stdout carries results (the cache path is its last line); vLLM's log goes to stderr
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         cpu = _on_cpu()
@@ -75,7 +98,8 @@ class VLLMEngine:
             max_model_len=max_model_len,
             tensor_parallel_size=tensor_parallel_size,
             seed=seed,
-            max_logprobs=max(max_logprobs, 1),
+            # room for the padding margin (vLLM uses the limit only to validate requests)
+            max_logprobs=max(max_logprobs, 1) + (padding_margin(max_logprobs, math.inf) if tokens else 0),
             logprobs_mode="raw_logprobs",
             enforce_eager=cpu,  # TORCHDYNAMO_DISABLE on CPU leaves vLLM nothing to compile with
         )
@@ -87,6 +111,12 @@ class VLLMEngine:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(**kwargs)
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.rows = self.llm.llm_engine.model_config.get_vocab_size()
+        self.tokens = min(tokens or self.rows, self.rows)
+        padding = range(self.tokens, self.rows)
+        # −inf on padding rows: vLLM takes the raw logprobs before any logit processing (v1 Sampler step 1; runner
+        # V2 copies the logits first), so the recorded logprobs still hold the padding mass that sampling skips
+        self._mask = {i: -math.inf for i in padding} if 0 < len(padding) <= MAX_MASKED_ROWS else None
         self.max_inflight = max_inflight
         self._counter = 0
 
@@ -139,27 +169,35 @@ class VLLMEngine:
         """Sample one completion per request, with the teacher's top-k logprobs at every position."""
         _refuse_extra_samples(spec.extra_samples, "generate")
 
+        width = spec.top_k + padding_margin(spec.top_k, self.rows - self.tokens)
+
         def make_params(req: Request):
             return self._params(
                 temperature=spec.temperature,
                 top_p=spec.top_p,
                 max_tokens=req.max_new_tokens or spec.max_new_tokens,
-                logprobs=spec.top_k,
+                logprobs=width,
                 seed=req.seed,
                 stop_token_ids=spec.stop_token_ids or None,
+                logit_bias=self._mask,
             )
 
         def convert(req: Request, out) -> Completion:
             c = out.outputs[0]
-            ids, lps = _flat_rows(c.logprobs, len(c.token_ids), spec.top_k)
+            completion = np.asarray(c.token_ids, np.int32)
+            self._refuse_padding(completion, req.key)
+            ids, lps = _flat_rows(c.logprobs, len(completion), width)
+            top_ids, top_lps, folded = self._real_topk(ids[:, 1:], lps[:, 1:], spec.top_k, req.key)
             return Completion(
                 key=req.key,
                 prompt_ids=list(req.prompt_ids),
-                completion_ids=np.asarray(c.token_ids, np.int32),
-                topk_ids=ids[:, 1:],
-                topk_logprobs=lps[:, 1:],
+                completion_ids=completion,
+                topk_ids=top_ids,
+                topk_logprobs=top_lps,
                 sampled_logprobs=lps[:, 0],
                 finish_reason=str(c.finish_reason),
+                folded=int(folded.sum()),
+                folded_positions=int(np.count_nonzero(folded)),
             )
 
         return self._run(requests, make_params, convert)
@@ -170,20 +208,25 @@ class VLLMEngine:
         """Teacher-forced top-k logprobs over each request's given completion (prompt-logprobs path)."""
         _refuse_extra_samples(extra_samples, "score")
 
+        width = top_k + padding_margin(top_k, self.rows - self.tokens)
+
         def make_params(req: Request):
-            return self._params(max_tokens=1, prompt_logprobs=top_k, temperature=0.0)
+            return self._params(max_tokens=1, prompt_logprobs=width, temperature=0.0)
 
         def convert(req: Request, out) -> Completion:
             p, t = len(req.prompt_ids) - len(req.completion_ids), len(req.completion_ids)
-            ids, lps = _flat_rows(out.prompt_logprobs[p:], t, top_k)
+            ids, lps = _flat_rows(out.prompt_logprobs[p:], t, width)
+            top_ids, top_lps, folded = self._real_topk(ids[:, 1:], lps[:, 1:], top_k, req.key)
             return Completion(
                 key=req.key,
                 prompt_ids=list(req.prompt_ids[:p]),
                 completion_ids=np.asarray(req.completion_ids, np.int32),
-                topk_ids=ids[:, 1:],
-                topk_logprobs=lps[:, 1:],
+                topk_ids=top_ids,
+                topk_logprobs=top_lps,
                 sampled_logprobs=lps[:, 0],
                 finish_reason="given",
+                folded=int(folded.sum()),
+                folded_positions=int(np.count_nonzero(folded)),
             )
 
         # the engine sees prompt + completion as one prompt and scores every position of it
@@ -191,6 +234,37 @@ class VLLMEngine:
             Request(r.key, list(r.prompt_ids) + list(r.completion_ids), r.seed, r.completion_ids) for r in requests
         )
         return self._run(joined, make_params, convert)
+
+    def _real_topk(
+        self, ids: np.ndarray, lps: np.ndarray, k: int, key: tuple[str, int]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The best k real tokens of each position's top-(k + margin) list, (T, k) ids and logprobs in rank
+        order, and (T,) how many padding rows ranked among the first k (what the tail absorbs)."""
+        real = ids < self.tokens  # (T, k + margin)
+        if real.all():
+            return ids[:, :k], lps[:, :k], np.zeros(len(ids), np.int64)
+        short = np.flatnonzero(real.sum(axis=1) < k)
+        if len(short):
+            t, width = int(short[0]), ids.shape[1]
+            raise DistillError(
+                f"Completion {key}, token {t}: {width - int(real[t].sum())} of the teacher's top {width} logprobs are "
+                f"padding rows (ids ≥ {self.tokens}, the tokenizer's size; the model has {self.rows} rows), which "
+                f"leaves fewer than the {k} real tokens --top-k asks for; lower --top-k, or use --backend hf, which "
+                "sees the full logits."
+            )
+        order = np.argsort(~real, axis=1, kind="stable")[:, :k]  # real ones first, each group in rank order
+        folded = np.count_nonzero(~real[:, :k], axis=1)
+        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(lps, order, axis=1), folded
+
+    def _refuse_padding(self, completion: np.ndarray, key: tuple[str, int]) -> None:
+        """A sampled padding row (possible only where the padding is too large to mask) has no token to write."""
+        if len(completion) and int(completion.max()) >= self.tokens:
+            t = int(np.flatnonzero(completion >= self.tokens)[0])
+            raise DistillError(
+                f"Completion {key} sampled id {int(completion[t])} at token {t}, a padding row of the model (ids ≥ "
+                f"{self.tokens} are not tokens; the model has {self.rows} rows), which vLLM cannot mask here (more "
+                f"than {MAX_MASKED_ROWS} padding rows); use --backend hf, which masks them when sampling."
+            )
 
 
 def _flat_rows(flat, positions: int, k: int) -> tuple[np.ndarray, np.ndarray]:
