@@ -148,6 +148,7 @@ def _evaluate(cfg: EvalConfig, preset: Any, prompts: list[dict], where: str, tok
         max_model_len=preset.engine.max_model_len,
         max_logprobs=1,
         seed=cfg.seed,
+        tokens=len(tokenizer),  # a padded vocabulary's extra rows are never sampled
     )
     requests = []
     for q in prompts:

@@ -154,6 +154,7 @@ class GRPORecipe:
             max_logprobs=1,
             seed=cfg.seed,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
+            tokens=len(self.tokenizer),  # a padded vocabulary's extra rows are never sampled
         )
         if self.step > 0:  # resumed: the engine starts from the checkpoint's weights, not the preset's
             self.engine.load_weights(self.policy.state_dict())
