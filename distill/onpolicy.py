@@ -112,7 +112,9 @@ class OnPolicyRecipe:
     """setup → self-check → loop (rollout → score → [rewards] → μ updates → sync → log → checkpoint) → save."""
 
     def __init__(self, cfg: OnPolicyConfig) -> None:
-        self.cfg = cfg
+        # the options that depend on the student's size (lr, batch size, warm-up) default to its preset's; a model
+        # directory distill wrote has the preset it was trained from (presets.PRESET_RECORD)
+        self.cfg = cfg.with_defaults(resolve_preset(cfg.student, "student").onpolicy)
         self.run = RunDirectory(Path(cfg.out))
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.rollout_tokens = 0
@@ -649,7 +651,7 @@ def run_onpolicy(cfg: OnPolicyConfig) -> Path:
     recipe = OnPolicyRecipe(cfg)
     recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind
-    with recipe.run.record("onpolicy", cfg) as record:
+    with recipe.run.record("onpolicy", recipe.cfg) as record:  # the settings as run, preset defaults filled in
         record.update(**recipe.provenance())
         recipe.train(record)
         path = recipe.save()

@@ -351,3 +351,23 @@ def test_a_student_without_weights_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "has no weights" in proc.stderr and "output directory (OUT/model) as --student" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_size_dependent_settings_default_to_the_students_preset(tmp_path: Path) -> None:
+    """--lr, --batch-size and --warm-up-steps left unset come from the student preset's `onpolicy` section (a model
+    directory distill wrote has its preset's); given ones are kept, and a bad preset value is a sentence."""
+    from distill.configs import OnPolicyConfig
+    from distill.errors import DistillError
+    from distill.onpolicy import OnPolicyRecipe
+
+    preset = resolve_preset("arith-student", "student").onpolicy
+    base = {"student": "arith-student", "teacher": "arith-teacher", "prompts": "arith:train", "out": tmp_path / "o"}
+    cfg = OnPolicyRecipe(OnPolicyConfig(**base)).cfg
+    assert (cfg.lr, cfg.batch_size, cfg.warmup_steps) == (preset.lr, preset.batch_size, preset.warmup_steps)
+    given = OnPolicyRecipe(OnPolicyConfig(**base, lr=0.0, batch_size=12, warmup_steps=3)).cfg
+    assert (given.lr, given.batch_size, given.warmup_steps) == (0.0, 12, 3)
+    generic = OnPolicyRecipe(OnPolicyConfig(**{**base, "student": "qwen-1.5b"})).cfg
+    assert generic.lr == 1e-6  # a 1.5B student: the generic defaults
+    with pytest.raises(DistillError, match=r"--batch-size \d+ is not a multiple of --group-size 7"):
+        OnPolicyRecipe(OnPolicyConfig(**base, group_size=7))
+    assert not (tmp_path / "o").exists()

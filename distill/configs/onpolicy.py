@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from distill.configs.base import Backend, Config, ModelRuntime, PromptSource, at_least
 from distill.configs.student import RunOptions, VerifierRewards
+from distill.presets import OnPolicyDefaults
 
 OnPolicyLoss = Literal["reverse", "topk", "full"]
 OnPolicyKd = Literal["forward", "reverse", "jsd"]
@@ -52,8 +53,8 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     """--teacher-backend vllm: share of the GPU the teacher's engine takes."""
     group_size: int = 4
     """Completions sampled per prompt (≥ 2 when --reward-weight > 0: rewards are normalised within a prompt)."""
-    batch_size: int = 64
-    """Completions per step; a multiple of --group-size."""
+    batch_size: int | None = None
+    """Completions per step; a multiple of --group-size [student preset]."""
     micro_batch: int = 16
     """Completions per forward/backward pass (the rest of the batch accumulates)."""
     reward_weight: float = 0.0
@@ -78,10 +79,10 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     self_check: int = 4
     """Before step 1: greedy completions the teacher writes and then scores, so a broken scoring path shows at
     once (0: skip)."""
-    lr: float = 1e-6
-    """AdamW learning rate; 0 measures the reverse KL without changing the student."""
-    warmup_steps: int = 0
-    """Steps over which the learning rate rises linearly to --lr (then constant)."""
+    lr: float | None = None
+    """AdamW learning rate; 0 measures the reverse KL without changing the student [student preset]."""
+    warmup_steps: int | None = None
+    """Steps over which the learning rate rises linearly to --lr (then constant) [student preset]."""
     steps: int = 100
     """Rollout steps; each samples one batch and makes μ optimiser steps."""
     save_every: int = 10
@@ -91,6 +92,12 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     gpu_memory_utilization: float = 0.3
     """Share of the GPU the student's colocated vLLM engine takes; the trainer needs the rest."""
 
+    def with_defaults(self, defaults: OnPolicyDefaults) -> OnPolicyConfig:
+        """This config with the options left unset taken from the student preset's `onpolicy` defaults (validated
+        again, so a preset's batch size that is no multiple of --group-size is a sentence too)."""
+        unset = {name: getattr(defaults, name) for name in ("lr", "batch_size", "warmup_steps")}
+        return replace(self, **{name: value for name, value in unset.items() if getattr(self, name) is None})
+
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
         out = self.prompt_problems() + self.run_problems(self.save_every)
@@ -99,7 +106,7 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
                 f"--group-size must be ≥ 1 (≥ 2 with --reward-weight: rewards are compared within a prompt), "
                 f"got {self.group_size}"
             )
-        elif self.batch_size < self.group_size or self.batch_size % self.group_size:
+        elif self.batch_size is not None and (self.batch_size < self.group_size or self.batch_size % self.group_size):
             lo = max(self.group_size, self.batch_size // self.group_size * self.group_size)
             out.append(
                 f"--batch-size {self.batch_size} is not a multiple of --group-size {self.group_size}; "
