@@ -18,7 +18,7 @@ from distill.cache import open_cache, write_view
 from distill.generate import GenerateConfig, run_generate
 from distill.models.tokenizer import cache_tokenizer, load_tokenizer
 from distill.presets import resolve_preset
-from distill.retokenize import alignment_report, collate_aligned, retokenize, student_vocab_map, truncate
+from distill.retokenize import collate_aligned, retokenize
 
 pytestmark = pytest.mark.slow
 SAME = resolve_preset("arith-student", "student").hub_id  # the teacher's tokenizer
@@ -127,12 +127,12 @@ def test_packing_cuts_views_and_lora(cache: Path, tmp_path: Path) -> None:
 def test_cut_records_keep_whole_groups_and_rows_in_order(cache: Path) -> None:
     c = open_cache(cache)
     teacher, student = cache_tokenizer(c), load_tokenizer(OTHER)
-    aligned = retokenize([c[i] for i in range(len(c))], teacher, student)
-    report = alignment_report(aligned, student_vocab_map(teacher, student))
+    aligned = retokenize(c, teacher, student)
+    report = aligned.report
     assert report.one_to_one + report.merged + report.unmatched == pytest.approx(1.0)
     first = aligned[0].alignment
     for n in range(first.num_student + 1):
-        cut = truncate(first, n)
+        cut = first.cut(n)
         assert cut.num_student == n and sorted(s for _, g in cut.groups for s in g) == list(range(n))
         assert sorted(t for t, _ in cut.groups for t in t) == list(range(cut.num_teacher))
         assert sum(cut.counts.values()) == cut.num_teacher

@@ -26,8 +26,10 @@ from distill.losses.cross_tokenizer import (
     uld_rows,
     vocab_map,
 )
+from tests.byte_fallback import TEXT as BF_TEXT
 
 TEACHER = Path(__file__).resolve().parents[2] / "teachers" / "arith-teacher"
+
 TEXT = "<think>\nCompute 12×3 = 36. café 😀 中文, so we add 17 + 25 = 42.</think>\n\\boxed{42}<|im_end|>"
 H, K = 16, 8
 
@@ -464,3 +466,118 @@ def test_span_term_is_zero_at_agreement_and_punishes_confidence_in_the_wrong_tex
         uld = cross_tokenizer_kd(wrong, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
         agree_uld = cross_tokenizer_kd(agree, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
         assert span > 0.1 and uld < agree_uld - 0.01  # ULD prefers the confidently wrong student
+
+
+# ---------------------------------------------------------------------------------------------
+# (g) byte-fallback tokenizers (Llama 2 / Mistral / Gemma layout), and empty texts
+
+
+@pytest.fixture(scope="module")
+def llama_tok():
+    from tests.byte_fallback import byte_fallback_tokenizer
+
+    return byte_fallback_tokenizer()
+
+
+def test_the_byte_fallback_tokenizer_has_llama_2s_layout(llama_tok) -> None:
+    ids = encode(llama_tok, BF_TEXT)
+    tokens = llama_tok.convert_ids_to_tokens(ids)
+    assert llama_tok.decode(ids) == BF_TEXT and tokens[0] == "▁"  # the space SentencePiece prepends, dropped again
+    assert tokens.count("<0xF0>") == 2 and "中" in tokens and "<0xE6>" in tokens  # emoji twice; CJK both ways
+    assert "k" in tokens and llama_tok.convert_tokens_to_ids("<0x6B>") < llama_tok.convert_tokens_to_ids("k")
+
+
+def test_byte_tokens_are_their_bytes_and_runs_of_them_align(llama_tok, teacher_tok) -> None:
+    """Adjacent byte-fallback characters (an emoji twice, CJK outside the vocabulary) span their own bytes, so the
+    tokenizer aligns one-to-one with itself and with a byte-level BPE that splits the same characters into bytes."""
+    ids, data, table = encode(llama_tok, BF_TEXT), BF_TEXT.encode(), token_bytes(llama_tok)
+    assert table[llama_tok.convert_tokens_to_ids("<0xF0>")] == b"\xf0" and table[llama_tok.convert_tokens_to_ids("▁")]
+    spans = token_spans(llama_tok, BF_TEXT, ids)
+    assert spans[0] == (0, 0) and [data[a:b] for a, b in spans[1:]] == [table[i] for i in ids[1:]]
+    assert align_spans(spans, spans).groups == tuple(((i,), (i,)) for i in range(len(ids)))
+    t_ids = encode(teacher_tok, BF_TEXT)
+    t_spans = token_spans(teacher_tok, BF_TEXT, t_ids)
+    alignment = align_spans(t_spans, spans)
+    assert [i for t, _ in alignment.groups for i in t] == list(range(len(t_ids)))
+    assert [i for _, s in alignment.groups for i in s] == list(range(len(ids)))
+    emoji = data.index("😀".encode())  # both sides write the emoji's four bytes as four tokens: one-to-one
+    for offset in range(emoji, emoji + 8):
+        t, s = next(g for g in alignment.groups if g[0] and t_spans[g[0][0]][0] == offset)
+        assert len(t) == len(s) == 1 and spans[s[0]] == (offset, offset + 1)
+
+
+def test_vocab_map_prefers_the_piece_a_tokenizer_writes_to_its_byte_token(llama_tok, teacher_tok) -> None:
+    """Llama 2's `<0x6B>` has the same bytes as its `k` but is written only where `k` is no piece: the teacher's `k`
+    maps onto the student's `k`, and the other way round."""
+    k_teacher, k_llama = teacher_tok.convert_tokens_to_ids("k"), llama_tok.convert_tokens_to_ids("k")
+    assert int(vocab_map(teacher_tok, llama_tok)[k_teacher]) == k_llama
+    assert int(vocab_map(llama_tok, teacher_tok)[k_llama]) == k_teacher
+    mapped = vocab_map(teacher_tok, llama_tok)
+    mapped = mapped[mapped >= 0]
+    assert len(set(mapped.tolist())) == len(mapped)  # still one-to-one
+
+
+@pytest.mark.parametrize(("kd", "tail"), [("forward", "bucket"), ("reverse", "bucket"), ("jsd", "renorm")])
+def test_identical_byte_fallback_tokenizers_give_distill_loss_exactly(llama_tok, kd, tail) -> None:
+    """The identity invariant for a byte-fallback tokenizer: every id maps to itself (single-character pieces that
+    share their bytes with a byte token included) and the loss is distill_loss's own, bit for bit."""
+    assert torch.equal(vocab_map(llama_tok, llama_tok), torch.arange(len(llama_tok)))
+    ids = encode(llama_tok, BF_TEXT)
+    spans = token_spans(llama_tok, BF_TEXT, ids)
+    targets = torch.tensor(ids * 2)
+    topk_ids, topk_lp, tail_lp = teacher_view(len(targets), len(llama_tok), seed=6)
+    topk_ids[:, -1] = torch.where((topk_ids == targets[:, None]).any(-1), topk_ids[:, -1], targets)  # trace in top-k
+    settings = dict(alpha=0.3, kd=kd, tail=tail, chunk_size=16)
+    hidden, weight = student_model(len(targets), len(llama_tok))
+    vmap = vocab_map(llama_tok, llama_tok)
+    ours = cross_tokenizer_kd(hidden, weight, targets, [align_spans(spans, spans)] * 2, targets, topk_ids, topk_lp,
+                              tail_lp, vmap, **settings)  # fmt: skip
+    plain = distill_loss(hidden, weight, targets, topk_ids, topk_lp, tail_lp, **settings)
+    assert torch.equal(ours.loss, plain.loss) and torch.equal(ours.kd, plain.kd) and ours.merged.item() == 0.0
+    assert torch.equal(torch.autograd.grad(ours.loss, hidden)[0], torch.autograd.grad(plain.loss, hidden)[0])
+
+
+@pytest.mark.parametrize("side", ["teacher", "llama"])
+def test_an_empty_text_has_no_spans(teacher_tok, llama_tok, side) -> None:
+    tok = {"teacher": teacher_tok, "llama": llama_tok}[side]
+    assert token_spans(tok, "", []) == []
+    with pytest.raises(ValueError, match="do not spell the given text"):
+        token_spans(tok, "a", [])
+
+
+@pytest.mark.parametrize(
+    ("kd", "tail", "temperature"),
+    [("forward", "bucket", 1.0), ("reverse", "bucket", 1.0), ("jsd", "bucket", 1.0), ("reverse", "renorm", 2.0)],
+)
+def test_rows_with_unmapped_columns_get_distill_losss_kd_on_their_mapped_columns(kd, tail, temperature) -> None:
+    """The one pass over all rows masks a row's unmapped columns out of the KD: each mapped pair's term equals
+    `distill_loss` on that row's mapped columns alone, whatever the other rows of its chunk hold."""
+    n, vocab = 12, 40
+    g = torch.Generator().manual_seed(7)
+    vmap = torch.where(torch.rand(vocab, generator=g) < 0.6, torch.randperm(vocab, generator=g), -1)
+    topk_ids, topk_lp, tail_lp = teacher_view(n, vocab, seed=8)
+    mapped = (vmap >= 0).nonzero().squeeze(-1)
+    teacher_ids = mapped[torch.randint(len(mapped), (n,), generator=g)]
+    topk_ids[:, 0] = torch.where((topk_ids == teacher_ids[:, None]).any(-1), topk_ids[:, 0], teacher_ids)
+    targets = vmap[teacher_ids]  # every row a pair of counterparts but row 4 (student writes another token)
+    targets[4] = (targets[4] + 1) % vocab
+    alignment = align_spans([(i, i + 1) for i in range(n)], [(i, i + 1) for i in range(n)])
+    hidden, weight = student_model(n, vocab, seed=9)
+    settings = dict(alpha=0.3, kd=kd, tail=tail, temperature=temperature)
+    ours = cross_tokenizer_kd(hidden, weight, targets, [alignment], teacher_ids, topk_ids, topk_lp, tail_lp, vmap,
+                              xt_weight=0.0, chunk_size=5, **settings)  # fmt: skip
+    sid, slp, stail, _ = project_topk(topk_ids, topk_lp, tail_lp, vmap)
+    kept = (sid >= 0).sum(-1)
+    assert len(set(kept.tolist())) > 2  # rows of several widths
+    total = torch.zeros(())
+    for i in range(n):
+        if i == 4:  # CE alone (α·CE: xt_weight 0 silences its merged term)
+            total = total + 0.3 * F.cross_entropy(hidden[i : i + 1] @ weight.T, targets[i : i + 1])
+            continue
+        k = int(kept[i])
+        row = distill_loss(hidden[i : i + 1], weight, targets[i : i + 1], sid[i : i + 1, :k], slp[i : i + 1, :k],
+                           stail[i : i + 1], **settings)  # fmt: skip
+        total = total + row.loss
+    torch.testing.assert_close(ours.loss, total / n, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(*(torch.autograd.grad(x, (hidden, weight)) for x in (ours.loss, total / n)),
+                               rtol=1e-4, atol=1e-7)  # fmt: skip
