@@ -58,6 +58,7 @@ import numpy as np
 import torch
 import typer
 
+from distill.alignment import Alignment, alignment_shares, span_logprobs
 from distill.cache import CacheSpec, CacheWriter
 from distill.checkpoints import RunDirectory
 from distill.configs.onpolicy import OnPolicyConfig
@@ -65,7 +66,6 @@ from distill.engines import Completion, Request, SamplingSpec, open_engine
 from distill.errors import DistillError
 from distill.fingerprint import cache_key, tokenizer_fingerprint
 from distill.losses import IGNORE_INDEX, distill_loss, group_advantages
-from distill.losses.cross_tokenizer import Alignment, alignment_shares, span_logprobs
 from distill.losses.onpolicy import onpolicy_reverse_objective, reverse_kl_advantages, reverse_kl_by_position
 from distill.models.tokenizer import decode_completion, load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset

@@ -1,7 +1,7 @@
 """A teacher cache read by a student of another tokenizer: each record's text re-tokenised and aligned.
 
-`distill train --cross-tokenizer` trains on these instead of the cache's ids (the loss is
-distill.losses.cross_tokenizer). Choices:
+`distill train --cross-tokenizer` trains on these instead of the cache's ids (the alignment is distill.alignment,
+the loss distill.losses.cross_tokenizer). Choices:
 - alignment by text: a record's completion ids decode, special tokens kept, to the trace's text; the
   student's tokenizer re-tokenises that text, and byte spans of both sides group their positions. The
   student's CE is on its own tokens; the teacher's rows stay as cached (top-k, tail, trace logprob);
@@ -33,19 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.alignment import KINDS, Alignment, align_spans, token_bytes, token_spans, vocab_map
 from distill.cache import Record
 from distill.cache.format import topk_tail_logprobs
 from distill.data import Batch, collate
 from distill.errors import DistillError
 from distill.fingerprint import tokenizer_fingerprint
-from distill.losses.cross_tokenizer import (
-    KINDS,
-    Alignment,
-    align_spans,
-    token_bytes,
-    token_spans,
-    vocab_map,
-)
+from distill.losses.cross_tokenizer import AlignedTeacher
 
 ONE_TO_ONE_WARNING = 0.5  # below this share of one-to-one teacher positions a run warns: ULD teaches the rest
 
@@ -59,28 +53,6 @@ class AlignedRecord:
     teacher: Record
     """the cache's record: teacher ids, top-k, tail, trace logprobs (its first `alignment.num_teacher` rows count)"""
     alignment: Alignment
-
-
-@dataclass
-class AlignedTeacher:
-    """The teacher's rows of a micro-batch's records, in the order of the student's loss positions."""
-
-    alignments: list[Alignment]
-    """one per record, in row order (the order `targets != IGNORE_INDEX` flattens the student's positions)"""
-    ids: torch.Tensor
-    """(N_t,) long: the teacher's trace ids"""
-    topk_ids: torch.Tensor
-    """(N_t, k) long"""
-    topk_logprobs: torch.Tensor
-    """(N_t, k) float32 raw logprobs"""
-    tail_logprobs: torch.Tensor
-    """(N_t,) float32 log mass outside the top-k"""
-    trace_logprobs: torch.Tensor
-    """(N_t,) float32 the teacher's logprob of its trace token (NaN where unknown)"""
-
-    def to(self, device: Any) -> AlignedTeacher:
-        move = {k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
-        return AlignedTeacher(self.alignments, **move)
 
 
 @dataclass
@@ -339,7 +311,7 @@ def collate_aligned(rows: Sequence[Sequence[AlignedRecord]], max_length: int, pa
             at += length
     ids, topk_ids, topk_lp, tail, trace = (np.concatenate(column) for column in zip(*parts, strict=True))
     batch.aligned = AlignedTeacher(
-        alignments,
+        *Alignment.concat(alignments).tensors(),
         torch.from_numpy(ids.astype(np.int64)),
         torch.from_numpy(topk_ids.astype(np.int64)),
         torch.from_numpy(topk_lp.astype(np.float32)),

@@ -48,9 +48,9 @@ from distill.configs import TrainConfig
 from distill.data import PackedLoader
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX, distill_loss
-from distill.losses.cross_tokenizer import cross_tokenizer_kd
+from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd
 from distill.presets import resolve_preset
-from distill.retokenize import AlignedRecords, AlignedTeacher, collate_aligned, retokenize, student_vocab_map
+from distill.retokenize import AlignedRecords, collate_aligned, retokenize, student_vocab_map
 from distill.runs import RunRecord, read_manifest, run_of_model
 from distill.tracking import open_trackers
 from distill.vocab import reconcile
@@ -111,22 +111,8 @@ class StudentLoss(torch.nn.Module):
         shared = dict(alpha=cfg.alpha, kd=cfg.kd, tail=cfg.tail, temperature=cfg.temperature, beta=cfg.beta,
                       chunk_size=cfg.chunk_size, bias=getattr(head, "bias", None))  # fmt: skip
         if batch.aligned is not None:  # --cross-tokenizer: the teacher's rows are its own, aligned by text
-            t = batch.aligned
-            return cross_tokenizer_kd(
-                hidden[keep],
-                head.weight,
-                batch.targets[keep],
-                t.alignments,
-                t.ids,
-                t.topk_ids,
-                t.topk_logprobs,
-                t.tail_logprobs,
-                self.vmap,
-                t.trace_logprobs,
-                xt_weight=cfg.xt_weight,
-                merged=cfg.xt_merged,
-                **shared,
-            )
+            return cross_tokenizer_kd(hidden[keep], head.weight, batch.targets[keep], batch.aligned, self.vmap,
+                                      xt_weight=cfg.xt_weight, merged=cfg.xt_merged, **shared)  # fmt: skip
         return distill_loss(
             hidden[keep],
             head.weight,

@@ -15,39 +15,26 @@ import torch
 
 from distill.cache import Record
 from distill.losses.cross_tokenizer import cross_tokenizer_kd
-from distill.presets import resolve_preset
 from distill.retokenize import align_text, collate_aligned, retokenize, student_vocab_map
+from tests.tokenizer_cases import bundled_tokenizer, metaspace_tokenizer
 
 K = 4
 
 
 @pytest.fixture(scope="module")
 def teacher_tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_preset("arith-teacher", "teacher").hub_id)
+    return bundled_tokenizer("arith-teacher")
 
 
 @pytest.fixture(scope="module")
 def student_tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(resolve_preset("arith-student-bpe", "student").hub_id)
+    return bundled_tokenizer("arith-student-bpe")
 
 
 @pytest.fixture(scope="module")
 def unk_tok():
-    """SentencePiece-style BPE with an <unk> and no byte fallback: an emoji is no text it can spell."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from distill.models.tiny import default_corpus
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<|im_end|>"], show_progress=False)
-    tok.train_from_iterator(default_corpus(seed=2), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>")
+    """A SentencePiece-style BPE with an <unk> and no byte fallback: an emoji is no text it can spell."""
+    return metaspace_tokenizer()
 
 
 def record(tok, completion: list[int], i: int = 0) -> Record:
@@ -81,11 +68,10 @@ def test_a_completion_that_is_only_the_end_token_trains_on_it(teacher_tok, stude
     batch = collate_aligned([[first, aligned[1]]], 64, 0)
     assert batch.num_tokens == 1 + len(aligned[1].student.completion_ids)
     t = batch.aligned
-    assert t.ids[0].item() == teacher_tok.eos_token_id and t.alignments[0].num_teacher == 1
+    assert t.ids[0].item() == teacher_tok.eos_token_id and t.teacher_bounds[:2].tolist() == [0, 1]
     hidden = torch.randn(batch.num_tokens, 8, requires_grad=True)
     vmap = student_vocab_map(teacher_tok, student)
-    out = cross_tokenizer_kd(hidden, torch.randn(len(student), 8), batch.targets[batch.targets >= 0], t.alignments,
-                             t.ids, t.topk_ids, t.topk_logprobs, t.tail_logprobs, vmap, t.trace_logprobs)  # fmt: skip
+    out = cross_tokenizer_kd(hidden, torch.randn(len(student), 8), batch.targets[batch.targets >= 0], t, vmap)
     out.loss.backward()
     assert math.isfinite(out.loss.item()) and hidden.grad[0].abs().sum() > 0
 

@@ -18,12 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from distill.alignment import Alignment
 from distill.cache import CacheWriter, Record, open_cache, write_view
 from distill.generate import GenerateConfig, run_generate
 from distill.models.tokenizer import cache_tokenizer, load_tokenizer
 from distill.presets import resolve_preset
 from distill.retokenize import collate_aligned, retokenize
-from tests.byte_fallback import build_byte_fallback_model
+from tests.tokenizer_cases import build_byte_fallback_model
 
 pytestmark = pytest.mark.slow
 SAME = resolve_preset("arith-student", "student").hub_id  # the teacher's tokenizer
@@ -147,11 +148,15 @@ def test_cut_records_keep_whole_groups_and_rows_in_order(cache: Path) -> None:
     batch = collate_aligned([[aligned[0]], [aligned[1], aligned[2]]], width, 0)
     t = batch.aligned
     p1, c1 = len(aligned[1].student.prompt_ids), len(aligned[1].student.completion_ids)
-    assert [a.num_student for a in t.alignments] == [10, min(c1, width - p1), 0]
-    assert sum(a.num_student for a in t.alignments) == batch.num_tokens
-    n0 = t.alignments[0].num_teacher
+    cuts = [aligned[0].alignment.cut(10), aligned[1].alignment.cut(min(c1, width - p1)), aligned[2].alignment.cut(0)]
+    assert cuts[2].num_student == cuts[2].num_teacher == 0
+    expected = Alignment.concat(cuts)  # the records' cut groups end to end: the batch's
+    assert t.teacher_bounds.tolist() == expected.teacher_bounds.tolist()
+    assert t.student_bounds.tolist() == expected.student_bounds.tolist()
+    assert int(t.student_bounds[-1]) == batch.num_tokens == 10 + min(c1, width - p1)
+    n0 = cuts[0].num_teacher
     assert torch.equal(t.ids[:n0], torch.from_numpy(aligned[0].teacher.completion_ids[:n0].astype(np.int64)))
-    assert len(t.ids) == n0 + t.alignments[1].num_teacher and t.alignments[2].num_teacher == 0
+    assert len(t.ids) == n0 + cuts[1].num_teacher
 
 
 @pytest.mark.torchrun
@@ -186,7 +191,7 @@ TRACES = [  # emoji twice and CJK outside the byte-fallback vocabulary: runs of 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random Llama with a tokenizer of Llama 2's layout (tests/byte_fallback.py)."""
+    """A tiny random Llama with a tokenizer of Llama 2's layout (tests/tokenizer_cases.py)."""
     return build_byte_fallback_model(tmp_path_factory.mktemp("llama") / "model")
 
 

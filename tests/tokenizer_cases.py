@@ -1,6 +1,13 @@
-"""A tokenizer of Llama 2's layout, built offline, and a tiny Llama-shaped model that uses it: the byte-fallback case
-of cross-tokenizer distillation, shared by tests/losses/test_cross_tokenizer.py, tests/test_retokenize.py and
-tests/test_train_cross_tokenizer.py.
+"""Tokenizers the cross-tokenizer tests use, built offline or loaded from the bundled presets, and a tiny Llama-shaped
+model with a tokenizer of Llama 2's layout (tests/test_alignment.py, tests/losses/test_cross_tokenizer.py,
+tests/test_retokenize.py, tests/test_train_cross_tokenizer.py, tests/test_onpolicy.py).
+
+- `bundled_tokenizer`: a preset's own (the bundled teacher's byte-level BPE with Qwen's pre-tokenizer, that spells
+  every digit alone; arith-student-bpe's, that writes numbers whole);
+- `byte_level_tokenizer`: another byte-level BPE (GPT-2's regex), 300 tokens;
+- `metaspace_tokenizer`: a SentencePiece-style BPE ("▁" marks a space, the first one dropped when decoding) with an
+  <unk> and no byte fallback, so a character outside its vocabulary is no text it can spell;
+- `byte_fallback_tokenizer`: Llama 2's layout, below.
 
 Llama 2, Mistral and Gemma tokenize with SentencePiece BPE: "▁" stands for a space and is prepended to the text, and
 a character outside the vocabulary is written as its UTF-8 bytes, one `<0xNN>` token per byte (Llama 2's ids 3..258,
@@ -17,8 +24,43 @@ import json
 from pathlib import Path
 from typing import Any
 
+# a reasoning trace with special tokens, a multiplication sign, accents, an emoji and CJK (the bundled tokenizers)
+TRACE_TEXT = "<think>\nCompute 12×3 = 36. café 😀 中文, so we add 17 + 25 = 42.</think>\n\\boxed{42}<|im_end|>"
 # emoji twice and CJK outside the vocabulary (adjacent byte-fallback runs), "k" (a piece its byte token shadows)
-TEXT = "Compute 12×3 = 36. 😀😀 中文字 so we think: café"
+BYTE_FALLBACK_TEXT = "Compute 12×3 = 36. 😀😀 中文字 so we think: café"
+
+
+def bundled_tokenizer(preset: str) -> Any:
+    """The tokenizer of a bundled preset (arith-teacher, arith-student-bpe, ...)."""
+    from transformers import AutoTokenizer
+
+    from distill.presets import resolve_preset
+
+    return AutoTokenizer.from_pretrained(resolve_preset(preset, "teacher").hub_id)
+
+
+def byte_level_tokenizer() -> Any:
+    """A byte-level BPE of 300 tokens (GPT-2's regex, ByteLevel) with Qwen-style special tokens."""
+    from distill.models.tiny import build_tokenizer, default_corpus
+
+    return build_tokenizer(default_corpus(seed=1), vocab_size=300)
+
+
+def metaspace_tokenizer() -> Any:
+    """A SentencePiece-style BPE of 200 tokens: Metaspace pre-tokenizer and decoder, <unk>, no byte fallback; its
+    eos (<|im_end|>) added after training."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from distill.models.tiny import default_corpus
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"], show_progress=False)
+    tok.train_from_iterator(default_corpus(seed=2), trainer)
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    out.add_special_tokens({"eos_token": "<|im_end|>"})
+    return out
 
 
 def byte_fallback_tokenizer() -> Any:
