@@ -134,13 +134,6 @@ def alignment_shares(alignments: Sequence[Alignment]) -> dict[str, float]:
     return {"one_to_one": total["one_to_one"] / n, "merged": merged / n, "unmatched": total["unmatched"] / n}
 
 
-def group_kind(teacher: Sequence[int], student: Sequence[int]) -> str:
-    """A group's kind (one of KINDS) from its positions."""
-    if not teacher or not student:
-        return "unmatched"
-    return _BY_SIZES[2 * (len(teacher) > 1) + (len(student) > 1)]
-
-
 # ---------------------------------------------------------------------------------------------
 # tokens as bytes, spans, alignment, vocabulary map, carried log-probabilities
 

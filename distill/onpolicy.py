@@ -35,11 +35,13 @@ aligned) are logged and kept in run.json, so a shifted or broken scoring path sh
 
 `--cross-tokenizer` (a student of another tokenizer; --loss reverse): the completion's text (its end token
 aside) is re-tokenised by the teacher, which scores its own ids and ends with its own eos where the student
-ended; both sides are aligned by byte spans (distill.retokenize), and each student token gets its share of
+ended; both sides are aligned by byte spans (distill.alignment), and each student token gets its share of
 the teacher's log-probability of its span (`span_logprobs`): one-to-one tokens the teacher's own value, a
 student token covering several teacher tokens their sum, several covering one an equal share of it. Per
-span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). With identical
-tokenizers the ids are not re-tokenised and the run is the one without the flag, bit for bit.
+span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). A sample cut inside
+a character (or holding a stray byte) is cut back to its last whole character first (`xt_cut` counts them); one
+that is only the stop token is scored on it. With identical tokenizers the ids are not re-tokenised and the run is
+the one without the flag, bit for bit.
 
 Output and resume as `distill grpo`: OUT/checkpoints, OUT/metrics.jsonl (and `--report-to` trackers),
 OUT/run.json, OUT/model; `--resume` restores policy, optimiser, RNG and step and redraws the same samples.

@@ -86,7 +86,8 @@ class AlignmentReport:
 
     def summary(self) -> str:
         counted = [
-            f"{self.empty} completion(s) with no text (trained on their end-of-turn token)" * bool(self.empty),
+            f"{self.empty} completion(s) with no text (an end-of-turn token alone, trained on, or nothing)"
+            * bool(self.empty),
             f"{self.cut} completion(s) cut back to their last whole character ({self.cut_tokens} teacher tokens "
             "dropped)" * bool(self.cut),
             f"{self.skipped} record(s) left out: {self.skipped_reason}" * bool(self.skipped),
@@ -128,14 +129,19 @@ class AlignedRecords(Sequence[AlignedRecord]):
     completion ids and the alignment's bounds, flat; item i reads the teacher's record from `records` (a memory-
     mapped cache) when asked, so set-up holds no top-k arrays."""
 
-    def __init__(self, records: Sequence[Record], kept: list[tuple[int, list[int], list[int], Alignment]]) -> None:
-        self.records = records
+    def __init__(
+        self,
+        records: Sequence[Record],
+        kept: list[tuple[int, np.ndarray, np.ndarray, Alignment]],
+        report: AlignmentReport,
+    ) -> None:
+        """kept: per record its index in `records`, the student's prompt and completion ids and the alignment."""
+        self.records, self.report = records, report
         self.indices = np.array([i for i, *_ in kept], np.int64)  # (n,) which of `records` each one is
         self._prompts = _Ragged([p for _, p, _, _ in kept], np.int32)
         self._completions = _Ragged([c for _, _, c, _ in kept], np.int32)
         self._teacher_bounds = _Ragged([a.teacher_bounds for *_, a in kept], np.int32)
         self._student_bounds = _Ragged([a.student_bounds for *_, a in kept], np.int32)
-        self.report: AlignmentReport | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -170,7 +176,7 @@ def retokenize(
     vmap: torch.Tensor | None = None,
 ) -> AlignedRecords:
     """`records` (those of `indices`, default all) re-tokenised by the student and aligned to the teacher's positions
-    (see module doc), with the `AlignmentReport` of them as `.report` (vmap: `student_vocab_map`, made if None).
+    (see module doc), with their `AlignmentReport` as `.report` (vmap: `student_vocab_map`, made if None).
 
     Raises DistillError when the student has no eos token, or when no record at all can be aligned.
     """
@@ -189,31 +195,29 @@ def retokenize(
         ids = rec.completion_ids.tolist()
         ends = bool(ids) and ids[-1] == eos_t
         body = ids[:-1] if ends else ids
+        empty, whole = not body, len(body)
         if same:  # the teacher's ids are the student's: every position its own group, no text needed
             prompt, student, alignment = rec.prompt_ids.tolist(), body, Alignment.identity(len(ids))
         else:
             whole = whole_characters(teacher_tok, body)
-            if whole < len(body):
-                tally.cut, tally.cut_tokens = tally.cut + 1, tally.cut_tokens + len(ids) - whole
-                body, ends = body[:whole], False
-            text = teacher_tok.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            cut, ends = body[:whole], ends and whole == len(body)  # a cut completion loses its eos too
+            text = teacher_tok.decode(cut, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             prompt_text = teacher_tok.decode(rec.prompt_ids.tolist(), skip_special_tokens=False)
             prompt = student_tok(prompt_text, add_special_tokens=False)["input_ids"]
             student = student_tok(text, add_special_tokens=False)["input_ids"]
             try:
-                alignment = align_text(text, teacher_tok, body, student_tok, student, ends, f"cache record {rec.key}")
+                alignment = align_text(text, teacher_tok, cut, student_tok, student, ends, f"cache record {rec.key}")
             except DistillError as e:
                 tally.skipped, tally.reason = tally.skipped + 1, tally.reason or str(e)
                 continue
-        completion = student + [eos_s] * ends
-        tally.add(rec, completion, alignment, vmap_np, empty=not body)
-        kept.append((int(i), prompt, completion, alignment))
+        completion = np.asarray(student + [eos_s] * ends, np.int32)
+        dropped = len(ids) - alignment.num_teacher if whole < len(body) else 0  # teacher tokens the cut left out
+        tally.add(rec, completion, alignment, vmap_np, empty, dropped)
+        kept.append((int(i), np.asarray(prompt, np.int32), completion, alignment))
     if not kept and tally.skipped:
         raise DistillError(f"None of the {tally.skipped} records could be aligned to the student's tokens: "
                            f"{tally.reason}")  # fmt: skip
-    out = AlignedRecords(records, kept)
-    out.report = tally.report()
-    return out
+    return AlignedRecords(records, kept, tally.report())
 
 
 def align_text(
@@ -260,9 +264,13 @@ class _Tally:
         self.top_mass = self.mapped = 0.0
         self.reason = ""
 
-    def add(self, rec: Record, completion: list[int], alignment: Alignment, vmap: np.ndarray, empty: bool) -> None:
-        """One aligned record; vmap (V_t,) as `student_vocab_map`, in numpy (a small-tensor op per record is slow)."""
+    def add(
+        self, rec: Record, completion: np.ndarray, alignment: Alignment, vmap: np.ndarray, empty: bool, dropped: int
+    ) -> None:
+        """One aligned record: its student completion ids, whether it had no text, the teacher tokens its cut dropped
+        (0: not cut); vmap (V_t,) as `student_vocab_map`, in numpy (a small-tensor op per record is slow)."""
         n = alignment.num_teacher
+        self.cut, self.cut_tokens = self.cut + bool(dropped), self.cut_tokens + dropped
         for kind, positions in alignment.counts.items():
             self.counts[kind] += positions
         self.records, self.student, self.empty = (
@@ -273,7 +281,7 @@ class _Tally:
         t_size, s_size = np.diff(alignment.teacher_bounds), np.diff(alignment.student_bounds)
         one = (t_size == 1) & (s_size == 1)  # one-to-one groups: counterparts where the map pairs their two tokens
         teacher = rec.completion_ids[alignment.teacher_bounds[:-1][one]]
-        self.pairs += int((_map(teacher, vmap) == np.asarray(completion)[alignment.student_bounds[:-1][one]]).sum())
+        self.pairs += int((_map(teacher, vmap) == completion[alignment.student_bounds[:-1][one]]).sum())
         p = np.exp(rec.topk_logprobs[:n].astype(np.float64))  # (n, k): the top-k's mass, and the part that maps
         self.top_mass, self.mapped = self.top_mass + p.sum(), self.mapped + p[_map(rec.topk_ids[:n], vmap) >= 0].sum()
 
