@@ -38,11 +38,13 @@ aligned) are logged and kept in run.json, so a shifted or broken scoring path sh
 
 `--cross-tokenizer` (a student of another tokenizer; --loss reverse): the completion's text (its end token
 aside) is re-tokenised by the teacher, which scores its own ids and ends with its own eos where the student
-ended; both sides are aligned by byte spans (distill.retokenize), and each student token gets its share of
+ended; both sides are aligned by byte spans (distill.alignment), and each student token gets its share of
 the teacher's log-probability of its span (`span_logprobs`): one-to-one tokens the teacher's own value, a
 student token covering several teacher tokens their sum, several covering one an equal share of it. Per
-span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). With identical
-tokenizers the ids are not re-tokenised and the run is the one without the flag, bit for bit.
+span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). A sample cut inside
+a character (or holding a stray byte) is cut back to its last whole character first (`xt_cut` counts them); one
+that is only the stop token is scored on it. With identical tokenizers the ids are not re-tokenised and the run is
+the one without the flag, bit for bit.
 
 Output and resume as `distill grpo`: OUT/checkpoints, OUT/metrics.jsonl (and `--report-to` trackers),
 OUT/run.json, OUT/model; `--resume` restores policy, optimiser, RNG and step and redraws the same samples.
@@ -53,7 +55,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,7 @@ import numpy as np
 import torch
 import typer
 
+from distill.alignment import Alignment, alignment_shares, span_logprobs
 from distill.cache import CacheSpec, CacheWriter
 from distill.checkpoints import RunDirectory
 from distill.configs.onpolicy import OnPolicyConfig
@@ -68,14 +71,13 @@ from distill.engines import Completion, Request, SamplingSpec, open_engine
 from distill.errors import DistillError
 from distill.fingerprint import cache_key, tokenizer_fingerprint
 from distill.losses import IGNORE_INDEX, distill_loss, group_advantages
-from distill.losses.cross_tokenizer import alignment_shares, span_logprobs
 from distill.losses.full_vocab import full_vocab_kd
 from distill.losses.onpolicy import onpolicy_reverse_objective, reverse_kl_advantages, reverse_kl_by_position
-from distill.models.tokenizer import load_tokenizer, stop_token_ids
+from distill.models.tokenizer import decode_completion, load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, record_meta
 from distill.recording import to_record
-from distill.retokenize import align_text
+from distill.retokenize import align_text, whole_characters
 from distill.rollouts import (
     MicroBatch,
     Rollout,
@@ -290,13 +292,16 @@ class OnPolicyRecipe:
         out, alignments = [], []
         for c in completions:
             ids = [int(t) for t in c.completion_ids]
+            if same:  # the ids are the teacher's: every token its own group (no text: broken characters align too)
+                alignments.append(Alignment.identity(len(ids)))
+                out.append(c)
+                continue
             ends = bool(ids) and ids[-1] in self.stops
             body = ids[:-1] if ends else ids
             text = student_tok.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            teacher = body if same else teacher_tok(text, add_special_tokens=False)["input_ids"]
-            end = [ids[-1] if same else teacher_tok.eos_token_id] * ends
+            teacher = teacher_tok(text, add_special_tokens=False)["input_ids"]
             alignments.append(align_text(text, teacher_tok, teacher, student_tok, body, ends, f"completion {c.key}"))
-            out.append(replace(c, completion_ids=np.asarray(teacher + end, np.int32)))
+            out.append(replace(c, completion_ids=np.asarray(teacher + [teacher_tok.eos_token_id] * ends, np.int32)))
         return out, alignments
 
     def _teacher_rows(self, as_teacher: list[Completion]) -> tuple[list[Completion], list[np.ndarray]]:
@@ -512,9 +517,12 @@ class OnPolicyRecipe:
         start = time.perf_counter()
         rollout = self.rollout()
         rollout_s = time.perf_counter() - start
+        cut = 0
+        if cfg.cross_tokenizer and not self.same_tokenizer:  # the teacher re-tokenises text: whole characters only
+            rollout, cut = whole_character_rollout(rollout, self.tokenizer, self.stops)
         scores = self.score(rollout.completions, rollout.prompts, retokenize=cfg.cross_tokenizer)
         teacher_s = time.perf_counter() - start - rollout_s
-        xt_row = {f"xt_{k}": v for k, v in self.xt_shares.items()} if cfg.cross_tokenizer else {}
+        xt_row = {f"xt_{k}": v for k, v in self.xt_shares.items()} | {"xt_cut": cut} if cfg.cross_tokenizer else {}
         self._record(scores, rollout.prompts)
         rewards, row = self.reward_advantages(rollout)
         row.update(xt_row)
@@ -644,6 +652,26 @@ class OnPolicyRecipe:
             "steps": self.step,
         }
         return self.run.export(self.policy, self.tokenizer, ONPOLICY_CONFIG, record, self.student)
+
+
+def whole_character_rollout(rollout: Rollout, tokenizer: Any, stops: list[int]) -> tuple[Rollout, int]:
+    """--cross-tokenizer across tokenizers: each completion cut back to its last whole UTF-8 character, and how many
+    were cut. A completion cut by --max-new-tokens inside a character, or holding a stray byte, has no text the
+    teacher could re-tokenise from there on: those tokens (and its stop token) are left out of the step as if never
+    sampled, and the completion counts as truncated."""
+    completions, texts, cut = [], [], 0
+    for c, text in zip(rollout.completions, rollout.texts, strict=True):
+        ids = [int(t) for t in c.completion_ids]
+        body = ids[:-1] if ids and ids[-1] in stops else ids
+        whole = whole_characters(tokenizer, body)
+        if whole < len(body):
+            arrays = {f.name: getattr(c, f.name) for f in fields(c)}
+            per_token = {k: v[:whole] for k, v in arrays.items() if isinstance(v, np.ndarray) and len(v) == len(ids)}
+            c, cut = replace(c, **per_token, finish_reason="length"), cut + 1
+            text = decode_completion(tokenizer, c.completion_ids, c.prompt_ids)
+        completions.append(c)
+        texts.append(text)
+    return replace(rollout, completions=completions, texts=texts), cut
 
 
 def run_onpolicy(cfg: OnPolicyConfig) -> Path:

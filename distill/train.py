@@ -48,9 +48,9 @@ from distill.configs import TrainConfig
 from distill.data import PackedLoader
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX, distill_loss
-from distill.losses.cross_tokenizer import cross_tokenizer_kd
+from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd
 from distill.presets import resolve_preset
-from distill.retokenize import AlignedTeacher, alignment_report, collate_aligned, retokenize, student_vocab_map
+from distill.retokenize import AlignedRecords, collate_aligned, retokenize, student_vocab_map
 from distill.runs import RunRecord, read_manifest, run_of_model
 from distill.tracking import open_trackers
 from distill.vocab import reconcile
@@ -111,22 +111,8 @@ class StudentLoss(torch.nn.Module):
         shared = dict(alpha=cfg.alpha, kd=cfg.kd, tail=cfg.tail, temperature=cfg.temperature, beta=cfg.beta,
                       chunk_size=cfg.chunk_size, bias=getattr(head, "bias", None))  # fmt: skip
         if batch.aligned is not None:  # --cross-tokenizer: the teacher's rows are its own, aligned by text
-            t = batch.aligned
-            return cross_tokenizer_kd(
-                hidden[keep],
-                head.weight,
-                batch.targets[keep],
-                t.alignments,
-                t.ids,
-                t.topk_ids,
-                t.topk_logprobs,
-                t.tail_logprobs,
-                self.vmap,
-                t.trace_logprobs,
-                xt_weight=cfg.xt_weight,
-                merged=cfg.xt_merged,
-                **shared,
-            )
+            return cross_tokenizer_kd(hidden[keep], head.weight, batch.targets[keep], batch.aligned, self.vmap,
+                                      xt_weight=cfg.xt_weight, merged=cfg.xt_merged, **shared)  # fmt: skip
         return distill_loss(
             hidden[keep],
             head.weight,
@@ -256,17 +242,18 @@ class Trainer:
         self.total_steps = cfg.max_steps or epochs * self.loader.steps_per_epoch
         self.log(f"data: {len(indices)} records, {self.loader.steps_per_epoch} steps/epoch, {self.total_steps} steps")
 
-    def _retokenize(self, cache: TeacherCache, indices: np.ndarray, teacher_tok: Any) -> tuple[list, np.ndarray, Any]:
+    def _retokenize(
+        self, cache: TeacherCache, indices: np.ndarray, teacher_tok: Any
+    ) -> tuple[AlignedRecords, np.ndarray, np.ndarray]:
         """--cross-tokenizer: the selected records in the student's tokens, aligned to the teacher's, and their
         (prompt, completion) lengths; logs the alignment report (and warns when it is poor)."""
-        aligned = retokenize([cache[int(i)] for i in indices], teacher_tok, self.tokenizer)
         self.vmap = student_vocab_map(teacher_tok, self.tokenizer)
-        self.alignment = alignment_report(aligned, self.vmap)
+        aligned = retokenize(cache, teacher_tok, self.tokenizer, indices, self.vmap)  # the teacher's rows stay on disk
+        self.alignment = aligned.report
         self.log(f"cross-tokenizer: {self.alignment.summary()}")
         for warning in self.alignment.warnings():
             self.log(f"warning: {warning}")
-        lengths = np.array([[len(r.student.prompt_ids), len(r.student.completion_ids)] for r in aligned])
-        return aligned, np.arange(len(aligned)), lengths
+        return aligned, np.arange(len(aligned)), aligned.lengths()
 
     def _build_model(self) -> torch.nn.Module:
         """The student as configured (pretrained or random, resized, LoRA-wrapped), on the CPU."""
