@@ -120,11 +120,16 @@ class TrainConfig(Config, RunOptions):
     xt_weight: float = 1.0
     """With --cross-tokenizer: weight of the merged-span term beside the KD term."""
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the loss reads the teacher's logprobs (α < 1); SFT (α = 1) learns from the trace tokens alone."""
+        return self.alpha < 1
+
     def problems(self) -> list[str]:
         out = self.run_problems(self.save_every)
         if self.cross_tokenizer and self.cache is None:
             out.append("--cross-tokenizer re-tokenises the traces of a --cache; give one (plain --traces need no flag)")
-        if self.cross_tokenizer and self.kd == "sampled" and self.alpha < 1:
+        if self.cross_tokenizer and self.kd == "sampled" and self.uses_teacher:
             out.append(
                 "--kd sampled draws teacher ids that need not exist in the student's vocabulary, so it is not unbiased "
                 "across tokenizers; use --kd forward, reverse or jsd with --cross-tokenizer"
@@ -137,14 +142,14 @@ class TrainConfig(Config, RunOptions):
             out.append(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.beta < 1.0 and self.kd == "jsd":
             out.append(f"--beta must be in (0, 1), got {self.beta}")
-        if self.alpha < 1 and self.kd != "sampled" and self.tail == "bucket" and self.temperature != 1:
+        if self.uses_teacher and self.kd != "sampled" and self.tail == "bucket" and self.temperature != 1:
             out.append(
                 f"--tail bucket is exact only at --temperature 1 (the teacher's tempered tail mass is unknown), got "
                 f"{self.temperature}; use --tail renorm, which tempers the top-k exactly, or --kd sampled"
             )
         if (self.cache is None) == (self.traces is None):
             out.append("give exactly one of --cache (teacher cache) or --traces (plain trace file)")
-        if self.traces is not None and self.alpha != 1.0:
+        if self.traces is not None and self.uses_teacher:
             out.append("plain --traces carry no teacher logprobs: use --alpha 1 (SFT) or a --cache")
         if self.view is not None and self.cache is None:
             out.append("--view selects records of a --cache; give the cache too")
