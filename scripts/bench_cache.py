@@ -11,15 +11,24 @@ middle:
   from 0.99 to 1 − 1e-7, the rest split at random between the other top-k and a tail (1e-6 to
   99.9% of the rest, so true tails from 1e-13 to 0.01);
 - teacher: the bundled arith teacher's real top-20 distributions, from a float32 transformers
-  forward pass over its task's reference traces (exact tails: a logsumexp over the complement).
+  forward pass over its task's reference traces (exact tails: a logsumexp over the complement);
+- adversarial, at k=20 and k=64, each value placed a hundredth of a cell beside a rounding boundary
+  of the codec's grid, rounding up and down in turn so that the errors add instead of cancelling
+  (the worst a position can do; found by bisection on `codec.quantize_logprobs`, whatever the grid):
+  near-equal (one top-1 and k − 1 near-equal small probabilities, swept across the whole grid from
+  e^-9 up, the tail 1e-4 to 1/2), half (the top-k mass just below or just above 1/2, where the split
+  code changes sides; the top-k near-equal) and flat (a teacher nearly uniform over V=151,936: the
+  top-k of V Gumbel logits scaled by σ ∈ [0, 1], a quarter exactly uniform, so the top-k holds
+  1.3e-4 to 2e-3 of the mass). These carry their exact tail, as an engine with full logits stores it.
 
 Printed per mix: bytes per token and per stored logit (everything on disk) and the ratio against a
 naive int32 id + fp16 logprob layout (6 bytes per logit); the perfect student's KL — KL(decoded ‖ exact
 teacher) per position over the top-k + tail buckets at τ = 1, what a student identical to the teacher
 pays against the decoded target (and the same on the renormalised top-k); write and read+decode
-tokens/s on one core. Targets (issue 12): ≤ 2.0 bytes per logit at k=20 (Zipf 1.1, the figure kept
-since issue 2); perfect-student KL ≤ 1e-3 at every position of every k=20 mix and ≤ 1e-4 on average
-on the bundled teacher.
+tokens/s on one core; the largest error of the decoded trace logprob (`sampled_logprobs`) against the
+engine's. Targets (issues 12, 26): ≤ 2.0 bytes per logit at k=20 (Zipf 1.1, the figure kept since
+issue 2); perfect-student KL ≤ 1e-3 at every position of every mix, k = 20 and k = 64, and ≤ 1e-4 on
+average on the bundled teacher; the trace logprob within 1e-3 nats of the engine's.
 
 The last line printed is one JSON object. Caches of a distill that stores no tail (format 1) are
 measured the way their readers see them: the tail derived from the decoded top-k.
@@ -43,7 +52,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from distill.cache import CacheSpec, CacheWriter, Record, open_cache  # noqa: E402
+from distill.cache import CacheSpec, CacheWriter, Record, codec, open_cache  # noqa: E402
 from distill.cache.admin import directory_bytes  # noqa: E402
 from distill.cache.synthetic import lm_like_logprobs, zipf_topk_ids  # noqa: E402
 
@@ -81,6 +90,68 @@ def near_certain_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.
     return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, tail
 
 
+def _beside_boundary(target: np.ndarray, up: np.ndarray) -> np.ndarray:
+    """Logprobs near `target` (float64, < 0) a hundredth of a cell beside a rounding boundary of the codec's
+    grid: just above it where `up` (rounds up: decoded > true), just below it elsewhere (decoded < true)."""
+    level = codec.quantize_logprobs(target)
+    lo = codec.dequantize_logprobs(level).astype(np.float64)
+    hi = codec.dequantize_logprobs(level + 1).astype(np.float64)  # targets stay below the grid's top level
+    a, b = lo.copy(), hi.copy()
+    for _ in range(60):  # the boundary between `level` and `level + 1`, whatever the grid's companding
+        mid = (a + b) / 2
+        below = codec.quantize_logprobs(mid) <= level
+        a, b = np.where(below, mid, a), np.where(below, b, mid)
+    return np.where(up, b, a) + np.where(up, 1, -1) * 0.01 * (hi - lo)
+
+
+def _place_split(rng: np.random.Generator, log_small: np.ndarray) -> np.ndarray:
+    """The log of the smaller side of the top-k / tail split (≤ log ½) moved beside a boundary where it stays ≤ ½."""
+    placed = _beside_boundary(log_small, rng.random(log_small.shape) < 0.5)
+    return np.where(placed < np.log(0.5), placed, log_small)
+
+
+def _adversarial_topk(rng: np.random.Generator, others: np.ndarray) -> np.ndarray:
+    """(T, k) relative logprobs summing to 1: k − 1 values near `others` (T, k−1) beside boundaries, rounding up
+    and down in turn down each sorted row (near-equal weights: the errors' mean cancels, their variance adds),
+    and the rest of the mass on one free value."""
+    others = -np.sort(-others, axis=1)
+    up = (np.arange(others.shape[1]) % 2 == 0)[None, :] ^ (rng.random((len(others), 1)) < 0.5)
+    placed = _beside_boundary(others, np.broadcast_to(up, others.shape))
+    free = np.log1p(-np.exp(placed).sum(axis=1, keepdims=True))
+    assert np.isfinite(free).all(), "the placed values must leave some mass for the free one"
+    return -np.sort(-np.concatenate([free, placed], axis=1), axis=1)
+
+
+def near_equal_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray, ...]:
+    """One free top-1 and k − 1 near-equal small probabilities beside boundaries; tail 1e-4 to ½, also beside one."""
+    level = rng.uniform(-9.0, np.log(0.7 / (k - 1)), (tokens, 1))  # where the k − 1 sit: the whole grid below 1/k
+    rel = _adversarial_topk(rng, level + rng.uniform(-0.3, 0.3, (tokens, k - 1)))
+    log_tail = _place_split(rng, rng.uniform(np.log(1e-4), np.log(0.5), tokens))
+    lp = rel + np.log(-np.expm1(log_tail))[:, None]
+    return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, log_tail
+
+
+def half_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray, ...]:
+    """The top-k mass within 2% of ½, below it at half the positions and above it at the rest; top-k near-equal
+    (k − 1 share 90% of it, the free one the rest)."""
+    rel = _adversarial_topk(rng, np.log(0.9 * rng.dirichlet(np.full(k - 1, 20.0), tokens)))
+    log_small = _place_split(rng, np.log(0.5) - rng.uniform(0.0, 0.02, tokens))
+    below = rng.random(tokens) < 0.5  # top-k mass < ½: the smaller side is the top-k
+    log_mass = np.where(below, log_small, np.log(-np.expm1(log_small)))
+    log_tail = np.where(below, np.log(-np.expm1(log_small)), log_small)
+    return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), rel + log_mass[:, None], log_tail
+
+
+def flat_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray, ...]:
+    """A teacher nearly uniform over V: p_i = (Γ_{k+1} / Γ_i)^σ / V, the top-k of V Gumbel logits scaled by σ
+    (Γ_i: sums of i standard exponentials, the order statistics' spacings), relative to the (k+1)-th; σ = 0
+    (exactly uniform) at a quarter of the positions, else uniform in [0, 1]."""
+    gamma = np.cumsum(rng.exponential(size=(tokens, k + 1)), axis=1)
+    sigma = np.where(rng.random((tokens, 1)) < 0.25, 0.0, rng.uniform(0.0, 1.0, (tokens, 1)))
+    lp = sigma * np.log(gamma[:, k:] / gamma[:, :k]) - np.log(VOCAB)
+    return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, np.log1p(-np.exp(lp).sum(axis=1))
+
+
 def teacher_mix(problems: int, k: int) -> tuple[np.ndarray, ...]:
     """The bundled arith teacher's top-k over its task's reference traces (float32 forward, exact tails)."""
     import torch
@@ -112,11 +183,12 @@ def teacher_mix(problems: int, k: int) -> tuple[np.ndarray, ...]:
 # one mix through a real cache
 
 
-def as_records(rng: np.random.Generator, ids: np.ndarray, lp: np.ndarray) -> list[Record]:
+def as_records(rng: np.random.Generator, ids: np.ndarray, lp: np.ndarray, tail: np.ndarray | None) -> list[Record]:
     """Records of 256–4096 tokens (reasoning-trace lengths); the trace token is usually among the top-k.
 
-    Records carry no tail of their own: the writer derives it from the float32 top-k in float64, as it
-    does for vLLM output, so what is measured is what a vLLM-made cache holds.
+    Without `tail` records carry no tail of their own: the writer derives it from the float32 top-k in
+    float64, as it does for vLLM output, so what is measured is what a vLLM-made cache holds. With it,
+    they carry the exact tail, as an engine with full logits stores it.
     """
     total, k = lp.shape
     pick = np.minimum(rng.geometric(0.5, total) - 1, k - 1)
@@ -132,6 +204,7 @@ def as_records(rng: np.random.Generator, ids: np.ndarray, lp: np.ndarray) -> lis
                 topk_ids=ids[sl],
                 topk_logprobs=lp32[sl],
                 sampled_logprobs=lp32[sl][rows, pick[sl]],
+                tail_logprobs=None if tail is None else tail[sl].astype(np.float32),
                 meta={"prompt_id": f"p{i}", "sample_index": 0, "finish_reason": "stop"},
             )
         )
@@ -150,13 +223,14 @@ def perfect_student_kl(
 ) -> np.ndarray:
     """KL(decoded ‖ exact) per position: the forward-KD loss of a student identical to the teacher.
 
-    decoded_tail None: the renormalised top-k (tail="renorm") on both sides.
+    decoded_tail None: the renormalised top-k (tail="renorm") on both sides. A row the decoder lost (a top-k of
+    −inf everywhere: nothing to renormalise) is NaN, and so is every figure over it.
     """
     got = _buckets(decoded_lp, decoded_tail)
     want = _buckets(lp, tail if decoded_tail is not None else None)
     p = np.exp(got)
-    with np.errstate(invalid="ignore"):  # 0 · (−inf) buckets are masked out by the where
-        return np.where(p > 0, p * (got - np.where(p > 0, want, 0.0)), 0.0).sum(axis=1)
+    with np.errstate(invalid="ignore"):  # 0 · (−inf) buckets are masked out by the where; NaN rows stay NaN
+        return np.where(p == 0, 0.0, p * (got - np.where(p == 0, 0.0, want))).sum(axis=1)
 
 
 def decoded_tail(rec: Record) -> np.ndarray:
@@ -165,10 +239,10 @@ def decoded_tail(rec: Record) -> np.ndarray:
     return stored.astype(np.float64) if stored is not None else _log_tail(rec.topk_logprobs.astype(np.float64))
 
 
-def bench(name: str, mix: tuple[np.ndarray, ...], root: Path, seed: int) -> dict[str, float]:
+def bench(name: str, mix: tuple[np.ndarray, ...], root: Path, seed: int, exact_tail: bool) -> dict[str, float]:
     ids, lp, tail = mix
     k = lp.shape[1]
-    records = as_records(np.random.default_rng(seed), ids, lp)
+    records = as_records(np.random.default_rng(seed), ids, lp, tail if exact_tail else None)
     total = sum(r.num_tokens for r in records)
     path = root / name
     t0 = time.perf_counter()
@@ -190,6 +264,10 @@ def bench(name: str, mix: tuple[np.ndarray, ...], root: Path, seed: int) -> dict
     got_tail = np.concatenate([decoded_tail(r) for r in decoded])
     kl = perfect_student_kl(got_lp, got_tail, lp, tail)
     kl_renorm = perfect_student_kl(got_lp, None, lp, tail)
+    trace_err = max(
+        float(np.abs(a.sampled_logprobs.astype(np.float64) - b.sampled_logprobs).max())
+        for a, b in zip(records, decoded, strict=True)
+    )
     on_disk = directory_bytes(path)
     return {
         "k": k,
@@ -201,6 +279,7 @@ def bench(name: str, mix: tuple[np.ndarray, ...], root: Path, seed: int) -> dict
         "perfect_student_kl_p99": float(np.quantile(kl, 0.99)),
         "perfect_student_kl_max": float(kl.max()),
         "renorm_kl_max": float(kl_renorm.max()),
+        "trace_logprob_err_max": trace_err,
         "write_tokens_per_s": total / write_s,
         "read_tokens_per_s": total / read_s,
     }, kl
@@ -220,30 +299,38 @@ def main() -> None:
         "near-certain": near_certain_mix(rng, args.tokens, 20),
         "teacher": teacher_mix(args.teacher_problems, 20),
     }
-    results, kls = {}, []
+    adversarial = {}
+    for k in (20, 64):
+        adversarial[f"near-equal-k{k}"] = near_equal_mix(rng, args.tokens, k)
+        adversarial[f"half-k{k}"] = half_mix(rng, args.tokens, k)
+        adversarial[f"flat-k{k}"] = flat_mix(rng, args.tokens, k)
+    results, kls = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for i, (name, mix) in enumerate(mixes.items()):
-            results[name], kl = bench(name, mix, Path(tmp), seed=i)
-            kls.append(kl)
-    names = list(results)
+        for i, (name, mix) in enumerate({**mixes, **adversarial}.items()):
+            results[name], kls[name] = bench(name, mix, Path(tmp), seed=i, exact_tail=name in adversarial)
     print(f"V={VOCAB} (the teacher mix: the arith vocabulary), one core; KL in nats per position")
-    print(f"{'':26}" + "".join(f"{n:>14}" for n in names))
-    for field in results[names[0]]:
-        print(f"{field:26}" + "".join(f"{results[n][field]:>14.4g}" for n in names))
-    every = np.concatenate([kl for kl, r in zip(kls, results.values(), strict=True) if r["k"] == 20])
+    for names in (list(mixes), list(adversarial)):
+        print(f"{'':26}" + "".join(f"{n:>14}" for n in names))
+        for field in results[names[0]]:
+            print(f"{field:26}" + "".join(f"{results[n][field]:>14.4g}" for n in names))
+    every = np.concatenate([kls[n] for n, r in results.items() if r["k"] == 20])
+    every_k64 = np.concatenate([kls[n] for n, r in results.items() if r["k"] == 64])
     summary = {
         "bytes_per_logit_k20": round(results["zipf-1.1"]["bytes_per_logit"], 4),
+        "bytes_per_logit_k20_zipf10": round(results["zipf-1.0"]["bytes_per_logit"], 4),
         "bytes_per_logit_k64": round(results["zipf-1.1-k64"]["bytes_per_logit"], 4),
         "bytes_per_logit_k20_max": round(max(r["bytes_per_logit"] for r in results.values() if r["k"] == 20), 4),
         "size_ratio_vs_naive_k20": round(results["zipf-1.1"]["size_ratio_vs_naive"], 4),
         "decode_kl_k20": float(f"{results['zipf-1.1']['perfect_student_kl_mean']:.3g}"),
         "decode_kl_k64": float(f"{results['zipf-1.1-k64']['perfect_student_kl_mean']:.3g}"),
-        "perfect_student_kl_max": float(f"{every.max():.3g}"),  # over every k = 20 mix
-        "perfect_student_kl_max_k64": float(f"{results['zipf-1.1-k64']['perfect_student_kl_max']:.3g}"),
+        "perfect_student_kl_max": float(f"{every.max():.3g}"),  # over every k = 20 mix, adversarial ones too
+        "perfect_student_kl_max_k64": float(f"{every_k64.max():.3g}"),  # over every k = 64 mix, adversarial ones too
+        "perfect_student_kl_max_k64_zipf": float(f"{results['zipf-1.1-k64']['perfect_student_kl_max']:.3g}"),
         "perfect_student_kl_mean": float(f"{every.mean():.3g}"),
         "perfect_student_kl_max_near_certain": float(f"{results['near-certain']['perfect_student_kl_max']:.3g}"),
         "perfect_student_kl_mean_teacher": float(f"{results['teacher']['perfect_student_kl_mean']:.3g}"),
-        "renorm_kl_max": float(f"{max(r['renorm_kl_max'] for r in results.values()):.3g}"),
+        "renorm_kl_max": float(f"{np.max([r['renorm_kl_max'] for r in results.values()]):.3g}"),
+        "trace_logprob_err_max": float(f"{np.max([r['trace_logprob_err_max'] for r in results.values()]):.3g}"),
         "write_tokens_per_s_k20": round(results["zipf-1.1"]["write_tokens_per_s"]),
         "read_tokens_per_s_k20": round(results["zipf-1.1"]["read_tokens_per_s"]),
         "read_tokens_per_s_k64": round(results["zipf-1.1-k64"]["read_tokens_per_s"]),
