@@ -18,8 +18,8 @@ middle:
   near-equal (one top-1 and k − 1 near-equal small probabilities, swept across the whole grid from
   e^-9 up, the tail 1e-4 to 1/2), half (the top-k mass just below or just above 1/2, where the split
   code changes sides; the top-k near-equal) and flat (a teacher nearly uniform over V=151,936: the
-  top-k of V Gumbel logits scaled by σ ∈ [0, 1], a quarter exactly uniform, so the top-k holds
-  1.3e-4 to 2e-3 of the mass). These carry their exact tail, as an engine with full logits stores it.
+  top-k of V Gumbel logits scaled by σ ∈ [0, ½], a quarter exactly uniform, so the top-k holds
+  1.3e-4 to a few 1e-3 of the mass). These carry their exact tail, as an engine with full logits stores it.
 
 Printed per mix: bytes per token and per stored logit (everything on disk) and the ratio against a
 naive int32 id + fp16 logprob layout (6 bytes per logit); the perfect student's KL — KL(decoded ‖ exact
@@ -145,9 +145,9 @@ def half_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray,
 def flat_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray, ...]:
     """A teacher nearly uniform over V: p_i = (Γ_{k+1} / Γ_i)^σ / V, the top-k of V Gumbel logits scaled by σ
     (Γ_i: sums of i standard exponentials, the order statistics' spacings), relative to the (k+1)-th; σ = 0
-    (exactly uniform) at a quarter of the positions, else uniform in [0, 1]."""
+    (exactly uniform) at a quarter of the positions, else uniform in [0, ½]."""
     gamma = np.cumsum(rng.exponential(size=(tokens, k + 1)), axis=1)
-    sigma = np.where(rng.random((tokens, 1)) < 0.25, 0.0, rng.uniform(0.0, 1.0, (tokens, 1)))
+    sigma = np.where(rng.random((tokens, 1)) < 0.25, 0.0, rng.uniform(0.0, 0.5, (tokens, 1)))
     lp = sigma * np.log(gamma[:, k:] / gamma[:, :k]) - np.log(VOCAB)
     return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, np.log1p(-np.exp(lp).sum(axis=1))
 
