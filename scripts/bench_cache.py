@@ -48,13 +48,21 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from distill.cache import CacheSpec, CacheWriter, Record, codec, open_cache  # noqa: E402
+from distill.cache import CacheSpec, CacheWriter, Record, open_cache  # noqa: E402
 from distill.cache.admin import directory_bytes  # noqa: E402
-from distill.cache.synthetic import lm_like_logprobs, zipf_topk_ids  # noqa: E402
+from distill.cache.synthetic import (  # noqa: E402
+    flat_logprobs,
+    half_mass_logprobs,
+    lm_like_logprobs,
+    near_equal_logprobs,
+    zipf_topk_ids,
+)
 
 VOCAB = 151_936
 NAIVE_BYTES_PER_LOGIT = 4 + 2  # int32 id + fp16 logprob
@@ -90,66 +98,12 @@ def near_certain_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.
     return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, tail
 
 
-def _beside_boundary(target: np.ndarray, up: np.ndarray) -> np.ndarray:
-    """Logprobs near `target` (float64, < 0) a hundredth of a cell beside a rounding boundary of the codec's
-    grid: just above it where `up` (rounds up: decoded > true), just below it elsewhere (decoded < true)."""
-    level = codec.quantize_logprobs(target)
-    lo = codec.dequantize_logprobs(level).astype(np.float64)
-    hi = codec.dequantize_logprobs(level + 1).astype(np.float64)  # targets stay below the grid's top level
-    a, b = lo.copy(), hi.copy()
-    for _ in range(60):  # the boundary between `level` and `level + 1`, whatever the grid's companding
-        mid = (a + b) / 2
-        below = codec.quantize_logprobs(mid) <= level
-        a, b = np.where(below, mid, a), np.where(below, b, mid)
-    return np.where(up, b, a) + np.where(up, 1, -1) * 0.01 * (hi - lo)
-
-
-def _place_split(rng: np.random.Generator, log_small: np.ndarray) -> np.ndarray:
-    """The log of the smaller side of the top-k / tail split (≤ log ½) moved beside a boundary where it stays ≤ ½."""
-    placed = _beside_boundary(log_small, rng.random(log_small.shape) < 0.5)
-    return np.where(placed < np.log(0.5), placed, log_small)
-
-
-def _adversarial_topk(rng: np.random.Generator, others: np.ndarray) -> np.ndarray:
-    """(T, k) relative logprobs summing to 1: k − 1 values near `others` (T, k−1) beside boundaries, rounding up
-    and down in turn down each sorted row (near-equal weights: the errors' mean cancels, their variance adds),
-    and the rest of the mass on one free value."""
-    others = -np.sort(-others, axis=1)
-    up = (np.arange(others.shape[1]) % 2 == 0)[None, :] ^ (rng.random((len(others), 1)) < 0.5)
-    placed = _beside_boundary(others, np.broadcast_to(up, others.shape))
-    free = np.log1p(-np.exp(placed).sum(axis=1, keepdims=True))
-    assert np.isfinite(free).all(), "the placed values must leave some mass for the free one"
-    return -np.sort(-np.concatenate([free, placed], axis=1), axis=1)
-
-
-def near_equal_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray, ...]:
-    """One free top-1 and k − 1 near-equal small probabilities beside boundaries; tail 1e-4 to ½, also beside one."""
-    level = rng.uniform(-9.0, np.log(0.7 / (k - 1)), (tokens, 1))  # where the k − 1 sit: the whole grid below 1/k
-    rel = _adversarial_topk(rng, level + rng.uniform(-0.3, 0.3, (tokens, k - 1)))
-    log_tail = _place_split(rng, rng.uniform(np.log(1e-4), np.log(0.5), tokens))
-    lp = rel + np.log(-np.expm1(log_tail))[:, None]
-    return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, log_tail
-
-
-def half_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray, ...]:
-    """The top-k mass within 2% of ½, below it at half the positions and above it at the rest; top-k near-equal
-    (k − 1 share 90% of it, the free one the rest)."""
-    rel = _adversarial_topk(rng, np.log(0.9 * rng.dirichlet(np.full(k - 1, 20.0), tokens)))
-    log_small = _place_split(rng, np.log(0.5) - rng.uniform(0.0, 0.02, tokens))
-    below = rng.random(tokens) < 0.5  # top-k mass < ½: the smaller side is the top-k
-    log_mass = np.where(below, log_small, np.log(-np.expm1(log_small)))
-    log_tail = np.where(below, np.log(-np.expm1(log_small)), log_small)
-    return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), rel + log_mass[:, None], log_tail
-
-
-def flat_mix(rng: np.random.Generator, tokens: int, k: int) -> tuple[np.ndarray, ...]:
-    """A teacher nearly uniform over V: p_i = (Γ_{k+1} / Γ_i)^σ / V, the top-k of V Gumbel logits scaled by σ
-    (Γ_i: sums of i standard exponentials, the order statistics' spacings), relative to the (k+1)-th; σ = 0
-    (exactly uniform) at a quarter of the positions, else uniform in [0, ½]."""
-    gamma = np.cumsum(rng.exponential(size=(tokens, k + 1)), axis=1)
-    sigma = np.where(rng.random((tokens, 1)) < 0.25, 0.0, rng.uniform(0.0, 0.5, (tokens, 1)))
-    lp = sigma * np.log(gamma[:, k:] / gamma[:, :k]) - np.log(VOCAB)
-    return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, np.log1p(-np.exp(lp).sum(axis=1))
+def adversarial_mix(
+    rng: np.random.Generator, tokens: int, k: int, make: Callable[..., tuple]
+) -> tuple[np.ndarray, ...]:
+    """One of the adversarial teachers of `distill.cache.synthetic` (logprobs and exact tails) with Zipfian ids."""
+    lp, tail = make(rng, tokens, k)
+    return zipf_topk_ids(rng, tokens, k, VOCAB, 1.1), lp, tail
 
 
 def teacher_mix(problems: int, k: int) -> tuple[np.ndarray, ...]:
@@ -301,9 +255,9 @@ def main() -> None:
     }
     adversarial = {}
     for k in (20, 64):
-        adversarial[f"near-equal-k{k}"] = near_equal_mix(rng, args.tokens, k)
-        adversarial[f"half-k{k}"] = half_mix(rng, args.tokens, k)
-        adversarial[f"flat-k{k}"] = flat_mix(rng, args.tokens, k)
+        adversarial[f"near-equal-k{k}"] = adversarial_mix(rng, args.tokens, k, near_equal_logprobs)
+        adversarial[f"half-k{k}"] = adversarial_mix(rng, args.tokens, k, half_mass_logprobs)
+        adversarial[f"flat-k{k}"] = adversarial_mix(rng, args.tokens, k, partial(flat_logprobs, vocab_size=VOCAB))
     results, kls = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, (name, mix) in enumerate({**mixes, **adversarial}.items()):
