@@ -12,8 +12,8 @@ middle:
   99.9% of the rest, so true tails from 1e-13 to 0.01);
 - teacher: the bundled arith teacher's real top-20 distributions, from a float32 transformers
   forward pass over its task's reference traces (exact tails: a logsumexp over the complement);
-- adversarial, at k=20 and k=64, each value placed a hundredth of a cell beside a rounding boundary
-  of the codec's grid, rounding up and down in turn so that the errors add instead of cancelling
+- adversarial, at k=20 and k=64, each value placed a hundredth of a cell beside the rounding boundary
+  of the codec's grid nearest to it, rounding up and down in turn so that the errors add instead of cancelling
   (the worst a position can do; found by bisection on `codec.quantize_logprobs`, whatever the grid):
   near-equal (one top-1 and k − 1 near-equal small probabilities, swept across the whole grid from
   e^-9 up, the tail 1e-4 to 1/2), half (the top-k mass just below or just above 1/2, where the split
@@ -30,8 +30,10 @@ engine's. Targets (issues 12, 26): ≤ 2.0 bytes per logit at k=20 (Zipf 1.1, th
 issue 2); perfect-student KL ≤ 1e-3 at every position of every mix, k = 20 and k = 64, and ≤ 1e-4 on
 average on the bundled teacher; the trace logprob within 1e-3 nats of the engine's.
 
-The last line printed is one JSON object. Caches of a distill that stores no tail (format 1) are
-measured the way their readers see them: the tail derived from the decoded top-k.
+The last line printed is one JSON object; a NaN there is a position the decoder lost (a top-k of
+−inf, nothing to renormalise), an infinite trace error a trace logprob decoded as −inf. Caches of a
+distill that stores no tail (format 1) are measured the way their readers see them: the tail derived
+from the decoded top-k.
 
     python scripts/bench_cache.py [--tokens 200000] [--teacher-problems 400]
 """

@@ -36,6 +36,9 @@ pytestmark = pytest.mark.vllm  # every test reads the `caches` fixture, made by 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_TEACHER = ROOT / "teachers" / "arith-teacher"
 BUDGET = 1e-3  # nats per position
+# A KL is ≥ 0, but fp32 resolves it only to ~1e-7 where the tail bucket holds nearly everything (the flat teacher's
+# top-20 hold 1.4e-4): there its ≈ 0 reads as ±1e-7.
+FP32_FLOOR = -1e-6
 
 ACCEPTED_TAILS = (("bucket", 1.0), ("renorm", 1.0), ("renorm", 2.0))  # bucket at τ ≠ 1 is refused (tested below)
 TOPK_CASES = [(kd, tail, t) for kd in ("forward", "reverse", "jsd") for tail, t in ACCEPTED_TAILS]
@@ -149,7 +152,7 @@ def test_teacher_as_student_sees_no_topk_kd(
 ) -> None:
     value = first_step_kd(teacher, caches["generated"], tmp_path / "run", kd=kd, tail=tail, temperature=temperature)
     print(f"self-distillation {teacher.name} {kd}/{tail} τ={temperature}: kd {value:.2e}")
-    assert 0 <= value <= BUDGET
+    assert FP32_FLOOR <= value <= BUDGET
 
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
@@ -167,7 +170,7 @@ def test_exact_tails_from_full_logits_give_zero_bucket_kd(
 ) -> None:
     """The hf-scored cache stores tails as a logsumexp over the complement of the top-k: exact."""
     value = first_step_kd(teacher, caches["sampled@1.0"], tmp_path / "run", kd="forward", tail="bucket")
-    assert 0 <= value <= BUDGET
+    assert FP32_FLOOR <= value <= BUDGET
 
 
 def test_bucket_at_another_temperature_and_mismatched_samples_are_refused(
