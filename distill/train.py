@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import typer
 
-from distill.cache import FORMAT_VERSION, Record, TeacherCache, view_indices
+from distill.cache import Record, TeacherCache, view_indices
 from distill.cache.format import V1_TAIL_NOTE
 from distill.checkpoints import RunDirectory
 from distill.configs import TrainConfig
@@ -161,7 +161,7 @@ class TrainRecipe:
                     f"--kd sampled estimates the KL at that temperature only; pass --temperature "
                     f"{cache.spec.extra_temperature} or score again with --extra-temperature {cfg.temperature}."
                 )
-            if cache.format_version < FORMAT_VERSION and cfg.uses_teacher:
+            if cache.format_version == 1 and cfg.uses_teacher:  # V1_TAIL_NOTE is about version 1 only
                 self.log("note: " + V1_TAIL_NOTE.format(path=cache.path))
             indices = view_indices(cache, cfg.view) if cfg.view else np.arange(len(cache))
             if len(indices) == 0:
