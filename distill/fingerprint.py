@@ -1,12 +1,13 @@
-"""Fingerprints: short hashes that say whether two things are the same, and the cache key.
+"""Fingerprints: short hashes that say whether two things are the same.
 
 - tokenizer: vocabulary, added/special tokens and chat template (ids in a cache only mean
   something together with the tokenizer that made them);
 - teacher weights: hub id + revision, or a hash of a local directory's weight and config files
   (memoised by path, size and mtime, because hashing 64 GB of weights takes a minute);
 - prompt set: every prompt's id, text and gold answer, in order;
-- cache key: all of the above plus sampling parameters, top-k, logprob mode and seed. Same inputs,
-  same key, same directory: that is what makes `distill generate` a no-op the second time.
+- files: `sha256_file`, streamed (shard checksums, weight hashes).
+
+The cache key that combines them lives with the cache (distill.cache.key).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from distill.atomic import write_json_atomic
-from distill.cache.format import FORMAT_VERSION
 from distill.paths import distill_home
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
@@ -53,7 +53,8 @@ def vocabulary_fingerprint(tokenizer: Any) -> str:
     return canonical_hash(sorted((t, i) for t, i in tokenizer.get_vocab().items() if t not in added))[:16]
 
 
-def _hash_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, streamed."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(16 * 2**20):
@@ -77,7 +78,7 @@ def weights_fingerprint(model: str | Path, revision: str | None = None, extra_na
     except (OSError, ValueError):
         memo = {}
     if memo_key not in memo:
-        memo[memo_key] = canonical_hash([(f.name, _hash_file(f)) for f in files])[:16]
+        memo[memo_key] = canonical_hash([(f.name, sha256_file(f)) for f in files])[:16]
         try:
             memo_path.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(memo_path, memo)
@@ -93,9 +94,3 @@ def prompt_set_fingerprint(prompts: Iterable[dict[str, Any]]) -> str:
         h.update(json.dumps([p.get("id"), p.get("prompt"), p.get("answer")], default=str).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
-
-
-def cache_key(**parts: Any) -> str:
-    """The content key of a cache: a hash of everything that determines its records, and of the format
-    version they are written in (a cache of an older version is never a "hit" for a newer writer)."""
-    return canonical_hash({"format_version": FORMAT_VERSION, **parts})[:20]

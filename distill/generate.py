@@ -26,10 +26,11 @@ import typer
 from distill.cache import CacheSpec, CacheWriter
 from distill.cache.admin import cache_info
 from distill.cache.format import INDEX_NAME, read_index
+from distill.cache.key import GeneratedKey
 from distill.configs import GenerateConfig
 from distill.engines import Request, SamplingSpec, open_engine, request_seed
 from distill.errors import DistillError
-from distill.fingerprint import cache_key, prompt_set_fingerprint, tokenizer_fingerprint, weights_fingerprint
+from distill.fingerprint import prompt_set_fingerprint, tokenizer_fingerprint, weights_fingerprint
 from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer, stop_token_ids
 from distill.paths import cache_root
 from distill.presets import TeacherPreset, resolve_preset
@@ -58,21 +59,20 @@ def plan(cfg: GenerateConfig) -> Plan:
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in defaults.items()}
     top_k = cfg.top_k if cfg.top_k is not None else preset.top_k
     prompts, where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
-    key_parts = {
-        "teacher": weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
-        "prompts": prompt_set_fingerprint(prompts),
-        "prompt_style": asdict(preset.prompt),
-        "sampling": sampling,
-        "top_k": top_k,
-        "logprob_mode": "raw",
-        "seed": cfg.seed,
-        "backend": cfg.backend,
-        "dtype": cfg.dtype or preset.engine.dtype,
-        "precision": cfg.precision,
-        "extra": [cfg.extra_samples, cfg.extra_temperature] if cfg.extra_samples else None,
-        "slice": None if cfg.num_shards == 1 else [cfg.shard_index, cfg.num_shards],
-    }
-    key = cache_key(**key_parts)
+    source = GeneratedKey(
+        teacher=weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
+        prompts=prompt_set_fingerprint(prompts),
+        prompt_style=asdict(preset.prompt),
+        sampling=sampling,
+        top_k=top_k,
+        seed=cfg.seed,
+        backend=cfg.backend,
+        dtype=cfg.dtype or preset.engine.dtype,
+        precision=cfg.precision,
+        extra=[cfg.extra_samples, cfg.extra_temperature] if cfg.extra_samples else None,
+        slice=None if cfg.num_shards == 1 else [cfg.shard_index, cfg.num_shards],
+    )
+    key_parts, key = source.parts(), source.key()
     mine = shard_slice(prompts, cfg.shard_index, cfg.num_shards)
     return Plan(preset, sampling, top_k, mine, where, key_parts, key, Path(cfg.out) if cfg.out else cache_root() / key)
 

@@ -66,15 +66,16 @@ import torch
 import typer
 
 from distill.cache import CacheSpec, CacheWriter
+from distill.cache.key import OnPolicyKey
 from distill.checkpoints import RunDirectory
 from distill.configs.onpolicy import OnPolicyConfig
 from distill.engines import SamplingSpec
 from distill.errors import DistillError
-from distill.fingerprint import cache_key, tokenizer_fingerprint
+from distill.fingerprint import tokenizer_fingerprint, weights_fingerprint
 from distill.losses import IGNORE_INDEX, distill_loss, group_advantages
 from distill.losses.full_vocab import full_vocab_kd
 from distill.losses.onpolicy import onpolicy_reverse_objective, reverse_kl_advantages, reverse_kl_by_position
-from distill.models.tokenizer import load_tokenizer, stop_token_ids
+from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, record_meta
 from distill.recording import to_record
@@ -177,15 +178,21 @@ class OnPolicyRecipe:
             k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "out", "report_to", "steps", "save_every")
         }
         teacher_tok = self.grader.tokenizer
+        source = OnPolicyKey(
+            teacher=weights_fingerprint(self.teacher.hub_id, self.teacher.revision, extra_names=TOKENIZER_FILES),
+            student=weights_fingerprint(self.student.hub_id, self.student.revision, extra_names=TOKENIZER_FILES),
+            settings=settings,
+        )
         provenance = {
             "teacher": self.teacher.name,
             "teacher_model": self.teacher.hub_id,
             "tokenizer_fingerprint": tokenizer_fingerprint(teacher_tok),
             "prompt_source": self.where,
+            "key_parts": source.parts(),
             "stage": "onpolicy",
             "student": self.student.name,
         }
-        key = cache_key(stage="onpolicy", settings=settings, teacher=self.teacher.hub_id)
+        key = source.key()
         # padded vocabularies: the engines and teacher_view fold padding rows into the tail, so ids are tokens
         spec = CacheSpec(top_k=self.grader.top_k, vocab_size=len(teacher_tok), precision="fp32")
         return CacheWriter(self.run.path / SCORES_CACHE, spec, key, provenance, extend=self.cfg.resume)

@@ -23,10 +23,11 @@ import typer
 from distill.cache import CacheSpec, CacheWriter, TeacherCache, view_indices
 from distill.cache.admin import cache_info
 from distill.cache.format import INDEX_NAME, read_index
+from distill.cache.key import ScoredKey
 from distill.configs import ScoreConfig
 from distill.engines import Request, open_engine, request_seed
 from distill.errors import DistillError
-from distill.fingerprint import cache_key, canonical_hash, tokenizer_fingerprint, weights_fingerprint
+from distill.fingerprint import canonical_hash, tokenizer_fingerprint, weights_fingerprint
 from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer
 from distill.paths import cache_root
 from distill.presets import resolve_preset
@@ -100,18 +101,16 @@ def run_score(cfg: ScoreConfig) -> Path:
         traces, traces_fp = traces_from_cache(cfg, tok_fp)
     else:
         traces, traces_fp = traces_from_file(cfg, tokenizer, preset.prompt)
-    key_parts = {
-        "stage": "score",
-        "teacher": weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
-        "traces": traces_fp,
-        "top_k": top_k,
-        "logprob_mode": "raw",
-        "backend": cfg.backend,
-        "dtype": cfg.dtype or preset.engine.dtype,
-        "precision": cfg.precision,
-        "extra": [cfg.extra_samples, cfg.extra_temperature] if cfg.extra_samples else None,
-    }
-    key = cache_key(**key_parts)
+    source = ScoredKey(
+        teacher=weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
+        traces=traces_fp,
+        top_k=top_k,
+        backend=cfg.backend,
+        dtype=cfg.dtype or preset.engine.dtype,
+        precision=cfg.precision,
+        extra=[cfg.extra_samples, cfg.extra_temperature] if cfg.extra_samples else None,
+    )
+    key_parts, key = source.parts(), source.key()
     path = Path(cfg.out) if cfg.out else cache_root() / key
     if (path / INDEX_NAME).is_file() and (index := read_index(path)).complete and index.key == key:
         typer.echo(f"cache hit: {len(traces)} traces already scored")

@@ -91,3 +91,37 @@ def test_the_checker_sees_violations(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
     bad.write_text("def f():\n    from distill.train import loop\n")
     assert stage_of("distill.train.loop") == "train" and "distill.train" in imports(bad)
+
+
+def _layer(module: str) -> str:
+    """A module's node in the package graph: a subpackage (distill.cache, distill.losses, ...) counts as one."""
+    parts = module.split(".")
+    if len(parts) > 2 and (PACKAGE / parts[1]).is_dir():
+        return ".".join(parts[:2])
+    return module if module in MODULES else ".".join(parts[:2])
+
+
+def test_no_import_runs_back_up_the_layers() -> None:
+    """The graph of distill's modules and subpackages (each subpackage one node) has no cycle: no lower module
+    imports one that imports it back (fingerprint used to import the cache format, whose admin imported it)."""
+    graph: dict[str, set[str]] = {}
+    for mod, path in MODULES.items():
+        if mod in ("distill", "distill.__main__"):
+            continue
+        deps = {_layer(i) for i in imports(path) if i.startswith("distill.") and _layer(i) in MODULES}
+        graph.setdefault(_layer(mod), set()).update(deps - {_layer(mod)})
+    seen, cycles = {}, []
+
+    def visit(node: str, stack: list[str]) -> None:
+        seen[node] = "open"
+        for dep in sorted(graph.get(node, ())):
+            if seen.get(dep) == "open":
+                cycles.append(" → ".join([*stack[stack.index(dep) :], dep]))
+            elif dep not in seen:
+                visit(dep, [*stack, dep])
+        seen[node] = "done"
+
+    for node in sorted(graph):
+        if node not in seen:
+            visit(node, [node])
+    assert not cycles, "import cycles: " + "; ".join(cycles)

@@ -12,6 +12,7 @@ from typing import Any
 
 from distill.atomic import TMP_SUFFIX
 from distill.cache.format import FORMAT_VERSION, INDEX_NAME, SHARD_GLOB, read_index
+from distill.cache.key import merged_key
 from distill.cache.lock import LOCK_NAME, WriterLock
 from distill.cache.reader import TeacherCache
 from distill.cache.views import list_views
@@ -114,7 +115,6 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
     merged cache gets the key an unsliced run would have had, so that run is then a cache hit.
     """
     from distill.cache.writer import CacheWriter
-    from distill.fingerprint import cache_key
     from distill.paths import cache_root
 
     if len(sources) < 2:
@@ -140,16 +140,8 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
                 )
         if c.provenance.get("tokenizer_fingerprint") != first.provenance.get("tokenizer_fingerprint"):
             raise DistillError(f"Cannot merge: {c.path} and {first.path} were made with different tokenizers.")
-    slices = [c.provenance.get("key_parts", {}).get("slice") for c in caches]
-    whole = (
-        all(slices) and len({s[1] for s in slices}) == 1 and sorted(s[0] for s in slices) == list(range(slices[0][1]))
-    )
-    if whole and parts0:
-        key = cache_key(**{**parts0, "slice": None})
-        provenance = {**first.provenance, "key_parts": {**parts0, "slice": None}}
-    else:
-        key = cache_key(merged=sorted(c.key for c in caches))
-        provenance = {**first.provenance}
+    key, whole = merged_key([c.key for c in caches], [dict(c.provenance.get("key_parts", {})) for c in caches])
+    provenance = {**first.provenance, **({"key_parts": whole} if whole else {})}
     provenance["merged_from"] = [c.key for c in caches]
     if first.provenance.get("padding"):  # the slices' folded padding entries, summed (see distill.recording)
         counts = [c.provenance.get("padding", {}) for c in caches]

@@ -14,7 +14,6 @@ read, and a mismatch raises naming the shard. Any number of processes can read o
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,10 @@ from distill.cache.format import (
     topk_tail_logprobs,
 )
 from distill.errors import DistillError
+from distill.fingerprint import sha256_file
 from distill.paths import cache_root
 
 _DTYPES = {"U8": np.uint8, "I64": np.int64}
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, streamed."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 2**20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Shard:
