@@ -204,6 +204,16 @@ def test_make_targets_paths_and_readme_links_exist() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_the_recipes_and_the_bash_blocks_parse_as_bash() -> None:
+    texts = [(str(r.relative_to(REPO)), r.read_text()) for r in RECIPES]
+    texts += [(b.where, b.text) for page in PAGES for b in blocks(page) if b.lang == "bash"]
+    problems = []
+    for where, text in texts:
+        out = subprocess.run(["bash", "-n"], input=text, capture_output=True, text=True)
+        problems += [f"{where}: {out.stderr.strip()}"] if out.returncode else []
+    assert not problems, "\n".join(problems)
+
+
 def test_the_configuration_reference_is_what_the_configs_make() -> None:
     generator = runpy.run_path(str(REPO / "scripts" / "gen_config_reference.py"))
     page = (REPO / "docs" / "configuration.md").read_text()
