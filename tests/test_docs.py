@@ -5,7 +5,8 @@
   an earlier one made — or opens with `# needs: X[, Y] (why)`, X one of NEEDS: what this machine cannot give.
 - Every `distill` command written anywhere in them (blocks, needs or not; inline code; recipe scripts, arrays
   of options included) exists, with every option it uses, as the CLI builds them from the config dataclasses;
-  every `make` target exists; every `scripts/`, `recipes/` or `tests/` path exists; the README's links resolve.
+  every `make` target exists; every `scripts/`, `recipes/` or `tests/` path exists; the links of README.md and
+  recipes/*.md resolve.
 - docs/configuration.md is what scripts/gen_config_reference.py makes from the configs.
 
 The site's own links, anchors and nav are checked by `make docs` (mkdocs build --strict), which `make test` runs.
@@ -28,7 +29,7 @@ import typer
 from distill.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md")), *sorted((REPO / "recipes").glob("*.md"))]
 RECIPES = sorted((REPO / "recipes").glob("*.sh"))
 NEEDS = {
     "gpu": "a CUDA GPU",
@@ -185,7 +186,7 @@ def code(path: Path) -> str:
     return "\n".join([*(b.text for b in blocks(path) if b.lang == "bash"), *spans])
 
 
-def test_make_targets_paths_and_readme_links_exist() -> None:
+def test_make_targets_paths_and_links_exist() -> None:
     targets = set(re.findall(r"^([\w-]+):", (REPO / "Makefile").read_text(), re.M))
     problems = []
     for path in [*PAGES, *RECIPES]:
@@ -198,9 +199,10 @@ def test_make_targets_paths_and_readme_links_exist() -> None:
             for p in re.findall(r"\b(?:scripts|recipes|tests)/[\w./-]*\w", text)
             if not (REPO / p).exists()
         ]
-    for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (REPO / "README.md").read_text()):
-        if not link.startswith("http") and not (REPO / link).exists():
-            problems.append(f"README.md links to {link}, which does not exist")
+    for page in (REPO / "README.md", *(REPO / "recipes").glob("*.md")):  # outside the site mkdocs checks
+        for link in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if not link.startswith("http") and not (page.parent / link).exists():
+                problems.append(f"{page.relative_to(REPO)} links to {link}, which does not exist")
     assert not problems, "\n".join(problems)
 
 
