@@ -163,6 +163,17 @@ class RunDirectory:
         restore_rng(state["rng"])
         return last, state
 
+    def save_policy(self, step: int, policy: Any, optimizer: Any) -> Path:
+        """Checkpoint a rollout stage (grpo, onpolicy): its policy's and optimiser's state, with the RNG states."""
+        return self.save_checkpoint(step, {"model": policy.state_dict(), "optimizer": optimizer.state_dict()})
+
+    def restore_policy(self, policy: Any, optimizer: Any, map_location: Any = None) -> tuple[Path, int]:
+        """Load the newest checkpoint into `policy` and `optimizer` (and the RNG states); its directory and step."""
+        last, state = self.load_checkpoint(map_location=map_location)
+        policy.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return last, state["step"]
+
     def _no_checkpoint(self) -> DistillError:
         return DistillError(f"--resume: {self.path} has no checkpoint to resume from; run without --resume.")
 

@@ -25,6 +25,7 @@ import torch
 from distill.cache import Record
 from distill.cache.format import topk_tail_logprobs
 from distill.losses import IGNORE_INDEX
+from distill.losses.cross_tokenizer import AlignedTeacher
 
 
 @dataclass
@@ -47,8 +48,8 @@ class Batch:
     """(rows, length, M) long tokens drawn from the teacher, or None"""
     extra_logprobs: torch.Tensor | None
     """(rows, length, M) float32 teacher logprobs of `extra_ids`, or None"""
-    aligned: Any = None
-    """cross-tokenizer: the teacher's rows of these records (distill.retokenize.AlignedTeacher), or None"""
+    aligned: AlignedTeacher | None = None
+    """cross-tokenizer: the teacher's rows of these records, aligned to the student's loss positions, or None"""
 
     @property
     def num_tokens(self) -> int:

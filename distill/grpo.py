@@ -44,8 +44,6 @@ Hugging Face directory with tokenizer that transformers and vLLM load.
 from __future__ import annotations
 
 import math
-import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -57,7 +55,7 @@ import typer
 
 from distill.checkpoints import RunDirectory
 from distill.configs import GRPOConfig
-from distill.engines import SamplingSpec, open_engine
+from distill.engines import SamplingSpec
 from distill.errors import DistillError
 from distill.losses import group_advantages, grpo_objective, zero_spread_groups
 from distill.models.tokenizer import load_tokenizer, stop_token_ids
@@ -65,17 +63,21 @@ from distill.prompts import load_prompts
 from distill.rollouts import (
     MicroBatch,
     Rollout,
+    completion_limit,
     completion_logprobs,
     compute_rewards,
+    fit_prompts,
+    load_policy,
     logprob_mismatch,
     micro_batches,
-    prompt_order,
+    open_policy_engine,
+    policy_optimizer,
     render_prompts,
     resolve_policy,
-    sample_rollout,
+    step_rollout,
 )
 from distill.runs import RunRecord, read_manifest, run_of_model
-from distill.tracking import open_trackers
+from distill.tracking import StepLog
 
 GRPO_CONFIG = "distill_grpo.json"
 
@@ -103,75 +105,28 @@ class GRPORecipe:
         torch.manual_seed(cfg.seed)
         self.preset = resolve_policy(cfg.policy)
         self.tokenizer = load_tokenizer(self.preset.hub_id, self.preset.revision)
-        self._setup_prompts()
-        self._setup_models()
-        self.step = 0
-        if cfg.resume:
-            self._load_checkpoint()
-        self._setup_engine()
-
-    def _setup_prompts(self) -> None:
-        cfg = self.cfg
         prompts, self.where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
         if "math" in cfg.names and all(q.get("answer") is None for q in prompts):
             raise DistillError(
                 f"Prompt source {self.where} has no gold answers; the math reward needs them (an answer column)."
             )
-        style = self.preset.prompt
-        self.engine_args = self.preset.engine
-        sampling = getattr(self.preset, "sampling", None)
-        self.max_new_tokens = cfg.max_new_tokens or (sampling.max_new_tokens if sampling else 1024)
-        render_prompts(prompts, self.tokenizer, style)
-        self.prompts = prompts
-
-    def _load_policy(self) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        p = self.preset
-        return AutoModelForCausalLM.from_pretrained(p.hub_id, revision=p.revision, dtype=torch.float32).to(self.device)
-
-    def _setup_models(self) -> None:
-        self.policy = self._load_policy().train()
+        self.max_new_tokens = completion_limit(cfg.max_new_tokens, self.preset)
+        render_prompts(prompts, self.tokenizer, self.preset.prompt)
+        self.policy = load_policy(self.preset, self.device).train()
         self.reference = None
-        if self.cfg.beta > 0:  # the frozen initial policy
-            self.reference = self._load_policy().eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.policy.parameters() if p.requires_grad],
-            lr=self.cfg.lr,
-            betas=(0.9, 0.99),
-            weight_decay=0.0,
-        )
-
-    def _setup_engine(self) -> None:
-        cfg = self.cfg
-        # colocated: the engine lives in this process, so weights pass without serialisation (module docstring)
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        self.engine = open_engine(
-            cfg.backend,
-            self.preset.hub_id,
-            dtype=cfg.dtype or self.engine_args.dtype,
-            max_model_len=self.engine_args.max_model_len,
-            max_logprobs=1,
-            seed=cfg.seed,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tokens=len(self.tokenizer),  # a padded vocabulary's extra rows are never sampled
-        )
-        if self.step > 0:  # resumed: the engine starts from the checkpoint's weights, not the preset's
-            self.engine.load_weights(self.policy.state_dict())
-        room = [self.engine.max_model_len - len(q["ids"]) for q in self.prompts]
-        too_long = sum(r < 1 for r in room)
-        if too_long == len(self.prompts):
-            raise DistillError(f"Every prompt of {self.where} fills the model's context ({self.engine.max_model_len}).")
-        if too_long:
-            self.log(f"note: {too_long} prompts fill the model's context and are skipped")
-            self.prompts = [q for q, r in zip(self.prompts, room, strict=True) if r >= 1]
-        self.spec = SamplingSpec(
-            cfg.temperature,
-            1.0,
-            self.max_new_tokens,
-            top_k=0,
-            stop_token_ids=stop_token_ids(self.tokenizer, self.preset.hub_id),
-        )
+        if cfg.beta > 0:  # the frozen initial policy
+            self.reference = load_policy(self.preset, self.device).eval().requires_grad_(False)
+        self.optimizer = policy_optimizer(self.policy, cfg.lr)
+        self.step = 0
+        if cfg.resume:  # after every load: the RNG states come back with the checkpoint
+            last, self.step = self.run.restore_policy(self.policy, self.optimizer, self.device)
+            self.log(f"resumed from {last} (step {self.step})")
+        self.engine = open_policy_engine(cfg, self.preset, self.tokenizer, self.policy, resumed=self.step > 0)
+        self.prompts, skipped = fit_prompts(prompts, self.engine.max_model_len, self.where)
+        if skipped:
+            self.log(f"note: {skipped} prompts fill the model's context and are skipped")
+        stops = stop_token_ids(self.tokenizer, self.preset.hub_id)
+        self.spec = SamplingSpec(cfg.temperature, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=stops)
         self.log(
             f"grpo: {self.preset.name} on {len(self.prompts)} prompts of {self.where}, "
             f"{cfg.batch_size // cfg.group_size} prompts × G={cfg.group_size} per step, {cfg.steps} steps, "
@@ -180,11 +135,6 @@ class GRPORecipe:
 
     # -----------------------------------------------------------------------------------------
     # one step
-
-    def rollout(self) -> Rollout:
-        cfg, g = self.cfg, self.cfg.group_size
-        chosen = [self.prompts[i] for i in prompt_order(len(self.prompts), cfg.batch_size // g, self.step, cfg.seed)]
-        return sample_rollout(self.engine, self.spec, self.tokenizer, chosen, g, self.step, cfg.seed)
 
     def update(
         self, batches: list[MicroBatch], advantages: torch.Tensor, engine_logprobs: list[np.ndarray]
@@ -261,18 +211,13 @@ class GRPORecipe:
         return self.run.final_metrics(keys, last=10)
 
     def train(self, record: RunRecord) -> None:
-        from tqdm import tqdm
-
         cfg = self.cfg
-        self.run.start_metrics(self.step)
-        m = record.manifest
-        trackers = open_trackers(cfg.report_to, self.run.path, m.id, m.name, m.config, cfg.resume)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="grpo", dynamic_ncols=True)
-        try:
+        with StepLog(self.run, record, cfg.report_to, cfg.resume, "grpo", cfg.steps, self.step) as steps:
             while self.step < cfg.steps:
                 start = time.perf_counter()
-                rollout = self.rollout()
+                rollout = step_rollout(self.engine, self.spec, self.tokenizer, self.prompts, cfg.group_size,
+                                       cfg.batch_size, self.step, cfg.seed)  # fmt: skip
                 rollout_s = time.perf_counter() - start
                 rewards, verdicts = compute_rewards(cfg.names, cfg.weights, rollout)
                 reward_s = time.perf_counter() - start - rollout_s
@@ -290,30 +235,16 @@ class GRPORecipe:
                     self.log(f"warning: step {self.step + 1}: no sample had a computable reward; nothing to learn from")
                 self.step += 1
                 row["rollout_s"], row["reward_s"], row["seconds"] = rollout_s, reward_s, time.perf_counter() - start
-                self.run.log_metrics(row)
-                trackers.log({f"grpo/{k}": v for k, v in row.items() if k != "step"}, self.step)
-                record.heartbeat(row)
+                steps.log(row, f"reward {row['reward_mean']:.3f} zero-spread {row['zero_spread_frac']:.2f} "
+                          f"kl {row.get('kl', 0.0):.4f} {row['seconds']:.1f}s")  # fmt: skip
                 if row["reward_std"] == 0.0:
-                    bar.write(
+                    steps.warn(
                         f"warning: step {row['step']}: every reward is {row['reward_mean']:g}, so every advantage is 0 "
                         "and only the KL term moves the policy (zero_spread_frac in metrics.jsonl tracks this); use "
-                        "a larger --group-size, prompts nearer the policy's ability or a higher --temperature.",
-                        file=sys.stderr,
+                        "a larger --group-size, prompts nearer the policy's ability or a higher --temperature."
                     )
-                bar.set_postfix_str(
-                    f"reward {row['reward_mean']:.3f} zero-spread {row['zero_spread_frac']:.2f} "
-                    f"kl {row.get('kl', 0.0):.4f} {row['seconds']:.1f}s",
-                    refresh=False,
-                )
-                bar.update(1)
                 if self.step % cfg.save_every == 0 or self.step == cfg.steps:
-                    self._save_checkpoint()
-        except BaseException:
-            trackers.close(failed=True)  # the trackers' runs end as failed, like the manifest
-            raise
-        finally:  # an error then starts on its own line, not after the bar
-            bar.close()
-        trackers.close()
+                    self.run.save_policy(self.step, self.policy, self.optimizer)
 
     def _rollout_metrics(self, rollout: Rollout, rewards: torch.Tensor, verdicts: dict) -> dict[str, Any]:
         ok = ~torch.isnan(rewards)
@@ -334,18 +265,7 @@ class GRPORecipe:
         return row
 
     # -----------------------------------------------------------------------------------------
-    # checkpoints and save
-
-    def _save_checkpoint(self) -> None:
-        state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
-        self.run.save_checkpoint(self.step, state)
-
-    def _load_checkpoint(self) -> None:
-        last, state = self.run.load_checkpoint(map_location=self.device)  # the RNG states are restored with it
-        self.policy.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.log(f"resumed from {last} (step {self.step})")
+    # save
 
     def save(self) -> Path:
         record = {

@@ -38,22 +38,26 @@ aligned) are logged and kept in run.json, so a shifted or broken scoring path sh
 
 `--cross-tokenizer` (a student of another tokenizer; --loss reverse): the completion's text (its end token
 aside) is re-tokenised by the teacher, which scores its own ids and ends with its own eos where the student
-ended; both sides are aligned by byte spans (distill.retokenize), and each student token gets its share of
+ended; both sides are aligned by byte spans (distill.alignment), and each student token gets its share of
 the teacher's log-probability of its span (`span_logprobs`): one-to-one tokens the teacher's own value, a
 student token covering several teacher tokens their sum, several covering one an equal share of it. Per
-span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). With identical
-tokenizers the ids are not re-tokenised and the run is the one without the flag, bit for bit.
+span, and so per completion, Σ A_t is the exact log-ratio log π_T(text) − log π_θold(text). A sample cut inside
+a character (or holding a stray byte) is cut back to its last whole character first (`xt_cut` counts them); one
+that is only the stop token is scored on it. With identical tokenizers the ids are not re-tokenised and the run is
+the one without the flag, bit for bit.
 
-Output and resume as `distill grpo`: OUT/checkpoints, OUT/metrics.jsonl (and `--report-to` trackers),
+The teacher's side (guards, its rendering of the prompts, scoring, the self-check, its hidden states) is
+`distill.teacher_grader.TeacherGrader`; engine set-up, checkpoints and the step log are shared with `distill grpo`
+(distill.rollouts, distill.checkpoints, distill.tracking). Output and resume as `distill grpo`: OUT/checkpoints,
+OUT/metrics.jsonl (and `--report-to` trackers),
 OUT/run.json, OUT/model; `--resume` restores policy, optimiser, RNG and step and redraws the same samples.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -64,44 +68,40 @@ import typer
 from distill.cache import CacheSpec, CacheWriter
 from distill.checkpoints import RunDirectory
 from distill.configs.onpolicy import OnPolicyConfig
-from distill.engines import Completion, Request, SamplingSpec, open_engine
+from distill.engines import SamplingSpec
 from distill.errors import DistillError
 from distill.fingerprint import cache_key, tokenizer_fingerprint
 from distill.losses import IGNORE_INDEX, distill_loss, group_advantages
-from distill.losses.cross_tokenizer import alignment_shares, span_logprobs
 from distill.losses.full_vocab import full_vocab_kd
 from distill.losses.onpolicy import onpolicy_reverse_objective, reverse_kl_advantages, reverse_kl_by_position
 from distill.models.tokenizer import load_tokenizer, stop_token_ids
 from distill.presets import resolve_preset
 from distill.prompts import load_prompts, record_meta
 from distill.recording import to_record
-from distill.retokenize import align_text
 from distill.rollouts import (
     MicroBatch,
     Rollout,
     completion_hidden,
+    completion_limit,
     completion_logprobs,
     compute_rewards,
+    fit_prompts,
+    load_policy,
     logprob_mismatch,
     micro_batches,
-    prompt_order,
+    open_policy_engine,
+    policy_optimizer,
     render_prompts,
     resolve_policy,
-    sample_rollout,
+    step_rollout,
 )
 from distill.runs import RunRecord, read_manifest, run_of_model
-from distill.teacher_scores import (
-    TeacherScores,
-    stack_scores,
-    teacher_view,
-    template_problems,
-    tokenizer_problems,
-)
-from distill.tracking import open_trackers
+from distill.teacher_grader import TeacherGrader
+from distill.teacher_scores import TeacherScores
+from distill.tracking import StepLog
 
 ONPOLICY_CONFIG = "distill_onpolicy.json"
 SCORES_CACHE = "cache"
-SELF_CHECK_GAP = 0.05  # nats/token between generation-time and scored logprobs past which scoring looks broken
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +112,9 @@ class OnPolicyRecipe:
     """setup → self-check → loop (rollout → score → [rewards] → μ updates → sync → log → checkpoint) → save."""
 
     def __init__(self, cfg: OnPolicyConfig) -> None:
-        self.cfg = cfg
+        # the options that depend on the student's size (lr, batch size, warm-up) default to its preset's; a model
+        # directory distill wrote has the preset it was trained from (presets.PRESET_RECORD)
+        self.cfg = cfg.with_defaults(resolve_preset(cfg.student, "student").onpolicy)
         self.run = RunDirectory(Path(cfg.out))
         self.device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
         self.rollout_tokens = 0
@@ -129,100 +131,33 @@ class OnPolicyRecipe:
         self.student = resolve_policy(cfg.student, "--student")
         self.teacher = resolve_preset(cfg.teacher, "teacher")
         self.tokenizer = load_tokenizer(self.student.hub_id, self.student.revision)
-        self.teacher_tokenizer = load_tokenizer(self.teacher.hub_id, self.teacher.revision)
         self.stops = stop_token_ids(self.tokenizer, self.student.hub_id)
-        xt = cfg.cross_tokenizer  # the text is re-tokenised and the teacher ends on its own eos: ids may differ
-        problems = [] if xt else tokenizer_problems(self.tokenizer, self.teacher_tokenizer, self.student.name,
-                                                    self.teacher.name)  # fmt: skip
-        problems += template_problems(
-            self.student, self.teacher, [] if xt else self.stops,
-            stop_token_ids(self.teacher_tokenizer, self.teacher.hub_id),
+        self.grader = TeacherGrader(
+            self.teacher, self.tokenizer, self.stops, backend=cfg.teacher_backend,
+            top_k=cfg.top_k or self.teacher.top_k, temperature=cfg.temperature, micro_batch=cfg.micro_batch,
+            cross_tokenizer=cfg.cross_tokenizer, device=self.device, seed=cfg.seed,
+            gpu_memory_utilization=cfg.teacher_gpu_memory_utilization, log=self.log,
         )  # fmt: skip
-        if problems:
-            raise DistillError("The teacher cannot score this student's samples: " + "; ".join(problems) + ".")
-        # --cross-tokenizer with one tokenizer: the ids are the teacher's already (never re-encoded)
-        self.same_tokenizer = tokenizer_fingerprint(self.tokenizer) == tokenizer_fingerprint(self.teacher_tokenizer)
-        self.top_k = cfg.top_k or self.teacher.top_k
-        self._setup_prompts()
-        self._setup_models()
-        self.step = 0
-        if cfg.resume:
-            self._load_checkpoint()
-        self._setup_engines()
-
-    def _setup_prompts(self) -> None:
-        cfg = self.cfg
+        self.grader.check(self.student)  # before any model loads
         prompts, self.where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
         if cfg.reward_weight and "math" in cfg.names and all(q.get("answer") is None for q in prompts):
             raise DistillError(
                 f"Prompt source {self.where} has no gold answers; the math reward needs them (an answer column)."
             )
-        sampling = getattr(self.student, "sampling", None)
-        self.max_new_tokens = cfg.max_new_tokens or (sampling.max_new_tokens if sampling else 1024)
+        self.max_new_tokens = completion_limit(cfg.max_new_tokens, self.student)
         render_prompts(prompts, self.tokenizer, self.student.prompt)
-        # the teacher reads the same question in its own chat template, then the student's ids verbatim
-        teacher_ids = [dict(q) for q in prompts]
-        render_prompts(teacher_ids, self.teacher_tokenizer, self.teacher.prompt)
-        for q, t in zip(prompts, teacher_ids, strict=True):
-            q["teacher_ids"] = t["ids"]
-        self.prompts = prompts
-
-    def _load(self, preset: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, dtype=dtype)
-        return model.to(self.device)
-
-    def _setup_models(self) -> None:
-        self.policy = self._load(self.student).train()
-        self.teacher_model = None
-        if self.cfg.teacher_backend == "hf":
-            # frozen: on a GPU its weights are held in bf16 (its matmuls run in bf16 under autocast anyway), half
-            # the memory of fp32; on the CPU fp32 as the student, so a teacher identical to it agrees bit for bit
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-            self.teacher_model = self._load(self.teacher, dtype).eval().requires_grad_(False)
-        self.optimizer = torch.optim.AdamW(
-            [p for p in self.policy.parameters() if p.requires_grad],
-            lr=self.cfg.lr,
-            betas=(0.9, 0.99),
-            weight_decay=0.0,
-        )
-
-    def _setup_engines(self) -> None:
-        cfg = self.cfg
-        # colocated: the engines live in this process, so weights pass without serialisation (see distill grpo)
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        engine_args = self.student.engine
-        self.engine = open_engine(
-            cfg.backend,
-            self.student.hub_id,
-            dtype=cfg.dtype or engine_args.dtype,
-            max_model_len=engine_args.max_model_len,
-            max_logprobs=1,
-            seed=cfg.seed,
-            gpu_memory_utilization=cfg.gpu_memory_utilization,
-            tokens=len(self.tokenizer),
-        )
-        if self.step > 0:  # resumed: the engine starts from the checkpoint's weights, not the preset's
-            self.engine.load_weights(self.policy.state_dict())
-        self.teacher_engine = None
-        if cfg.teacher_backend == "vllm":
-            self.teacher_engine = open_engine(
-                "vllm",
-                self.teacher.hub_id,
-                dtype=self.teacher.engine.dtype,
-                max_model_len=self.teacher.engine.max_model_len,
-                max_logprobs=self.top_k,
-                seed=cfg.seed,
-                gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
-                tokens=len(self.teacher_tokenizer),
-            )
-        room = [self.engine.max_model_len - len(q["ids"]) for q in self.prompts]
-        if all(r < 1 for r in room):
-            raise DistillError(f"Every prompt of {self.where} fills the model's context ({self.engine.max_model_len}).")
-        if any(r < 1 for r in room):
-            self.log(f"note: {sum(r < 1 for r in room)} prompts fill the model's context and are skipped")
-            self.prompts = [q for q, r in zip(self.prompts, room, strict=True) if r >= 1]
+        self.grader.render(prompts)  # the same question in the teacher's template, then the student's ids verbatim
+        self.policy = load_policy(self.student, self.device).train()
+        self.grader.load()
+        self.optimizer = policy_optimizer(self.policy, cfg.lr)
+        self.step = 0
+        if cfg.resume:  # after every load: the RNG states come back with the checkpoint
+            last, self.step = self.run.restore_policy(self.policy, self.optimizer, self.device)
+            self.log(f"resumed from {last} (step {self.step})")
+        self.engine = open_policy_engine(cfg, self.student, self.tokenizer, self.policy, resumed=self.step > 0)
+        self.prompts, skipped = fit_prompts(prompts, self.engine.max_model_len, self.where)
+        if skipped:
+            self.log(f"note: {skipped} prompts fill the model's context and are skipped")
         self.spec = SamplingSpec(cfg.temperature, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=self.stops)
         self.log(
             f"onpolicy: {self.student.name} ← {self.teacher.name} on {len(self.prompts)} prompts of {self.where}, "
@@ -241,139 +176,22 @@ class OnPolicyRecipe:
         settings = {
             k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "out", "report_to", "steps", "save_every")
         }
-        # padded vocabularies: the engines and teacher_view fold padding rows into the tail, so ids are tokens
-        vocab = len(self.teacher_tokenizer)
+        teacher_tok = self.grader.tokenizer
         provenance = {
             "teacher": self.teacher.name,
             "teacher_model": self.teacher.hub_id,
-            "tokenizer_fingerprint": tokenizer_fingerprint(self.teacher_tokenizer),
+            "tokenizer_fingerprint": tokenizer_fingerprint(teacher_tok),
             "prompt_source": self.where,
             "stage": "onpolicy",
             "student": self.student.name,
         }
         key = cache_key(stage="onpolicy", settings=settings, teacher=self.teacher.hub_id)
-        return CacheWriter(
-            self.run.path / SCORES_CACHE,
-            CacheSpec(top_k=self.top_k, vocab_size=vocab, precision="fp32"),
-            key,
-            provenance,
-            extend=self.cfg.resume,
-        )
-
-    # -----------------------------------------------------------------------------------------
-    # teacher
-
-    def score(
-        self, completions: list[Completion], prompts: list[dict[str, Any]], retokenize: bool = False
-    ) -> TeacherScores:
-        """The teacher's view of every completion, teacher-forced after the teacher's rendering of its prompt;
-        `retokenize`: completions of another tokenizer, carried over as the module doc says."""
-        as_teacher = [replace(c, prompt_ids=q["teacher_ids"]) for c, q in zip(completions, prompts, strict=True)]
-        alignments = None
-        if retokenize:
-            as_teacher, alignments = self._as_teacher_text(as_teacher)
-        rows, tempered = self._teacher_rows(as_teacher)
-        if alignments is not None:
-            tempered = [
-                span_logprobs(a, torch.from_numpy(np.asarray(lp, np.float32))).numpy()
-                for a, lp in zip(alignments, tempered, strict=True)
-            ]
-            self.xt_shares = alignment_shares(alignments)
-        return stack_scores(rows, tempered)
-
-    def _as_teacher_text(self, completions: list[Completion]) -> tuple[list[Completion], list[Any]]:
-        """Each student completion re-tokenised by the teacher (ending with its eos where the student ended), and
-        the alignment of the two."""
-        student_tok, teacher_tok, same = self.tokenizer, self.teacher_tokenizer, self.same_tokenizer
-        out, alignments = [], []
-        for c in completions:
-            ids = [int(t) for t in c.completion_ids]
-            ends = bool(ids) and ids[-1] in self.stops
-            body = ids[:-1] if ends else ids
-            text = student_tok.decode(body, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            teacher = body if same else teacher_tok(text, add_special_tokens=False)["input_ids"]
-            end = [ids[-1] if same else teacher_tok.eos_token_id] * ends
-            alignments.append(align_text(text, teacher_tok, teacher, student_tok, body, ends, f"completion {c.key}"))
-            out.append(replace(c, completion_ids=np.asarray(teacher + end, np.int32)))
-        return out, alignments
-
-    def _teacher_rows(self, as_teacher: list[Completion]) -> tuple[list[Completion], list[np.ndarray]]:
-        """The teacher's scored completions, and each one's sampled-token logprobs at the run's temperature."""
-        if self.teacher_engine is not None:
-            requests = [
-                Request(c.key, c.prompt_ids, completion_ids=[int(t) for t in c.completion_ids]) for c in as_teacher
-            ]
-            scored = {s.key: s for s in self.teacher_engine.score(iter(requests), self.top_k)}
-            rows = [scored[c.key] for c in as_teacher]
-            for r, c in zip(rows, as_teacher, strict=True):
-                r.finish_reason = c.finish_reason
-            return rows, [r.sampled_logprobs for r in rows]  # τ = 1 (a vLLM teacher takes no other)
-        pad = self.teacher_tokenizer.pad_token_id or 0
-        rows: list[Completion] = []
-        tempered: list[np.ndarray] = []
-        with torch.no_grad():
-            for mb in micro_batches(as_teacher, list(range(len(as_teacher))), self.cfg.micro_batch, pad):
-                views, at_t = teacher_view(
-                    self.teacher_model, mb, self.top_k, self.cfg.temperature, self.device, len(self.teacher_tokenizer)
-                )
-                for j, (i, view) in enumerate(zip(mb.rows, views, strict=True)):
-                    c = as_teacher[i]
-                    rows.append(
-                        Completion(c.key, c.prompt_ids, c.completion_ids, finish_reason=c.finish_reason, **view)
-                    )
-                    tempered.append(at_t[j, : len(c.completion_ids)].numpy())
-        return rows, tempered
-
-    def self_check(self) -> dict[str, float]:
-        """The teacher's greedy completions of a few prompts, scored by the scoring path (see the module doc)."""
-        n = min(self.cfg.self_check, len(self.prompts))
-        qs = self.prompts[:n]
-        spec = SamplingSpec(0.0, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=self.stops)
-        requests = [
-            Request((str(i), 0), q["teacher_ids"], max_new_tokens=self.max_new_tokens) for i, q in enumerate(qs)
-        ]
-        if self.teacher_engine is not None:
-            written = list(self.teacher_engine.generate(iter(requests), spec))
-        else:
-            from distill.engines.hf_engine import HFEngine
-
-            written = list(
-                HFEngine.from_model(self.teacher_model, tokens=len(self.teacher_tokenizer)).generate(
-                    iter(requests), spec
-                )
-            )
-        written = [c for c in written if len(c.completion_ids)]
-        if not written:
-            return {}
-        by_key = {str(i): q for i, q in enumerate(qs)}
-        scored = self.score(written, [by_key[c.key[0]] for c in written])
-        gen = torch.cat([torch.as_tensor(c.sampled_logprobs, dtype=torch.float32) for c in written])
-        got = torch.cat([torch.as_tensor(c.sampled_logprobs, dtype=torch.float32) for c in scored.rows])
-        check = {
-            "completions": len(written),
-            "tokens": int(gen.numel()),
-            "mean_logprob": float(got.mean()),
-            "max_gap": float((got - gen).abs().max()),
-        }
-        self.log(
-            f"teacher self-check: {check['completions']} greedy completions of its own ({check['tokens']} tokens) "
-            f"score {check['mean_logprob']:.4f} nats/token; scoring vs generation differ by ≤ {check['max_gap']:.2g}"
-        )
-        if check["max_gap"] > SELF_CHECK_GAP or check["mean_logprob"] < -1.0:
-            self.log(
-                f"warning: the teacher's scores of its own greedy text look wrong (mean {check['mean_logprob']:.3f} "
-                f"nats/token, gap {check['max_gap']:.3f}); check --teacher, its template and --teacher-backend "
-                "before trusting this run"
-            )
-        return check
+        # padded vocabularies: the engines and teacher_view fold padding rows into the tail, so ids are tokens
+        spec = CacheSpec(top_k=self.grader.top_k, vocab_size=len(teacher_tok), precision="fp32")
+        return CacheWriter(self.run.path / SCORES_CACHE, spec, key, provenance, extend=self.cfg.resume)
 
     # -----------------------------------------------------------------------------------------
     # one step
-
-    def rollout(self) -> Rollout:
-        cfg, g = self.cfg, self.cfg.group_size
-        chosen = [self.prompts[i] for i in prompt_order(len(self.prompts), cfg.batch_size // g, self.step, cfg.seed)]
-        return sample_rollout(self.engine, self.spec, self.tokenizer, chosen, g, self.step, cfg.seed)
 
     def reward_advantages(self, rollout: Rollout) -> tuple[torch.Tensor | None, dict[str, Any]]:
         """(N,) group-normalised rewards (0 where a verdict is unknown) and their metrics; None when off."""
@@ -421,7 +239,7 @@ class OnPolicyRecipe:
             completion_hidden(self.policy, mb, self.device)[keep],
             self.policy.get_output_embeddings().weight,
             teacher_hidden[keep],
-            self.teacher_model.get_output_embeddings().weight,
+            self.grader.output_weight,
             kd=self.cfg.kd,
             beta=self.cfg.beta,
             temperature=self.cfg.temperature,
@@ -429,17 +247,6 @@ class OnPolicyRecipe:
         )  # (n,)
         loss = per_position.sum() / max(tokens, 1)
         return loss, float(loss.detach())
-
-    def _teacher_hidden(self, batches: list[MicroBatch], scores: TeacherScores) -> list[torch.Tensor]:
-        """(b, T, H_t) per micro-batch: the teacher's final hidden states at the positions predicting the student's
-        tokens, over its own rendering of each prompt (the rows `score` graded), for --loss full."""
-        pad = self.teacher_tokenizer.pad_token_id or 0
-        with torch.no_grad():
-            return [
-                completion_hidden(self.teacher_model, micro_batches(scores.rows, mb.rows, len(mb.rows), pad)[0],
-                                  self.device)
-                for mb in batches
-            ]  # fmt: skip
 
     def update(
         self, batches: list[MicroBatch], scores: TeacherScores, rewards: torch.Tensor | None
@@ -453,7 +260,7 @@ class OnPolicyRecipe:
         old, raw = [f[0] for f in first], [f[1] for f in first]
         seqs = sum(len(mb.rows) for mb in batches)
         toks = int(sum(mb.mask.sum() for mb in batches))
-        teacher_hidden = self._teacher_hidden(batches, scores) if cfg.loss == "full" else None
+        teacher_hidden = self.grader.hidden(batches, scores) if cfg.loss == "full" else None
         passes = []
         for _ in range(cfg.iterations):
             sums: dict[str, float] = {}
@@ -508,14 +315,18 @@ class OnPolicyRecipe:
         """One step: rollout → teacher scoring → [rewards] → updates → weight sync; its metrics row."""
         cfg = self.cfg
         start = time.perf_counter()
-        rollout = self.rollout()
+        rollout = step_rollout(self.engine, self.spec, self.tokenizer, self.prompts, cfg.group_size, cfg.batch_size,
+                               self.step, cfg.seed)  # fmt: skip
         rollout_s = time.perf_counter() - start
-        scores = self.score(rollout.completions, rollout.prompts, retokenize=cfg.cross_tokenizer)
+        rollout, cut = self.grader.whole_characters(rollout)  # across tokenizers the teacher reads text
+        scores = self.grader.score(rollout.completions, rollout.prompts)
         teacher_s = time.perf_counter() - start - rollout_s
-        xt_row = {f"xt_{k}": v for k, v in self.xt_shares.items()} if cfg.cross_tokenizer else {}
+        xt_row = (
+            {f"xt_{k}": v for k, v in self.grader.xt_shares.items()} | {"xt_cut": cut} if cfg.cross_tokenizer else {}
+        )
         self._record(scores, rollout.prompts)
         rewards, row = self.reward_advantages(rollout)
-        row.update(xt_row)
+        row.update(xt_row if cfg.cross_tokenizer else {})
         lengths = [len(c.completion_ids) for c in rollout.completions]
         truncated = [c.finish_reason == "length" for c in rollout.completions]
         self.rollout_tokens += sum(lengths)
@@ -583,55 +394,26 @@ class OnPolicyRecipe:
         return self.run.final_metrics(keys, last=10)
 
     def train(self, record: RunRecord) -> None:
-        from tqdm import tqdm
-
         cfg = self.cfg
-        self.run.start_metrics(self.step)
-        rows = self.run.metric_rows()
-        self.rollout_tokens = rows[-1].get("rollout_tokens", 0) if rows else 0
-        if self.step == 0 and cfg.self_check:
-            record.update(summary={**record.manifest.summary, "teacher_self_check": self.self_check()})
-        m = record.manifest
-        trackers = open_trackers(cfg.report_to, self.run.path, m.id, m.name, m.config, cfg.resume)
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="onpolicy", dynamic_ncols=True)
-        try:
+        with StepLog(self.run, record, cfg.report_to, cfg.resume, "onpolicy", cfg.steps, self.step) as steps:
+            rows = self.run.metric_rows()
+            self.rollout_tokens = rows[-1].get("rollout_tokens", 0) if rows else 0
+            if self.step == 0 and cfg.self_check:
+                check = self.grader.self_check(self.prompts[: cfg.self_check], self.max_new_tokens)
+                record.update(summary={**record.manifest.summary, "teacher_self_check": check})
             with self._open_cache() as self.cache:
                 while self.step < cfg.steps:
                     row = {"step": self.step + 1, **self.step_once()}
                     self.step += 1
-                    self.run.log_metrics(row)
-                    trackers.log({f"onpolicy/{k}": v for k, v in row.items() if k != "step"}, self.step)
-                    record.heartbeat(row)
-                    bar.set_postfix_str(
-                        f"reverse-kl {row.get('reverse_kl', math.nan):.4f} len {row['completion_len_mean']:.0f} "
-                        f"{row['seconds']:.1f}s",
-                        refresh=False,
-                    )
-                    bar.update(1)
+                    steps.log(row, f"reverse-kl {row.get('reverse_kl', math.nan):.4f} "
+                              f"len {row['completion_len_mean']:.0f} {row['seconds']:.1f}s")  # fmt: skip
                     if self.step % cfg.save_every == 0 or self.step == cfg.steps:
                         self.cache.flush()  # the scores of every step up to the checkpoint are on disk with it
-                        self._save_checkpoint()
-                self.cache.finish(tokenizer=self.teacher_tokenizer)
-        except BaseException:
-            trackers.close(failed=True)
-            raise
-        finally:
-            bar.close()
-        trackers.close()
+                        self.run.save_policy(self.step, self.policy, self.optimizer)
+                self.cache.finish(tokenizer=self.grader.tokenizer)
 
     # -----------------------------------------------------------------------------------------
-    # checkpoints and save
-
-    def _save_checkpoint(self) -> None:
-        state = {"model": self.policy.state_dict(), "optimizer": self.optimizer.state_dict()}
-        self.run.save_checkpoint(self.step, state)
-
-    def _load_checkpoint(self) -> None:
-        last, state = self.run.load_checkpoint(map_location=self.device)
-        self.policy.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.step = state["step"]
-        self.log(f"resumed from {last} (step {self.step})")
+    # save
 
     def save(self) -> Path:
         record = {
@@ -649,7 +431,7 @@ def run_onpolicy(cfg: OnPolicyConfig) -> Path:
     recipe = OnPolicyRecipe(cfg)
     recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind
-    with recipe.run.record("onpolicy", cfg) as record:
+    with recipe.run.record("onpolicy", recipe.cfg) as record:  # the settings as run, preset defaults filled in
         record.update(**recipe.provenance())
         recipe.train(record)
         path = recipe.save()

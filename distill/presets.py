@@ -110,6 +110,18 @@ class TrainDefaults:
 
 
 @dataclass
+class OnPolicyDefaults:
+    """Default `distill onpolicy` settings for a student: the ones that depend on its size."""
+
+    lr: float = 1e-6
+    """AdamW learning rate (1e-6: 1.5B-class students trained in full)."""
+    batch_size: int = 64
+    """Completions per step."""
+    warmup_steps: int = 0
+    """Steps over which the learning rate rises linearly to its peak."""
+
+
+@dataclass
 class LoraDefaults:
     """Default LoRA settings (used with --lora)."""
 
@@ -137,6 +149,8 @@ class StudentPreset:
     """Hub revision."""
     train: TrainDefaults = field(default_factory=TrainDefaults)
     """Training defaults."""
+    onpolicy: OnPolicyDefaults = field(default_factory=OnPolicyDefaults)
+    """On-policy distillation defaults."""
     lora: LoraDefaults = field(default_factory=LoraDefaults)
     """LoRA defaults."""
     init: str = "pretrained"
@@ -160,6 +174,7 @@ RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
     "TeacherPreset": {"top_k": (0, None)},
     "TrainDefaults": {"lr": (0, None), "max_length": (2, None), "epochs": (1, None), "warmup_ratio": (0, 1)},
     "LoraDefaults": {"r": (1, None), "dropout": (0, 1)},
+    "OnPolicyDefaults": {"lr": (0, None), "batch_size": (1, None), "warmup_steps": (0, None)},
 }
 _FOLDERS = {"teacher": "teachers", "student": "students"}
 # In a model directory distill wrote (OUT/model of train, grpo, onpolicy): {"preset": ORIGIN}, the preset whose

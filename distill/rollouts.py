@@ -1,9 +1,11 @@
 """Rollouts shared by the stages that learn from the policy's own samples (`distill grpo`, `distill onpolicy`).
 
 Kept out of the stages because stages never import each other. What is here:
-- `resolve_policy`: the model to sample from, refused when it has no weights;
-- `render_prompts` / `sample_rollout`: prompts rendered exactly as `distill eval` renders them, G seeded
-  samples per prompt (the seed derives from run seed, step and slot, so a resumed run draws the same);
+- `resolve_policy`, `load_policy`, `policy_optimizer`: the model to sample from (refused when it has no weights),
+  loaded, and its optimiser;
+- `open_policy_engine`, `fit_prompts`, `completion_limit`: the colocated engine, the prompts that fit it;
+- `render_prompts` / `step_rollout` / `sample_rollout`: prompts rendered exactly as `distill eval` renders them,
+  G seeded samples per prompt (the seed derives from run seed, step and slot, so a resumed run draws the same);
 - `compute_rewards`: the verifiers' weighted verdicts, NaN where a verdict is unknown;
 - `micro_batches` / `completion_logprobs`: left-padded prompts + right-padded completions, and the
   completion tokens' logprobs from one forward pass (only the T + 1 last positions reach the output layer);
@@ -13,6 +15,7 @@ Kept out of the stages because stages never import each other. What is here:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill.engines import Completion, Request, SamplingSpec, request_seed
+from distill.engines import Completion, Request, SamplingSpec, open_engine, request_seed
 from distill.errors import DistillError
 from distill.models.tokenizer import decode_completion
 from distill.presets import resolve_preset
@@ -49,6 +52,69 @@ def resolve_policy(spec: str, flag: str = "--policy") -> Any:
             f"trained model: pass a `distill train` output directory (OUT/model) as {flag}."
         )
     return preset
+
+
+def load_policy(preset: Any, device: Any, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The weights `preset` names as a transformers model on `device` (a policy, its frozen reference, a teacher)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(preset.hub_id, revision=preset.revision, dtype=dtype)
+    return model.to(device)
+
+
+def policy_optimizer(policy: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW over the policy's trainable weights as the rollout stages take it: β₂ 0.99, no weight decay."""
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    return torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+
+def open_policy_engine(cfg: Any, preset: Any, tokenizer: Any, policy: torch.nn.Module, resumed: bool) -> Any:
+    """The engine that samples the policy's rollouts, in this process (weights pass without serialisation; see
+    `distill grpo`); a resumed run's engine starts from the checkpoint's weights, now in `policy`, not the preset's.
+    cfg: the stage's config (backend, dtype, seed, gpu_memory_utilization)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    engine = open_engine(
+        cfg.backend,
+        preset.hub_id,
+        dtype=cfg.dtype or preset.engine.dtype,
+        max_model_len=preset.engine.max_model_len,
+        max_logprobs=1,
+        seed=cfg.seed,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        tokens=len(tokenizer),  # a padded vocabulary's extra rows are never sampled
+    )
+    if resumed:
+        engine.load_weights(policy.state_dict())
+    return engine
+
+
+def fit_prompts(prompts: list[dict[str, Any]], max_model_len: int, where: str) -> tuple[list[dict[str, Any]], int]:
+    """The prompts that leave room for a completion in the context, and how many do not; DistillError when none."""
+    kept = [q for q in prompts if max_model_len - len(q["ids"]) >= 1]
+    if not kept:
+        raise DistillError(f"Every prompt of {where} fills the model's context ({max_model_len}).")
+    return kept, len(prompts) - len(kept)
+
+
+def completion_limit(given: int | None, preset: Any) -> int:
+    """--max-new-tokens, else the preset's sampling limit (1,024 for a preset without one)."""
+    sampling = getattr(preset, "sampling", None)
+    return given or (sampling.max_new_tokens if sampling else 1024)
+
+
+def step_rollout(
+    engine: Any,
+    spec: SamplingSpec,
+    tokenizer: Any,
+    prompts: list[dict[str, Any]],
+    group_size: int,
+    batch_size: int,
+    step: int,
+    seed: int,
+) -> Rollout:
+    """Step `step`'s rollout: `batch_size / group_size` prompts in `prompt_order`, G seeded completions each."""
+    chosen = [prompts[i] for i in prompt_order(len(prompts), batch_size // group_size, step, seed)]
+    return sample_rollout(engine, spec, tokenizer, chosen, group_size, step, seed)
 
 
 def prompt_order(num_prompts: int, per_step: int, step: int, seed: int) -> list[int]:

@@ -246,3 +246,68 @@ def open_trackers(
         Trackers(trackers).close()
         raise
     return Trackers(trackers)
+
+
+# ---------------------------------------------------------------------------------------------
+# the harness every training loop shares
+
+
+class StepLog:
+    """One run's steps as they are made: OUT/metrics.jsonl, the `--report-to` trackers, the registry's heartbeat
+    and a progress bar (train, grpo and onpolicy log through it). Leaving it on an error ends the trackers' runs as
+    failed, as the manifest ends; `enabled=False` (torchrun ranks other than 0) makes it silent.
+
+        with StepLog(run, record, cfg.report_to, cfg.resume, "grpo", cfg.steps, step) as steps:
+            steps.log(row, f"reward {row['reward_mean']:.3f}")
+    """
+
+    def __init__(
+        self,
+        run: Any,
+        record: Any,
+        report_to: str,
+        resume: bool,
+        name: str,
+        total: int,
+        initial: int,
+        enabled: bool = True,
+        tracked: tuple[str, ...] | None = None,
+    ) -> None:
+        """run: the RunDirectory; record: its RunRecord; name: the stage (the bar's label, the trackers' prefix);
+        total / initial: the steps of the run and those done; tracked: the row keys the trackers get (None: all)."""
+        self.run, self.record, self.name, self.enabled, self.tracked = run, record, name, enabled, tracked
+        self._open = (report_to, resume, total, initial)
+        self.trackers = Trackers([])
+
+    def __enter__(self) -> StepLog:
+        from tqdm import tqdm
+
+        report_to, resume, total, initial = self._open
+        if self.enabled:
+            self.run.start_metrics(initial)  # a resumed run recomputes the rows past its checkpoint
+            m = self.record.manifest
+            self.trackers = open_trackers(report_to, self.run.path, m.id, m.name, m.config, resume)
+        self.bar = tqdm(total=total, initial=initial, desc=self.name, disable=not self.enabled, dynamic_ncols=True)
+        return self
+
+    def log(self, row: dict[str, Any], status: str) -> None:
+        """Record one step's metrics row (its "step" included) and show `status` beside the bar."""
+        if not self.enabled:
+            return
+        self.run.log_metrics(row)
+        keys = self.tracked if self.tracked is not None else [k for k in row if k != "step"]
+        self.trackers.log({f"{self.name}/{k}": row[k] for k in keys if k in row}, row["step"])
+        self.record.heartbeat(row)
+        self.bar.set_postfix_str(status, refresh=False)
+        self.bar.update(1)
+
+    def warn(self, message: str) -> None:
+        """A warning on its own line above the bar."""
+        import sys
+
+        if self.enabled:
+            self.bar.write(message, file=sys.stderr)
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.bar.close()  # an error then starts on its own line, not after the bar
+        self.trackers.close(failed=kind is not None)

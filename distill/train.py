@@ -30,7 +30,6 @@ One recipe that reads top to bottom: setup → train → save → cleanup. Choic
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import asdict
@@ -41,46 +40,23 @@ import numpy as np
 import torch
 import typer
 
-from distill.cache import FORMAT_VERSION, Record, TeacherCache, view_indices
+from distill.cache import Record, TeacherCache, view_indices
 from distill.cache.format import V1_TAIL_NOTE
 from distill.checkpoints import RunDirectory
 from distill.configs import TrainConfig
 from distill.data import PackedLoader
+from distill.distributed import all_sum, parallelize, rank_and_world
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX, distill_loss
-from distill.losses.cross_tokenizer import cross_tokenizer_kd
+from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd
 from distill.presets import resolve_preset
-from distill.retokenize import AlignedTeacher, alignment_report, collate_aligned, retokenize, student_vocab_map
+from distill.retokenize import AlignedRecords, collate_aligned, retokenize, student_vocab_map
 from distill.runs import RunRecord, read_manifest, run_of_model
-from distill.tracking import open_trackers
+from distill.tracking import StepLog
 from distill.vocab import reconcile
 
 TRAIN_CONFIG = "distill_train.json"
 TRACKED = ("loss", "ce", "kd", "merged", "lr", "grad_norm", "tokens_per_s")  # to --report-to trackers (train/NAME)
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers
-
-
-def _dist() -> tuple[int, int]:
-    """(rank, world size), initialising torch.distributed when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    return rank, world
-
-
-def _all_sum(values: list[float], world: int) -> list[float]:
-    if world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return t.tolist()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,29 +87,15 @@ class StudentLoss(torch.nn.Module):
         shared = dict(alpha=cfg.alpha, kd=cfg.kd, tail=cfg.tail, temperature=cfg.temperature, beta=cfg.beta,
                       chunk_size=cfg.chunk_size, bias=getattr(head, "bias", None))  # fmt: skip
         if batch.aligned is not None:  # --cross-tokenizer: the teacher's rows are its own, aligned by text
-            t = batch.aligned
-            return cross_tokenizer_kd(
-                hidden[keep],
-                head.weight,
-                batch.targets[keep],
-                t.alignments,
-                t.ids,
-                t.topk_ids,
-                t.topk_logprobs,
-                t.tail_logprobs,
-                self.vmap,
-                t.trace_logprobs,
-                xt_weight=cfg.xt_weight,
-                merged=cfg.xt_merged,
-                **shared,
-            )
+            return cross_tokenizer_kd(hidden[keep], head.weight, batch.targets[keep], batch.aligned, self.vmap,
+                                      xt_weight=cfg.xt_weight, merged=cfg.xt_merged, **shared)  # fmt: skip
         return distill_loss(
             hidden[keep],
             head.weight,
             batch.targets[keep],
-            topk_ids=flat(batch.topk_ids) if self.cfg.alpha < 1 else None,
-            topk_logprobs=flat(batch.topk_logprobs) if self.cfg.alpha < 1 else None,
-            tail_logprobs=flat(batch.tail_logprobs) if self.cfg.alpha < 1 else None,
+            topk_ids=flat(batch.topk_ids) if self.cfg.uses_teacher else None,
+            topk_logprobs=flat(batch.topk_logprobs) if self.cfg.uses_teacher else None,
+            tail_logprobs=flat(batch.tail_logprobs) if self.cfg.uses_teacher else None,
             extra_ids=flat(batch.extra_ids) if self.cfg.kd == "sampled" else None,
             extra_logprobs=flat(batch.extra_logprobs) if self.cfg.kd == "sampled" else None,
             **shared,
@@ -144,12 +106,12 @@ class StudentLoss(torch.nn.Module):
 # the recipe
 
 
-class Trainer:
+class TrainRecipe:
     """setup → train → save → cleanup."""
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_and_world()
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
         self.run = RunDirectory(Path(cfg.out))
         self.vmap: torch.Tensor | None = None  # --cross-tokenizer: teacher id → student id (set with the data)
@@ -184,22 +146,22 @@ class Trainer:
         student_tok = load_tokenizer(self.preset.hub_id, self.preset.revision)
         if cfg.cache is not None:
             cache = TeacherCache(cfg.cache)
-            if cfg.alpha < 1 and cache.spec.top_k == 0:
+            if cfg.uses_teacher and cache.spec.top_k == 0:
                 raise DistillError(
                     f"Cache {cache.path} holds no teacher logprobs (top-k 0); use --alpha 1 or score it."
                 )
-            if cfg.kd == "sampled" and cfg.alpha < 1 and cache.spec.extra_k == 0:
+            if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_k == 0:
                 raise DistillError(
                     f"--kd sampled needs tokens drawn from the teacher, and cache {cache.path} has none; make one "
                     f"with `distill score --backend hf --extra-samples 8 --extra-temperature {cfg.temperature}`."
                 )
-            if cfg.kd == "sampled" and cfg.alpha < 1 and cache.spec.extra_temperature != cfg.temperature:
+            if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_temperature != cfg.temperature:
                 raise DistillError(
                     f"Cache {cache.path} drew its extra samples at temperature {cache.spec.extra_temperature}, so "
                     f"--kd sampled estimates the KL at that temperature only; pass --temperature "
                     f"{cache.spec.extra_temperature} or score again with --extra-temperature {cfg.temperature}."
                 )
-            if cache.format_version < FORMAT_VERSION and cfg.alpha < 1:
+            if cache.format_version == 1 and cfg.uses_teacher:  # V1_TAIL_NOTE is about version 1 only
                 self.log("note: " + V1_TAIL_NOTE.format(path=cache.path))
             indices = view_indices(cache, cfg.view) if cfg.view else np.arange(len(cache))
             if len(indices) == 0:
@@ -246,7 +208,7 @@ class Trainer:
             cfg.micro_rows,
             cfg.seed,
             pad,
-            top_k if cfg.alpha < 1 else 0,
+            top_k if cfg.uses_teacher else 0,
             extra_k if cfg.kd == "sampled" else 0,
             self.rank,
             self.world,
@@ -256,17 +218,18 @@ class Trainer:
         self.total_steps = cfg.max_steps or epochs * self.loader.steps_per_epoch
         self.log(f"data: {len(indices)} records, {self.loader.steps_per_epoch} steps/epoch, {self.total_steps} steps")
 
-    def _retokenize(self, cache: TeacherCache, indices: np.ndarray, teacher_tok: Any) -> tuple[list, np.ndarray, Any]:
+    def _retokenize(
+        self, cache: TeacherCache, indices: np.ndarray, teacher_tok: Any
+    ) -> tuple[AlignedRecords, np.ndarray, np.ndarray]:
         """--cross-tokenizer: the selected records in the student's tokens, aligned to the teacher's, and their
         (prompt, completion) lengths; logs the alignment report (and warns when it is poor)."""
-        aligned = retokenize([cache[int(i)] for i in indices], teacher_tok, self.tokenizer)
         self.vmap = student_vocab_map(teacher_tok, self.tokenizer)
-        self.alignment = alignment_report(aligned, self.vmap)
+        aligned = retokenize(cache, teacher_tok, self.tokenizer, indices, self.vmap)  # the teacher's rows stay on disk
+        self.alignment = aligned.report
         self.log(f"cross-tokenizer: {self.alignment.summary()}")
         for warning in self.alignment.warnings():
             self.log(f"warning: {warning}")
-        lengths = np.array([[len(r.student.prompt_ids), len(r.student.completion_ids)] for r in aligned])
-        return aligned, np.arange(len(aligned)), lengths
+        return aligned, np.arange(len(aligned)), aligned.lengths()
 
     def _build_model(self) -> torch.nn.Module:
         """The student as configured (pretrained or random, resized, LoRA-wrapped), on the CPU."""
@@ -302,29 +265,13 @@ class Trainer:
     def _setup_model(self) -> None:
         self.model = self._build_model().to(self.device)
         loss = StudentLoss(self.model, self.cfg, self.vmap)
-        self.module = self._parallelize(loss.to(self.device))
+        self.module, self.sharding = parallelize(loss.to(self.device), self._layers(), self.world, self.cfg.sharding)
+        if self.world > 1:
+            self.log(f"sharding: {'FSDP2' if self.sharding == 'fsdp2' else 'DDP'} over {self.world} processes")
 
-    def _parallelize(self, module: torch.nn.Module) -> torch.nn.Module:
-        if self.world == 1:
-            return module
-        if self.cfg.sharding == "ddp":
-            self.sharding = "ddp"
-            self.log(f"sharding: DDP over {self.world} processes")
-            return torch.nn.parallel.DistributedDataParallel(module)
-        from torch.distributed.fsdp import fully_shard
-
-        try:
-            for layer in self.model.get_base_model().model.layers if self.cfg.lora else self.model.model.layers:
-                fully_shard(layer)
-            fully_shard(module)
-        except Exception as e:  # a half-sharded model is unusable: say so, never fall back quietly
-            raise DistillError(
-                f"FSDP2 could not shard the student ({type(e).__name__}: {e}); pass --sharding ddp to replicate it "
-                "on every process instead."
-            ) from e
-        self.sharding = "fsdp2"
-        self.log(f"sharding: FSDP2 over {self.world} processes")
-        return module
+    def _layers(self) -> list[torch.nn.Module]:
+        """The decoder layers FSDP2 shards one by one (under the LoRA wrapper when there is one)."""
+        return list(self.model.get_base_model().model.layers if self.cfg.lora else self.model.model.layers)
 
     def _setup_optimizer(self) -> None:
         cfg, train = self.cfg, self.preset.train
@@ -372,40 +319,19 @@ class Trainer:
         }
 
     def train(self, record: RunRecord) -> None:
-        from tqdm import tqdm
-
-        trackers = None
-        if self.rank == 0:
-            self.run.start_metrics(self.step)
-            m = record.manifest
-            trackers = open_trackers(self.cfg.report_to, self.run.path, m.id, m.name, m.config, self.cfg.resume)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", disable=self.rank != 0, dynamic_ncols=True)
-        start, tokens_seen = time.perf_counter(), 0
-        try:
+        cfg, first = self.cfg, self.rank == 0
+        with StepLog(self.run, record, cfg.report_to, cfg.resume, "train", self.total_steps, self.step,
+                     enabled=first, tracked=TRACKED) as steps:  # fmt: skip
+            start, tokens_seen = time.perf_counter(), 0
             while self.step < self.total_steps:
                 row = self._step()
                 tokens_seen += row["tokens"]
                 row["tokens_per_s"] = rate = tokens_seen / (time.perf_counter() - start)
-                if self.rank == 0:
-                    self.run.log_metrics(row)
-                    trackers.log({f"train/{k}": row[k] for k in TRACKED if k in row}, self.step)
-                    record.heartbeat(row)
-                    merged = f" merged {row['merged']:.4f}" if "merged" in row else ""
-                    bar.set_postfix_str(
-                        f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f}{merged} {rate:,.0f} tok/s",
-                        refresh=False,
-                    )
-                    bar.update(1)
-                if self.step % self.cfg.save_every == 0 or self.step == self.total_steps:
+                merged = f" merged {row['merged']:.4f}" if "merged" in row else ""
+                status = f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f}{merged} {rate:,.0f} tok/s"
+                steps.log(row, status)
+                if self.step % cfg.save_every == 0 or self.step == self.total_steps:
                     self._save_checkpoint()
-        except BaseException:
-            if trackers is not None:
-                trackers.close(failed=True)  # the trackers' runs end as failed, like the manifest
-            raise
-        finally:  # an error then starts on its own line, not after the bar
-            bar.close()
-        if trackers is not None:
-            trackers.close()
 
     def _step(self) -> dict[str, Any]:
         """One optimizer step over the step's micro-batches; its metrics row."""
@@ -420,7 +346,7 @@ class Trainer:
             # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
             (out.loss * n / max(step_tokens, 1) * self.world).backward()
             sums = [s + float(getattr(out, name).detach()) * n for s, name in zip(sums, parts, strict=True)]
-        means = {name: v / max(step_tokens, 1) for name, v in zip(parts, _all_sum(sums, self.world), strict=True)}
+        means = {name: v / max(step_tokens, 1) for name, v in zip(parts, all_sum(sums, self.world), strict=True)}
         self.run.stop_if_not_finite(means["loss"], self.step + 1)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
@@ -543,7 +469,7 @@ def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
 
 def run_train(cfg: TrainConfig) -> Path:
     """Train and export; prints the output directory as the last line of stdout (rank 0)."""
-    trainer = Trainer(cfg)
+    trainer = TrainRecipe(cfg)
     trainer.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     try:
         trainer.setup()  # bad input stops here, before the run records itself: nothing is left behind

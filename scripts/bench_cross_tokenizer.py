@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from distill.configs import TrainConfig
-from distill.train import Trainer
+from distill.train import TrainRecipe
 
 SETUPS = {
     "same": ("arith-student", False),
@@ -52,7 +52,7 @@ def main() -> None:
                 alpha=0.5, batch_rows=4, max_steps=10_000, out=Path(tmp) / name,
             )  # fmt: skip
             start = time.perf_counter()
-            trainers[name] = Trainer(cfg)
+            trainers[name] = TrainRecipe(cfg)
             trainers[name].setup()
             setup_s[name] = time.perf_counter() - start
         times = {name: [] for name in SETUPS}

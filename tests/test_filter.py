@@ -116,6 +116,31 @@ def test_keep_first_and_best_of_n(cache: Path) -> None:
     assert len(best) == 3 and {TRACES[i][0] for i in best} == {"p0", "p1", "p3"}
 
 
+def test_best_of_n_scores_a_flat_teacher_by_its_trace_logprobs(tiny_model: Path, tmp_path: Path) -> None:
+    """Sample 0 has a teacher flat over 151,936 tokens (trace logprob −11.9 a token), sample 1 a confident teacher
+    whose trace tokens are outside its top-2 (−13 a token). Before format 3, the flat top-2's mass (1.3e-5) decoded
+    as 0 and sample 0 scored −inf."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    vocab = 151_936
+    writer = CacheWriter(tmp_path / "c", CacheSpec(top_k=2, vocab_size=vocab), key="flat", provenance={})
+    for s, text in enumerate(["2 + 2 = 4</think> \\boxed{4}", "four</think> The answer: \\boxed{4}"]):
+        ids = np.asarray(tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id], np.int32)
+        flat = s == 0
+        top = (
+            np.stack([ids, ids + 1], 1) if flat else np.tile(np.array([vocab - 2, vocab - 1], np.int32), (len(ids), 1))
+        )
+        lp = np.tile([-np.log(vocab)] * 2 if flat else [-0.5, -1.5], (len(ids), 1)).astype(np.float32)
+        sampled = np.full(len(ids), -np.log(vocab) if flat else -13.0, np.float32)
+        meta = {"prompt_id": "p0", "sample_index": s, "answer": "4", "finish_reason": "stop"}
+        writer.append(Record(np.array([1, 2], np.int32), ids, top.astype(np.int32), lp, sampled, meta))
+    writer.finish(tokenizer=tok)
+    run_filter(FilterConfig(cache=str(tmp_path / "c"), verifiers="math", name="best", keep="best-of-n", workers=1))
+    assert load_view(open_cache(tmp_path / "c"), "best").kept == [0]
+    assert np.isfinite(open_cache(tmp_path / "c")[0].sampled_logprobs).all()
+
+
 @pytest.mark.slow
 def test_cli_and_bad_input(cache: Path) -> None:
     out = subprocess.run(

@@ -3,6 +3,8 @@
 - core modules (cache, presets, verify, models, ...) never import a stage;
 - stages never import each other; only the CLI imports stages;
 - only the engine adapter (distill.engines) imports vllm;
+- the losses are pure torch: distill.losses imports torch, the standard library and itself (tokens, text and
+  alignment live in distill.alignment and distill.retokenize);
 - the CLI imports nothing heavy at module level, so `distill --help` stays instant.
 """
 
@@ -53,6 +55,20 @@ def test_core_never_imports_a_stage_and_stages_never_import_each_other() -> None
             if theirs and theirs != mine:
                 bad.append(f"{mod} imports {imp}")
     assert not bad, "layering violations: " + "; ".join(bad)
+
+
+def test_losses_import_torch_the_standard_library_and_themselves_only() -> None:
+    import sys
+
+    allowed = {"torch", "__future__", *sys.stdlib_module_names}
+    bad = [
+        f"{m} imports {i}"
+        for m, p in MODULES.items()
+        if m.startswith("distill.losses")
+        for i in imports(p)
+        if not i.startswith("distill.losses") and i.split(".")[0] not in allowed
+    ]
+    assert not bad, "; ".join(bad)
 
 
 def test_only_the_engine_adapter_imports_vllm() -> None:

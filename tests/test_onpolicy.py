@@ -263,6 +263,56 @@ def test_a_student_of_another_tokenizer_learns_on_policy(tmp_path: Path) -> None
     assert bpe.tokenize(" 17") == ["Ġ17"] and teacher_tok.tokenize(" 17") == ["Ġ", "1", "7"]
 
 
+@pytest.mark.slow
+def test_cross_tokenizer_steps_over_samples_that_stop_at_once_or_break_a_character(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """arith-student-bpe (byte-level BPE) under the bundled teacher, hf engines: a step whose samples include one that
+    is only the stop token, one cut inside an emoji (as --max-new-tokens cuts) and one with a stray byte trains; the
+    last two are cut back to their last whole character (the teacher scores their text) and counted in `xt_cut`."""
+    import dataclasses
+
+    import numpy as np
+
+    from distill.configs.onpolicy import OnPolicyConfig
+    from distill.onpolicy import OnPolicyRecipe, whole_character_rollout
+    from distill.rollouts import Rollout
+
+    cfg = OnPolicyConfig(student="arith-student-bpe", teacher="arith-teacher", prompts="arith:train", backend="hf",
+                         cross_tokenizer=True, group_size=2, batch_size=4, micro_batch=4, max_new_tokens=16, steps=1,
+                         out=str(tmp_path / "run"))  # fmt: skip
+    recipe = OnPolicyRecipe(cfg)
+    recipe.setup()
+    sampled, tok, stop = recipe.rollout(), recipe.tokenizer, recipe.stops[0]
+    emoji = tok("so we add 17 😀", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(emoji[-4:]) == ["ð", "Ł", "ĺ", "Ģ"]
+    stray = emoji[-1]  # byte 0x80 alone: a continuation byte with nothing to continue
+    written = [
+        [stop],
+        emoji[:-2],
+        emoji[:3] + [stray] + emoji[3:] + [stop],
+        list(sampled.completions[3].completion_ids),
+    ]
+
+    def sample(c, ids):  # the engine's completion with other tokens: its per-token arrays of their length
+        n = len(ids)
+        return dataclasses.replace(
+            c, completion_ids=np.asarray(ids, np.int32), sampled_logprobs=np.full(n, -1.0, np.float32),
+            topk_ids=np.zeros((n, 0), np.int32), topk_logprobs=np.zeros((n, 0), np.float32),
+        )  # fmt: skip
+
+    completions = [sample(c, ids) for c, ids in zip(sampled.completions, written, strict=True)]
+    rollout = Rollout(completions, [tok.decode(ids) for ids in written], sampled.prompts)
+    cut, count = whole_character_rollout(rollout, tok, recipe.stops)
+    assert count == 2 and [len(c.completion_ids) for c in cut.completions[:3]] == [1, len(emoji) - 4, 3]
+    assert cut.completions[1].finish_reason == "length" and cut.texts[1].endswith("so we add 17 ")
+    monkeypatch.setattr(recipe, "rollout", lambda: rollout)
+    with recipe._open_cache() as recipe.cache:
+        row = recipe.step_once()
+    assert row["xt_cut"] == 2 and np.isfinite(row["loss"]) and row["grad_norm"] > 0
+    assert 0 < row["xt_one_to_one"] < 1
+
+
 def test_a_student_of_another_tokenizer_is_refused_before_anything_runs(tmp_path: Path) -> None:
     from distill.models.tiny import build_tiny_model
 
@@ -350,4 +400,24 @@ def test_a_student_without_weights_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "has no weights" in proc.stderr and "output directory (OUT/model) as --student" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_size_dependent_settings_default_to_the_students_preset(tmp_path: Path) -> None:
+    """--lr, --batch-size and --warm-up-steps left unset come from the student preset's `onpolicy` section (a model
+    directory distill wrote has its preset's); given ones are kept, and a bad preset value is a sentence."""
+    from distill.configs import OnPolicyConfig
+    from distill.errors import DistillError
+    from distill.onpolicy import OnPolicyRecipe
+
+    preset = resolve_preset("arith-student", "student").onpolicy
+    base = {"student": "arith-student", "teacher": "arith-teacher", "prompts": "arith:train", "out": tmp_path / "o"}
+    cfg = OnPolicyRecipe(OnPolicyConfig(**base)).cfg
+    assert (cfg.lr, cfg.batch_size, cfg.warmup_steps) == (preset.lr, preset.batch_size, preset.warmup_steps)
+    given = OnPolicyRecipe(OnPolicyConfig(**base, lr=0.0, batch_size=12, warmup_steps=3)).cfg
+    assert (given.lr, given.batch_size, given.warmup_steps) == (0.0, 12, 3)
+    generic = OnPolicyRecipe(OnPolicyConfig(**{**base, "student": "qwen-1.5b"})).cfg
+    assert generic.lr == 1e-6  # a 1.5B student: the generic defaults
+    with pytest.raises(DistillError, match=r"--batch-size \d+ is not a multiple of --group-size 7"):
+        OnPolicyRecipe(OnPolicyConfig(**base, group_size=7))
     assert not (tmp_path / "o").exists()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.atomic import TMP_SUFFIX
-from distill.cache.format import INDEX_NAME, SHARD_GLOB, read_index
+from distill.cache.format import FORMAT_VERSION, INDEX_NAME, SHARD_GLOB, read_index
 from distill.cache.lock import LOCK_NAME, WriterLock
 from distill.cache.reader import TeacherCache
 from distill.cache.views import list_views
@@ -120,6 +120,12 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
     if len(sources) < 2:
         raise DistillError("Give at least two caches to merge.")
     caches = [TeacherCache(s) for s in sources]
+    for c in caches:  # shards are copied as they are, so they must all be of the version written here
+        if c.format_version != FORMAT_VERSION:
+            raise DistillError(
+                f"Cannot merge: {c.path} is cache format version {c.format_version} and this distill merges version "
+                f"{FORMAT_VERSION} only; regenerate it with this distill."
+            )
     first = caches[0]
     parts0 = dict(first.provenance.get("key_parts", {}))
     for c in caches[1:]:

@@ -31,12 +31,22 @@ views/<name>.json is a `View`: format_version, cache_key, name, records (in the 
 writer keeps with the selection (the filter: verifiers, keep, report, verdicts), kept (indices).
 
 Versions:
-- 2 (written now): every position also stores the teacher's tail mass outside its top-k, log r,
-  as the engine saw it (exact from full logits where the engine has them, else 1 − Σ top-k in
-  float64), so a near-certain position keeps its true tail whatever the quantiser does to the top-1;
-  extra sampled tokens carry their teacher logprobs (`extra_logprobs`) for unbiased sampled KD.
-- 1: no tail field; readers derive the tail from the (quantised) top-k, which invents up to 5e-3
-  of tail mass at near-certain positions. Still read; `V1_TAIL_NOTE` says so.
+- 3 (written now): the 'compact' grid is `grid.GRID_V3` (the knee where the two steps meet, 192 levels per
+  unit of √p: a perfect student's KL ≤ 1e-3 nats at every position up to k = 64, wherever the values lie;
+  version 2's grid reached 5.3e-3 at k = 64); the top-k's level steps are stored in bands of ranks; the
+  trace token's logprob is stored beside the decoded top-k value in steps of `codec.TRACE_STEP`, so it
+  decodes within 5e-4 nats of the engine's at every p (version 2 read the grid: up to 0.13 nats off,
+  and any p ≥ 0.995 read 0.995).
+- 2: every position also stores the teacher's tail mass outside its top-k, log r, as the engine saw it
+  (exact from full logits where the engine has them, else 1 − Σ top-k in float64), so a near-certain
+  position keeps its true tail whatever the quantiser does to the top-1; extra sampled tokens carry their
+  teacher logprobs (`extra_logprobs`) for unbiased sampled KD. Still read, with its grid (`grid.GRID_V2`);
+  a position whose top-k holds less than 2.6e-4 of the mass (a flat teacher over a large vocabulary)
+  decodes correctly since version 3's reader (before, its top-k read as probability 0).
+- 1: no tail field; readers derive the tail from the (quantised) top-k, which invents up to 5e-3 of
+  tail mass at near-certain positions. Still read; `V1_TAIL_NOTE` says so.
+
+A distill continues (resumes, extends) and merges caches of the version it writes only.
 """
 
 from __future__ import annotations
@@ -53,8 +63,8 @@ import numpy as np
 from distill.atomic import write_json_atomic
 from distill.errors import DistillError
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 V1_TAIL_NOTE = (
     "cache {path} is format version 1: its tail masses are derived from quantised top-k logprobs, inexact at "
     "near-certain positions (up to 5e-3 of invented tail mass); regenerate it with this distill for exact tails"

@@ -63,6 +63,7 @@ class Shard:
                 )
         header = read_shard_header(path)
         self.spec = spec
+        self.format_version = header.format_version  # what its fields mean (grid, layout) is the shard's to say
         self.metas: list[dict[str, Any]] = header.metas
         raw = np.memmap(path, dtype=np.uint8, mode="r")
         start, tensors = header.data_start, {}
@@ -86,7 +87,7 @@ class Shard:
     def record(self, row: int) -> Record:
         """Decode record `row` of this shard."""
         fields = {name: self._field(row, name) for name in FIELD_INDEX}
-        arrays = codec.decode_fields(fields, int(self.lengths[row, 1]), self.spec)
+        arrays = codec.decode_fields(fields, int(self.lengths[row, 1]), self.spec, self.format_version)
         if arrays["tail_logprobs"] is None and self.spec.top_k:
             arrays["tail_logprobs"] = topk_tail_logprobs(arrays["topk_logprobs"])  # version 1: see V1_TAIL_NOTE
         return Record(meta=dict(self.metas[row]), **arrays)

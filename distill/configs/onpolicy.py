@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from distill.configs.base import Backend, Config, ModelRuntime, PromptSource, at_least
+from distill.configs.rollouts import RolloutOptions
 from distill.configs.student import RunOptions, VerifierRewards
+from distill.presets import OnPolicyDefaults
 
 OnPolicyLoss = Literal["reverse", "topk", "full"]
 OnPolicyKd = Literal["forward", "reverse", "jsd"]
@@ -15,7 +17,7 @@ Aggregation = Literal["token", "sequence"]
 
 
 @dataclass(kw_only=True)
-class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRewards):
+class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, RolloutOptions, VerifierRewards):
     """Distil on the student's own samples, graded per token."""
 
     COMMAND = "onpolicy"
@@ -52,19 +54,11 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     """--teacher-backend vllm: share of the GPU the teacher's engine takes."""
     group_size: int = 4
     """Completions sampled per prompt (≥ 2 when --reward-weight > 0: rewards are normalised within a prompt)."""
-    batch_size: int = 64
-    """Completions per step; a multiple of --group-size."""
-    micro_batch: int = 16
-    """Completions per forward/backward pass (the rest of the batch accumulates)."""
+    batch_size: int | None = None
+    """Completions per step; a multiple of --group-size [student preset]."""
     reward_weight: float = 0.0
     """w: each completion's group-normalised verifier reward (--rewards) times w is added to every token's
     advantage (0: pure distillation; > 0 mixes in GRPO)."""
-    epsilon: float = 0.2
-    """--loss reverse: clip range below 1 of the ratio π_θ/π_θold (and above, unless --epsilon-high)."""
-    epsilon_high: float | None = None
-    """--loss reverse: clip range above 1 [--epsilon]."""
-    iterations: int = 1
-    """μ: optimiser steps per batch of rollouts (1: the ratio is 1 and the clip never binds)."""
     aggregation: Aggregation = "token"
     """--loss reverse: token (every token weighs the same) or sequence (every completion weighs the same)."""
     drop_truncated: bool = False
@@ -73,41 +67,33 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
     temperature: float = 1.0
     """τ: rollout sampling temperature; the student's and the teacher's logprobs are both taken at τ, so --loss
     reverse matches the tempered distributions, KL(π_student^τ ‖ π_teacher^τ)."""
-    max_new_tokens: int | None = None
-    """Completion length limit [student preset]; longer completions end with finish reason 'length'."""
     self_check: int = 4
     """Before step 1: greedy completions the teacher writes and then scores, so a broken scoring path shows at
     once (0: skip)."""
-    lr: float = 1e-6
-    """AdamW learning rate; 0 measures the reverse KL without changing the student."""
-    warmup_steps: int = 0
-    """Steps over which the learning rate rises linearly to --lr (then constant)."""
-    steps: int = 100
-    """Rollout steps; each samples one batch and makes μ optimiser steps."""
-    save_every: int = 10
-    """Checkpoint every N steps (and at the end)."""
+    lr: float | None = None
+    """AdamW learning rate; 0 measures the reverse KL without changing the student [student preset]."""
+    warmup_steps: int | None = None
+    """Steps over which the learning rate rises linearly to --lr (then constant) [student preset]."""
     out: Path = Path("runs/onpolicy")
     """Run directory (checkpoints, metrics.jsonl, cache/ of the teacher's scores, model/)."""
-    gpu_memory_utilization: float = 0.3
-    """Share of the GPU the student's colocated vLLM engine takes; the trainer needs the rest."""
+
+    def with_defaults(self, defaults: OnPolicyDefaults) -> OnPolicyConfig:
+        """This config with the options left unset taken from the student preset's `onpolicy` defaults (validated
+        again, so a preset's batch size that is no multiple of --group-size is a sentence too)."""
+        unset = {name: getattr(defaults, name) for name in ("lr", "batch_size", "warmup_steps")}
+        return replace(self, **{name: value for name, value in unset.items() if getattr(self, name) is None})
 
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
         out = self.prompt_problems() + self.run_problems(self.save_every)
-        if self.group_size < 1 or (self.reward_weight and self.group_size < 2):
+        bad_group = self.group_size < 1 or (self.reward_weight and self.group_size < 2)
+        if bad_group:
             out.append(
                 f"--group-size must be ≥ 1 (≥ 2 with --reward-weight: rewards are compared within a prompt), "
                 f"got {self.group_size}"
             )
-        elif self.batch_size < self.group_size or self.batch_size % self.group_size:
-            lo = max(self.group_size, self.batch_size // self.group_size * self.group_size)
-            out.append(
-                f"--batch-size {self.batch_size} is not a multiple of --group-size {self.group_size}; "
-                f"use e.g. {lo} or {lo + self.group_size}"
-            )
-        out += at_least(self.micro_batch, 1, "--micro-batch") + at_least(self.reward_weight, 0, "--reward-weight")
-        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
-            out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
+        out += self.rollout_problems(None if bad_group else self.batch_size, self.group_size)
+        out += at_least(self.reward_weight, 0, "--reward-weight")
         if not 0 < self.beta < 1:
             out.append(f"--beta must be in (0, 1), got {self.beta}")
         if self.cross_tokenizer and self.loss != "reverse":
@@ -130,14 +116,8 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRew
                 "--temperature other than 1 needs --teacher-backend hf: vLLM's prompt logprobs are of the "
                 "untempered distribution"
             )
-        out += at_least(self.iterations, 1, "--iterations") + at_least(self.steps, 1, "--steps")
-        out += at_least(self.max_new_tokens, 1, "--max-new-tokens") + at_least(self.top_k, 1, "--top-k")
-        out += at_least(self.self_check, 0, "--self-check") + at_least(self.lr, 0, "--lr")
-        out += at_least(self.warmup_steps, 0, "--warmup-steps")
-        for flag, share in (
-            ("--gpu-memory-utilization", self.gpu_memory_utilization),
-            ("--teacher-gpu-memory-utilization", self.teacher_gpu_memory_utilization),
-        ):
-            if not 0 < share < 1:
-                out.append(f"{flag} must be in (0, 1), got {share}")
+        out += at_least(self.top_k, 1, "--top-k") + at_least(self.self_check, 0, "--self-check")
+        out += at_least(self.lr, 0, "--lr") + at_least(self.warmup_steps, 0, "--warmup-steps")
+        if not 0 < self.teacher_gpu_memory_utilization < 1:
+            out.append(f"--teacher-gpu-memory-utilization must be in (0, 1), got {self.teacher_gpu_memory_utilization}")
         return out + self.reward_problems()

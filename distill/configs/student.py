@@ -1,4 +1,4 @@
-"""Configs of the commands that train a student: `distill train` and `distill grpo`.
+"""Configs of the commands that train a student: `distill train` and `distill grpo` (rollout options: configs.rollouts).
 
 None means "the student preset's default" (train) or "the model's preset default" (grpo).
 """
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill.configs.base import Config, ModelRuntime, PromptSource, at_least
+from distill.configs.rollouts import RolloutOptions
 
 KdKind = Literal["forward", "reverse", "jsd", "sampled"]
 Tail = Literal["bucket", "renorm"]
@@ -119,11 +120,16 @@ class TrainConfig(Config, RunOptions):
     xt_weight: float = 1.0
     """With --cross-tokenizer: weight of the merged-span term beside the KD term."""
 
+    @property
+    def uses_teacher(self) -> bool:
+        """Whether the loss reads the teacher's logprobs (α < 1); SFT (α = 1) learns from the trace tokens alone."""
+        return self.alpha < 1
+
     def problems(self) -> list[str]:
         out = self.run_problems(self.save_every)
         if self.cross_tokenizer and self.cache is None:
             out.append("--cross-tokenizer re-tokenises the traces of a --cache; give one (plain --traces need no flag)")
-        if self.cross_tokenizer and self.kd == "sampled" and self.alpha < 1:
+        if self.cross_tokenizer and self.kd == "sampled" and self.uses_teacher:
             out.append(
                 "--kd sampled draws teacher ids that need not exist in the student's vocabulary, so it is not unbiased "
                 "across tokenizers; use --kd forward, reverse or jsd with --cross-tokenizer"
@@ -136,14 +142,14 @@ class TrainConfig(Config, RunOptions):
             out.append(f"--temperature must be > 0, got {self.temperature}")
         if not 0.0 < self.beta < 1.0 and self.kd == "jsd":
             out.append(f"--beta must be in (0, 1), got {self.beta}")
-        if self.alpha < 1 and self.kd != "sampled" and self.tail == "bucket" and self.temperature != 1:
+        if self.uses_teacher and self.kd != "sampled" and self.tail == "bucket" and self.temperature != 1:
             out.append(
                 f"--tail bucket is exact only at --temperature 1 (the teacher's tempered tail mass is unknown), got "
                 f"{self.temperature}; use --tail renorm, which tempers the top-k exactly, or --kd sampled"
             )
         if (self.cache is None) == (self.traces is None):
             out.append("give exactly one of --cache (teacher cache) or --traces (plain trace file)")
-        if self.traces is not None and self.alpha != 1.0:
+        if self.traces is not None and self.uses_teacher:
             out.append("plain --traces carry no teacher logprobs: use --alpha 1 (SFT) or a --cache")
         if self.view is not None and self.cache is None:
             out.append("--view selects records of a --cache; give the cache too")
@@ -200,7 +206,7 @@ class VerifierRewards:
 
 
 @dataclass(kw_only=True)
-class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRewards):
+class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions, RolloutOptions, VerifierRewards):
     """Polish a policy with GRPO on verifier rewards."""
 
     COMMAND = "grpo"
@@ -211,35 +217,19 @@ class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRewards
     """G: completions per prompt; advantages compare the completions of one prompt (≥ 2)."""
     batch_size: int = 64
     """Completions per step; a multiple of G (prompts per step = batch size / G)."""
-    micro_batch: int = 16
-    """Completions per forward/backward pass (the rest of the batch accumulates)."""
     beta: float = 0.04
     """Weight of the k3 KL to the frozen initial policy (0: no reference model is loaded)."""
-    epsilon: float = 0.2
-    """Clip range below 1 of the ratio π_θ/π_θold (and above, unless --epsilon-high)."""
-    epsilon_high: float | None = None
-    """Clip range above 1 (DAPO's clip-higher, e.g. 0.28) [--epsilon]."""
-    iterations: int = 1
-    """μ: optimiser steps per batch of rollouts (1 = on-policy, ratio 1)."""
     loss: GrpoLoss = "grpo"
     """Token aggregation: grpo (mean per sequence, then over sequences), dapo (mean over all tokens), dr_grpo
     (sum / (batch size × max new tokens))."""
     scale_rewards: ScaleRewards | None = None
     """group: divide advantages by the group's reward std; none: mean-only [group; none for dr_grpo]."""
-    max_new_tokens: int | None = None
-    """Completion length limit [preset]; longer completions end with finish reason 'length'."""
     temperature: float = 1.0
     """Rollout sampling temperature (top-p is 1); the policy's logprobs are taken at it too."""
     lr: float = 1e-6
     """AdamW learning rate (constant)."""
-    steps: int = 100
-    """Rollout steps; each samples one batch and makes μ optimiser steps."""
-    save_every: int = 10
-    """Checkpoint every N steps (and at the end)."""
     out: Path = Path("runs/grpo")
     """Run directory (checkpoints, metrics.jsonl, model/)."""
-    gpu_memory_utilization: float = 0.3
-    """Share of the GPU the colocated vLLM engine takes; the trainer needs the rest."""
 
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
@@ -249,23 +239,12 @@ class GRPOConfig(Config, PromptSource, ModelRuntime, RunOptions, VerifierRewards
                 f"--group-size must be at least 2, got {self.group_size}: GRPO scores each completion against "
                 "the other completions of the same prompt"
             )
-        elif self.batch_size < self.group_size or self.batch_size % self.group_size:
-            lo = max(self.group_size, self.batch_size // self.group_size * self.group_size)
-            out.append(
-                f"--batch-size {self.batch_size} is not a multiple of --group-size {self.group_size}: a batch is whole "
-                f"groups (prompts per step × G); use e.g. {lo} or {lo + self.group_size}"
-            )
-        out += at_least(self.micro_batch, 1, "--micro-batch") + at_least(self.beta, 0, "--beta")
-        if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
-            out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
-        out += at_least(self.iterations, 1, "--iterations") + at_least(self.steps, 1, "--steps")
+        out += self.rollout_problems(self.batch_size if self.group_size >= 2 else None, self.group_size)
+        out += at_least(self.beta, 0, "--beta")
         if self.temperature <= 0:
             out.append(
                 f"--temperature must be > 0 (GRPO needs different completions per prompt), got {self.temperature}"
             )
-        out += at_least(self.max_new_tokens, 1, "--max-new-tokens")
-        if not 0 < self.gpu_memory_utilization < 1:
-            out.append(f"--gpu-memory-utilization must be in (0, 1), got {self.gpu_memory_utilization}")
         out += self.reward_problems()
         return out
 

@@ -20,7 +20,9 @@ Modules: `kd` (per-position partitions and divergences), `chunked` (the loss ove
 in chunks of positions, never materialising (N, V) logits, and its naive reference), `memory`
 (peak-memory measurement used by the tests and scripts/bench_train.py), `grpo` (the GRPO stage's
 clipped objective, k3 KL and group advantages), `onpolicy` (on-policy distillation's per-token reverse-KL
-advantages over grpo's clipped objective, and its statistics).
+advantages over grpo's clipped objective, and its statistics), `cross_tokenizer` (a student of another tokenizer:
+the KD over the teacher's top-k mapped onto its ids and the merged-span terms, on the tensors of an
+`AlignedTeacher` that distill.alignment and distill.retokenize make).
 
     out = distill_loss(hidden, lm_head.weight, targets, topk_ids, topk_logprobs, alpha=0.5)
     out.loss.backward()

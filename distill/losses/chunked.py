@@ -251,24 +251,7 @@ def _raise_problems(
     chunk_size: int | None,
 ) -> None:
     """Raise one ValueError listing every invalid setting, shape or id (ids need one host sync)."""
-    problems = []
-    if chunk_size is not None and chunk_size < 1:
-        problems.append(f"chunk_size must be a positive number of positions (or None for automatic), got {chunk_size}")
-    if not 0.0 <= alpha <= 1.0:
-        problems.append(f"alpha must be in [0, 1], got {alpha}")
-    if not temperature > 0:
-        problems.append(f"temperature must be > 0, got {temperature}")
-    if kd not in KD_KINDS:
-        problems.append(f"kd must be one of {', '.join(KD_KINDS)}, got {kd!r}")
-    if tail not in TAILS:
-        problems.append(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
-    if alpha < 1.0 and kd != "sampled" and tail == "bucket" and temperature != 1.0:
-        problems.append(
-            f"tail='bucket' at temperature {temperature} would need the teacher's tempered tail mass, which the top-k "
-            "cannot give; use tail='renorm' (exact at any temperature), kd='sampled', or temperature 1"
-        )
-    if kd == "jsd" and not 0.0 < beta < 1.0:
-        problems.append(f"kd='jsd' needs 0 < beta < 1 (at 0 or 1 it is identically zero), got {beta}")
+    problems = setting_problems(alpha, kd, tail, temperature, beta, chunk_size)
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[-1] != weight.shape[-1]:
         problems.append(
             f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} must be (N, H) and (V, H) with the same H"
@@ -323,3 +306,28 @@ def _raise_problems(
             )
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def setting_problems(
+    alpha: float, kd: str, tail: str, temperature: float, beta: float, chunk_size: int | None
+) -> list[str]:
+    """A sentence for each invalid loss setting (none: all valid); `cross_tokenizer_kd` checks its own with it."""
+    problems = []
+    if chunk_size is not None and chunk_size < 1:
+        problems.append(f"chunk_size must be a positive number of positions (or None for automatic), got {chunk_size}")
+    if not 0.0 <= alpha <= 1.0:
+        problems.append(f"alpha must be in [0, 1], got {alpha}")
+    if not temperature > 0:
+        problems.append(f"temperature must be > 0, got {temperature}")
+    if kd not in KD_KINDS:
+        problems.append(f"kd must be one of {', '.join(KD_KINDS)}, got {kd!r}")
+    if tail not in TAILS:
+        problems.append(f"tail must be one of {', '.join(TAILS)}, got {tail!r}")
+    if alpha < 1.0 and kd != "sampled" and tail == "bucket" and temperature != 1.0:
+        problems.append(
+            f"tail='bucket' at temperature {temperature} would need the teacher's tempered tail mass, which the top-k "
+            "cannot give; use tail='renorm' (exact at any temperature), kd='sampled', or temperature 1"
+        )
+    if kd == "jsd" and not 0.0 < beta < 1.0:
+        problems.append(f"kd='jsd' needs 0 < beta < 1 (at 0 or 1 it is identically zero), got {beta}")
+    return problems

@@ -1,25 +1,15 @@
 """Cross-tokenizer distillation: a teacher's cached top-k taught to a student with another tokenizer.
 
-The two sides share the trace's text, not its tokens: the teacher's ids spell it, the student re-tokenises it.
+The teacher's trace tokens and the student's cover the same text; distill.alignment groups them by the bytes they
+cover and maps the teacher's vocabulary onto the student's. Here that arrives as tensors only, one
+`AlignedTeacher` per micro-batch: the groups as two arrays of bounds over the traces end to end, and the
+teacher's rows (trace ids, top-k, tail, trace logprobs).
 
-1. `token_spans`: each token's [start, end) in BYTES of the UTF-8 text. Byte-level BPE (Qwen, Llama 3) splits
-   multi-byte characters across tokens ("é" = "Ã" + "©"), and a fast tokenizer's character offsets give each
-   piece the whole character, so pieces could not be aligned. Spans are sums of each token's own bytes: exact
-   for the ids given, which need not be the canonical encoding of the text (sampled teacher ids often are
-   not), so no offset mapping from re-encoding is trusted. Tokenizers whose pieces do not concatenate to
-   their decoding (SentencePiece drops the first "▁") fall back to decoding growing prefixes, O(n²).
-2. `align_spans`: walk both sides and close a group wherever both end a token at the same byte, as TRL's GOLD
-   trainer does: one-to-one, merged (many-to-one, one-to-many, many-to-many), or unmatched (one side empty:
-   zero-width tokens at the end). A zero-width token joins the group that follows it.
-3. `vocab_map`: teacher id → student id of the token with the same bytes (−1: none): tokens are compared as
-   the bytes they add to the text ("Ġ" undone, "▁" decoded), one rule whatever the two conventions; a pair
-   is kept only where both vocabularies have the same longer tokens beginning with those bytes (else "next
-   token '1'" means "the number 1" to one side and "a number starting with 1" to the other).
-4. `project_topk`: at a one-to-one position whose trace tokens are each other's counterparts both models
+1. `project_topk`: at a one-to-one position whose trace tokens are each other's counterparts both models
    predict the next token from the same text, so the teacher's top-k moves onto student ids and the unmapped
-   part joins the tail bucket (the same KL on a coarser partition); `distill_loss` then applies unchanged on
-   the mapped columns (forward / reverse / jsd, bucket / renorm, chunking: all reused).
-5. Merged spans, two choices (`merged`). "span" (the default): the two-outcome divergence on {the span's
+   part joins the tail bucket (the same KL on a coarser partition): the KD of `distill_loss` on the mapped
+   columns (forward / reverse / jsd, bucket / renorm), a row's unmapped columns masked out of it.
+2. Merged spans, two choices (`merged`). "span" (the default): the two-outcome divergence on {the span's
    text as the trace has it, anything else}: the teacher's probability of the span's text is the product of
    its trace tokens' probabilities, the student's of its own; the same --kd kind on that coarse partition,
    a lower bound of the full divergence (as the tail bucket is), 0 exactly when the two sides give the span
@@ -32,21 +22,18 @@ The two sides share the trace's text, not its tokens: the teacher's ids spell it
    A merged group compares its first positions (the only pair conditioned on the same text), each scaled,
    as in GOLD, by the chain-rule probability of its side's later trace tokens in the group: the trace
    path's mass is then the probability of the group's whole text on either side.
-6. `cross_tokenizer_kd`: (α·CE + (1 − α)·(τ²·KD + xt_weight·MERGED)) summed over the student positions and
+3. `cross_tokenizer_kd`: (α·CE + (1 − α)·(τ²·KD + xt_weight·MERGED)) summed over the student positions and
    divided by their number (the merged term once per group, at τ = 1). Where the tokenizers agree, every position is
-   one-to-one and mapped and the result is `distill_loss`'s own, bit for bit.
-   Memory: the mapped positions go through the chunked `distill_loss`; every other row's CE and ULD terms
-   are reduced per chunk to its trace token's log q and its k largest, and recomputed in backward, so no
-   (N, V) logits are ever held, on either path.
+   one-to-one and mapped and the result is `distill_loss`'s own, bit for bit (it is `distill_loss`).
+   Otherwise one chunked pass over the output layer serves every row — the mapped rows first (their KD), then
+   the rest (their trace token's log q and, for ULD, their k largest) — and the merged terms are sums over the
+   groups' rows (index_add), with no Python loop over groups or rows. Memory: per chunk the (chunk, V) logits
+   are made, reduced and dropped, and backward recomputes them, so no (N, V) logits are ever held.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
-import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,172 +41,40 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from distill.losses.chunked import IGNORE_INDEX, auto_chunk_size, distill_loss
-from distill.losses.kd import divergence, log1mexp
+from distill.losses.chunked import IGNORE_INDEX, auto_chunk_size, distill_loss, setting_problems
+from distill.losses.kd import divergence, log1mexp, student_partition, teacher_partition
 
-KINDS = ("one_to_one", "many_to_one", "one_to_many", "many_to_many", "unmatched")
 XT_KD_KINDS = ("forward", "reverse", "jsd")  # sampled KD draws teacher ids, which need not map: not unbiased here
-MERGED_TERMS = ("span", "uld")  # what teaches a merged span (module doc, 5)
-
-Group = tuple[tuple[int, ...], tuple[int, ...]]  # (teacher positions, student positions) covering one text range
+MERGED_TERMS = ("span", "uld")  # what teaches a merged span (module doc, 2)
 
 
-@dataclass(frozen=True)
-class Alignment:
-    """One trace's teacher and student positions grouped by the text range they cover."""
+@dataclass
+class AlignedTeacher:
+    """The teacher's side of a micro-batch's traces, aligned to the student's trace positions (distill.retokenize).
 
-    groups: tuple[Group, ...]  # in text order; every position of both sides in exactly one group
-    num_teacher: int  # teacher positions (tokens) in the trace
-    num_student: int  # student positions in the trace
-    counts: dict[str, int]  # teacher positions per kind of group (KINDS)
-
-
-def alignment_shares(alignments: Sequence[Alignment]) -> dict[str, float]:
-    """Shares of all teacher positions aligned one-to-one, merged and unmatched: they sum to 1 (all 0 if none)."""
-    total = {kind: sum(a.counts[kind] for a in alignments) for kind in KINDS}
-    n = max(sum(total.values()), 1)
-    merged = total["many_to_one"] + total["one_to_many"] + total["many_to_many"]
-    return {"one_to_one": total["one_to_one"] / n, "merged": merged / n, "unmatched": total["unmatched"] / n}
-
-
-# ---------------------------------------------------------------------------------------------
-# tokens as bytes, spans, alignment, vocabulary map
-
-
-@functools.lru_cache(maxsize=8)  # one table per tokenizer object: do not add tokens to a tokenizer after use
-def token_bytes(tokenizer: Any) -> tuple[bytes | None, ...]:
-    """(len(tokenizer),) the bytes each id adds to decoded text; None where a token has none of its own."""
-    added = {i: t.content.encode() for i, t in tokenizer.added_tokens_decoder.items()}
-    decoder = json.loads(tokenizer.backend_tokenizer.decoder.__getstate__()) if tokenizer.is_fast else {}
-    table: list[bytes | None] = []
-    if "ByteLevel" in json.dumps(decoder):  # the token's characters stand for its bytes
-        to_byte = _unicode_to_byte()
-        for i, tok in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
-            known = tok is not None and set(tok) <= to_byte.keys()
-            table.append(added.get(i) or (bytes(to_byte[c] for c in tok) if known else None))
-        return tuple(b or None for b in table)
-    anchor = tokenizer.encode("a", add_special_tokens=False)  # what a token adds after "a": a leading "▁" is a space
-    prefix = _decode(tokenizer, anchor)
-    for i in range(len(tokenizer)):
-        text = added[i].decode() if i in added else _decode(tokenizer, [*anchor, i])
-        piece = text if i in added else text[len(prefix) :] if text.startswith(prefix) else ""
-        table.append(piece.encode() if piece and "\ufffd" not in piece else None)  # "\ufffd": part of a character
-    return tuple(table)
-
-
-def token_spans(tokenizer: Any, text: str, ids: Sequence[int]) -> list[tuple[int, int]]:
-    """(n,) byte offsets [start, end) of each of `ids` (n,) in text.encode(): contiguous, covering all of it.
-
-    Raises ValueError when the ids do not spell `text` (another tokenizer's ids, or a normalising tokenizer).
+    G groups over the traces end to end, trace i's positions after trace i − 1's on both sides, in text order:
+    group g is teacher rows [teacher_bounds[g], teacher_bounds[g + 1]) and student rows [student_bounds[g],
+    student_bounds[g + 1]) (`distill.alignment.Alignment.tensors`); every row of both sides is in one group.
     """
-    data, table = text.encode(), token_bytes(tokenizer)
-    pieces = [table[i] if 0 <= i < len(table) else None for i in ids]
-    if all(p is not None for p in pieces) and b"".join(pieces) == data:
-        ends = list(itertools.accumulate(len(p) for p in pieces))
-    else:  # decode growing prefixes; one that ends inside a character ends before it
-        ends = [
-            min(len(_decode(tokenizer, ids[: i + 1]).rstrip("\ufffd").encode()), len(data)) for i in range(len(ids))
-        ]
-        if any(b < a for a, b in itertools.pairwise(ends)) or (ends[-1] if ends else 0) != len(data):
-            raise ValueError(
-                f"the {len(ids)} token ids do not spell the given text of {len(data)} bytes with this tokenizer "
-                f"({type(tokenizer).__name__}); re-tokenise the text that the ids decode to"
-            )
-    return list(zip([0, *ends[:-1]], ends, strict=True))
 
+    teacher_bounds: torch.Tensor
+    """(G + 1,) long, from 0, non-decreasing, ending at N_t"""
+    student_bounds: torch.Tensor
+    """(G + 1,) long, ending at N_s (the student's loss positions, in the order `targets != IGNORE_INDEX` flattens)"""
+    ids: torch.Tensor
+    """(N_t,) long: the teacher's trace ids"""
+    topk_ids: torch.Tensor
+    """(N_t, k) long"""
+    topk_logprobs: torch.Tensor
+    """(N_t, k) float32 raw logprobs"""
+    tail_logprobs: torch.Tensor | None = None
+    """(N_t,) float32 log mass outside the top-k, or None: derived from the top-k in fp64"""
+    trace_logprobs: torch.Tensor | None = None
+    """(N_t,) float32 the teacher's logprob of its trace token for merged groups (the cache's sampled_logprobs, NaN
+    where unknown); None or NaN: the top-k's value, or the tail's log mass (an upper bound) for a token outside it"""
 
-def align_spans(teacher_spans: Sequence[tuple[int, int]], student_spans: Sequence[tuple[int, int]]) -> Alignment:
-    """Group teacher and student positions whose spans cover the same byte range (see the module docstring).
-
-    teacher_spans (n_t,), student_spans (n_s,): [start, end) pairs, each side contiguous, both covering the
-    same range (else ValueError). Returns an Alignment whose groups hold every position of both sides once.
-    """
-    sides = {"teacher": teacher_spans, "student": student_spans}
-    problems = [f"{name} spans are not contiguous [start, end) pairs" for name, spans in sides.items()
-                if any(b < a for a, b in spans) or any(x[1] != y[0] for x, y in itertools.pairwise(spans))]  # fmt: skip
-    if len({(s[0][0], s[-1][1]) for s in sides.values() if s}) > 1:
-        problems.append("teacher and student spans cover different byte ranges: they are not of the same text")
-    if problems:
-        raise ValueError("; ".join(problems))
-    groups, teacher, student, i, j = [], [], [], 0, 0
-    while i < len(teacher_spans) or j < len(student_spans):
-        t_end = teacher_spans[i][1] if i < len(teacher_spans) else math.inf
-        s_end = student_spans[j][1] if j < len(student_spans) else math.inf
-        if t_end <= s_end:  # take the token that ends first, both on a tie
-            teacher, i = [*teacher, i], i + 1
-        if s_end <= t_end:
-            student, j = [*student, j], j + 1
-        if teacher and student and teacher_spans[teacher[-1]][1] == student_spans[student[-1]][1]:
-            groups, teacher, student = [*groups, (tuple(teacher), tuple(student))], [], []
-    if teacher or student:
-        groups.append((tuple(teacher), tuple(student)))
-    counts = dict.fromkeys(KINDS, 0)
-    for t, s in groups:
-        counts[group_kind(t, s)] += len(t)
-    return Alignment(tuple(groups), len(teacher_spans), len(student_spans), counts)
-
-
-def vocab_map(teacher_tok: Any, student_tok: Any) -> torch.Tensor:
-    """(V_teacher,) int64: for each teacher id the student id of the token with the same bytes, −1 if none.
-
-    V_teacher = len(teacher_tok). One-to-one: where one side has several ids of equal bytes, its lowest wins.
-    A pair is kept only where both tokenizers extend its bytes alike (`token_extensions`): "the next token is
-    '1'" is the event "the text goes on with 1, then not a longer token" on each side, so it is one event
-    only if both have the same longer tokens beginning with 1. A student that spells "17" as one token and a
-    teacher that spells it "1" "7" do not share the event '1': mapping it would move the teacher's mass for
-    every number starting with 1 onto the student's number 1 (measured on the embedded default: README).
-    Identical tokenizers map every token to itself.
-    """
-    t_ext, s_ext = token_extensions(teacher_tok), token_extensions(student_tok)
-    student = {b: i for i, b in reversed(list(enumerate(token_bytes(student_tok)))) if b is not None}
-    teacher = {
-        b: i
-        for i, b in reversed(list(enumerate(token_bytes(teacher_tok))))
-        if b in student and t_ext.get(b, frozenset()) == s_ext.get(b, frozenset())
-    }
-    out = torch.full((len(teacher_tok),), -1, dtype=torch.long)
-    out[list(teacher.values())] = torch.tensor([student[b] for b in teacher], dtype=torch.long)
-    return out
-
-
-@functools.lru_cache(maxsize=8)  # one table per tokenizer object, as token_bytes
-def token_extensions(tokenizer: Any) -> dict[bytes, frozenset[bytes]]:
-    """For each proper prefix of a reachable token's bytes, the reachable tokens (as bytes) that extend it.
-
-    Reachable: a regular token whose own text encodes to it alone. A vocabulary may hold merges its
-    pre-tokenizer never lets apply (Qwen's splits every digit, so its "12" is never produced); those are not
-    tokens the model writes, and would make two tokenizers that split digits alike look different.
-    """
-    table, special = token_bytes(tokenizer), set(tokenizer.added_tokens_decoder)
-    candidates = [(i, b) for i, b in enumerate(table) if b and len(b) > 1 and i not in special]
-    texts = [b.decode("utf-8", errors="replace") for _, b in candidates]
-    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    out: dict[bytes, set[bytes]] = {}
-    for (i, b), ids in zip(candidates, encoded, strict=True):
-        if ids == [i]:
-            for end in range(1, len(b)):
-                out.setdefault(b[:end], set()).add(b)
-    return {prefix: frozenset(longer) for prefix, longer in out.items()}
-
-
-def span_logprobs(alignment: Alignment, teacher_logprobs: torch.Tensor) -> torch.Tensor:
-    """(n_s,) the teacher's log-probabilities (n_t,) of one trace carried onto the student's positions.
-
-    A group's teacher log-probability (the sum over its teacher positions: the log-probability of its text) is
-    shared equally by its student positions, so every group, and the trace, keeps its total: one-to-one
-    positions get the teacher's value unchanged (bit for bit), a student token covering several teacher tokens
-    their sum. Student positions without teacher positions (zero-width tokens) get 0.
-    """
-    out = teacher_logprobs.new_zeros(alignment.num_student)
-    for t, s in alignment.groups:
-        if t and s:
-            total = teacher_logprobs[t[0]] if len(t) == 1 else teacher_logprobs[list(t)].sum()
-            out[list(s)] = total if len(s) == 1 else total / len(s)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# the loss terms
+    def to(self, device: Any) -> AlignedTeacher:
+        return AlignedTeacher(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
 
 
 def project_topk(
@@ -300,13 +155,8 @@ def cross_tokenizer_kd(
     hidden: torch.Tensor,
     weight: torch.Tensor,
     targets: torch.Tensor,
-    alignments: Sequence[Alignment],
-    teacher_ids: torch.Tensor,
-    topk_ids: torch.Tensor,
-    topk_logprobs: torch.Tensor,
-    tail_logprobs: torch.Tensor | None,
+    teacher: AlignedTeacher,
     vmap: torch.Tensor,
-    teacher_trace_logprobs: torch.Tensor | None = None,
     *,
     alpha: float = 0.5,
     kd: str = "forward",
@@ -318,20 +168,19 @@ def cross_tokenizer_kd(
     chunk_size: int | None = None,
     bias: torch.Tensor | None = None,
 ) -> CrossTokenizerOutput:
-    """KD through `distill_loss` at mapped one-to-one positions, `merged` on every other group, CE everywhere.
+    """KD at mapped one-to-one positions (as `distill_loss`), `merged` on every other group, CE everywhere.
 
     hidden (N_s, H), weight (V_s, H), bias (V_s,) or None: the student at its trace positions, in the order of
-    `alignments` (one per trace, trace i's rows after trace i − 1's); targets (N_s,) its trace ids, none masked.
-    teacher_ids (N_t,) the teacher's trace ids; topk_ids, topk_logprobs (N_t, k) and tail_logprobs (N_t,) or None
-    its cached view; vmap (V_t,) from `vocab_map`; teacher_trace_logprobs (N_t,) the teacher's logprobs of its
-    trace tokens for merged groups (the cache's sampled_logprobs, NaN where unknown; None or NaN: the top-k's
-    value, or the tail's log mass, an upper bound, for a token outside it). kd: one of XT_KD_KINDS; merged: one of
-    MERGED_TERMS; alpha, tail, temperature, beta, chunk_size as in `distill_loss`. Raises ValueError, naming every
-    problem, for bad input.
+    `teacher`'s student rows; targets (N_s,) its trace ids, none masked. teacher: the `AlignedTeacher` of those
+    traces (N_t rows); vmap (V_t,) teacher id → student id (−1: none, `distill.alignment.vocab_map`). kd: one of
+    XT_KD_KINDS; merged: one of MERGED_TERMS; alpha, tail, temperature, beta, chunk_size as in `distill_loss`.
+    Raises ValueError, naming every problem, for bad input.
     """
-    n_s, n_t = hidden.shape[0], topk_ids.shape[0]
-    held = (sum(a.num_student for a in alignments), sum(a.num_teacher for a in alignments))
-    problems = []
+    teacher_ids, topk_ids, topk_logprobs = teacher.ids, teacher.topk_ids, teacher.topk_logprobs
+    tail_logprobs, teacher_trace_logprobs = teacher.tail_logprobs, teacher.trace_logprobs
+    n_s, n_t, vocab = hidden.shape[0], topk_ids.shape[0], weight.shape[0]
+    held = (int(teacher.student_bounds[-1]), int(teacher.teacher_bounds[-1]))  # (student, teacher) rows grouped
+    problems = setting_problems(alpha, kd if kd in XT_KD_KINDS else "forward", tail, temperature, beta, chunk_size)
     if kd not in XT_KD_KINDS:
         problems.append(f"kd must be one of {', '.join(XT_KD_KINDS)} across tokenizers, got {kd!r}")
     if xt_weight < 0:
@@ -339,69 +188,162 @@ def cross_tokenizer_kd(
     if merged not in MERGED_TERMS:
         problems.append(f"merged must be one of {', '.join(MERGED_TERMS)}, got {merged!r}")
     if held != (n_s, n_t):
-        problems.append(f"the alignments hold {held} (student, teacher) positions but the tensors {(n_s, n_t)}")
+        problems.append(f"the alignment holds {held} (student, teacher) positions but the tensors {(n_s, n_t)}")
     if bool((targets == IGNORE_INDEX).any()):
         problems.append("targets hold IGNORE_INDEX: pass the student's trace positions only")
+    elif n_s and (int(targets.min()) < 0 or int(targets.max()) >= vocab):
+        problems.append(f"targets hold ids outside [0, {vocab}): the student's output layer has V={vocab} rows")
+    if len(vmap) and int(vmap.max()) >= vocab:
+        problems.append(
+            f"the vocabulary map holds student ids up to {int(vmap.max())}, past the output layer's {vocab}"
+        )
     if problems:
         raise ValueError("; ".join(problems))
     sid, slp, stail, share = project_topk(topk_ids, topk_logprobs, tail_logprobs, vmap)
-    kept = (sid >= 0).sum(-1).tolist()  # (N_t,) mapped columns per teacher row
-    pairs, groups, ce_only = _plan(alignments, _map_ids(teacher_ids, vmap).tolist(), targets.tolist(), kept)
+    kept = (sid >= 0).sum(-1)  # (N_t,) mapped columns per teacher row
+    plan = _plan(teacher, _map_ids(teacher_ids, vmap), targets, kept)
     top_mass = topk_logprobs.double().logsumexp(-1).exp()  # (N_t,)
     mapped_mass = float((share.double() * top_mass).sum() / top_mass.sum()) if n_t else 0.0
-    settings = dict(alpha=alpha, kd=kd, tail=tail, temperature=temperature, beta=beta, chunk_size=chunk_size)
-    sums = [hidden.sum().float() * 0.0] * 4  # loss, ce, kd, merged: zeros connected to the graph
-    for k_used in sorted({kept[t] for t, _ in pairs}):  # one distill_loss per number of mapped columns
-        t_rows = _index([t for t, _ in pairs if kept[t] == k_used], sid.device)
-        s_rows = _index([s for t, s in pairs if kept[t] == k_used], hidden.device)
-        out = distill_loss(hidden[s_rows], weight, targets[s_rows], sid[t_rows, :k_used], slp[t_rows, :k_used],
-                           stail[t_rows], bias=bias, **settings)  # fmt: skip
-        if out.num_tokens == n_s:  # every position one-to-one and mapped: distill_loss's own result, bit for bit
+    settings = dict(alpha=alpha, kd=kd, tail=tail, temperature=temperature, beta=beta)
+    pair_t = plan.pair_teacher
+    if len(pair_t) == n_s and n_s:  # every row a mapped pair: distill_loss itself (bit for bit where nothing differs)
+        k_used = int(kept[pair_t].max())
+        if bool((kept[pair_t] == k_used).all()):  # the student rows are the pairs', in order
+            out = distill_loss(hidden, weight, targets, sid[pair_t, :k_used], slp[pair_t, :k_used], stail[pair_t],
+                               chunk_size=chunk_size, bias=bias, **settings)  # fmt: skip
             return CrossTokenizerOutput(out.loss, out.ce, out.kd, torch.zeros_like(out.kd), n_s, mapped_mass)
-        sums = [x + y * out.num_tokens for x, y in zip(sums, (out.loss, out.ce, out.kd, 0.0), strict=True)]
-    rows = sorted({s for _, group in groups for s in group} | set(ce_only))
-    if rows:  # CE at every other student row and the merged term per group, from per-row terms made in chunks
-        k = topk_ids.shape[-1] if groups and alpha < 1.0 and merged == "uld" else 0
-        picked, top = _row_terms(hidden[rows], weight, bias, targets[rows], k, chunk_size)  # (r,), (r, ≤ k)
-        sums[0], sums[1] = sums[0] - alpha * picked.sum(), sums[1] - picked.sum()
-        if groups and alpha < 1.0:
-            where = {r: i for i, r in enumerate(rows)}
-            groups = [(t, tuple(where[s] for s in group)) for t, group in groups]  # student rows → rows of `picked`
-            tail_t = _tail(topk_logprobs, tail_logprobs)
-            trace = _trace_logprobs(teacher_ids, topk_ids, topk_logprobs, tail_t, teacher_trace_logprobs)
-            if merged == "span":
-                merged_sum = _span_groups(picked, groups, trace, kd, beta)
-            else:
-                merged_sum = _uld_groups(top, picked, groups, topk_logprobs, tail_t, trace)
-            sums[0], sums[3] = sums[0] + (1.0 - alpha) * xt_weight * merged_sum, sums[3] + merged_sum
-    loss, ce, kd_mean, merged_mean = (x / max(n_s, 1) for x in sums)
-    return CrossTokenizerOutput(loss, ce.detach(), kd_mean.detach(), merged_mean.detach(), n_s, mapped_mass)
+    k_top = topk_ids.shape[-1] if alpha < 1.0 and merged == "uld" and bool(plan.merged.any()) else 0
+    picked, kd_sum, top = _row_terms(hidden, weight, bias, targets, plan, (sid, slp, stail), k_top, chunk_size,
+                                     **settings)  # fmt: skip
+    ce_sum, merged_sum = -picked.sum(), picked.sum() * 0.0
+    if alpha < 1.0 and bool(plan.merged.any()):
+        tail_t = _tail(topk_logprobs, tail_logprobs)
+        trace = _trace_logprobs(teacher_ids, topk_ids, topk_logprobs, tail_t, teacher_trace_logprobs)
+        if merged == "span":
+            merged_sum = _span_groups(picked, plan, trace, kd, beta)
+        else:
+            merged_sum = _uld_groups(top, picked, plan, topk_logprobs, tail_t, trace)
+    loss = alpha * ce_sum + (1.0 - alpha) * (temperature**2 * kd_sum + xt_weight * merged_sum)
+    ce_mean, kd_mean, merged_mean = (x.detach() / max(n_s, 1) for x in (ce_sum, kd_sum, merged_sum))
+    return CrossTokenizerOutput(loss / max(n_s, 1), ce_mean, kd_mean, merged_mean, n_s, mapped_mass)
 
 
 # ---------------------------------------------------------------------------------------------
 # helpers
 
 
-def _plan(
-    alignments: Sequence[Alignment], trace_map: list[int], student_ids: list[int], kept: list[int]
-) -> tuple[list[tuple[int, int]], list[Group], list[int]]:
-    """Which term teaches each row of the concatenated traces: (teacher, student) row pairs for `distill_loss`,
-    (teacher rows, student rows) groups for ULD, and the student rows left to CE alone.
+@dataclass
+class _Plan:
+    """Which term teaches each group and row of the concatenated traces (G groups, N_t / N_s positions)."""
 
-    trace_map (N_t,) student id of each teacher trace token; student_ids (N_s,); kept (N_t,) mapped columns.
+    teacher_size: torch.Tensor  # (G,) long teacher positions per group
+    student_size: torch.Tensor  # (G,) long
+    teacher_group: torch.Tensor  # (N_t,) long the group of each teacher position
+    student_group: torch.Tensor  # (N_s,) long
+    teacher_first: torch.Tensor  # (G,) long first teacher position of each group (its end where it has none)
+    student_first: torch.Tensor  # (G,) long
+    merged: torch.Tensor  # (G,) bool groups the merged term teaches: both sides non-empty, not a mapped pair
+    pair_teacher: torch.Tensor  # (P,) long teacher rows of the mapped one-to-one pairs, in text order
+    order: torch.Tensor  # (N_s,) long student rows, the pairs' first (in the order of pair_teacher), then the rest
+    place: torch.Tensor  # (N_s,) long where each student row is in `order`
+
+
+def _plan(teacher: AlignedTeacher, trace_map: torch.Tensor, targets: torch.Tensor, kept: torch.Tensor) -> _Plan:
+    """Groups and rows sorted by the term that teaches them: mapped pairs (one teacher and one student token that
+    are each other's counterparts, with a mapped top-k column) for the KD, other groups of both sides for the
+    merged term, student rows without a teacher position for CE alone. trace_map (N_t,) the student id of each
+    teacher trace token (−1: none), targets (N_s,), kept (N_t,) the mapped columns of each teacher row."""
+    device = targets.device
+    t_bounds, s_bounds = teacher.teacher_bounds.to(device), teacher.student_bounds.to(device)
+    t_size, s_size, t_first, s_first = t_bounds.diff(), s_bounds.diff(), t_bounds[:-1], s_bounds[:-1]
+    groups = torch.arange(len(t_size), device=device)
+    t_group, s_group = groups.repeat_interleave(t_size), groups.repeat_interleave(s_size)
+    pair = (t_size == 1) & (s_size == 1)
+    if len(trace_map) and len(targets):
+        t, s = t_first.clamp(max=len(trace_map) - 1), s_first.clamp(max=len(targets) - 1)
+        pair &= (trace_map.to(device)[t] == targets[s]) & (kept.to(device)[t] > 0)
+    pair_rows = s_first[pair]
+    others = (~pair[s_group]).nonzero().squeeze(-1)
+    order = torch.cat([pair_rows, others])
+    place = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=device))
+    merged = (t_size > 0) & (s_size > 0) & ~pair
+    return _Plan(t_size, s_size, t_group, s_group, t_first, s_first, merged, t_first[pair], order, place)
+
+
+def _row_terms(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    plan: _Plan,
+    projected: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    k_top: int,
+    chunk_size: int | None,
+    **settings: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunked pass over every student row, the mapped pairs first: (N_s,) log q of each row's trace token at
+    τ = 1 (in row order), () Σ KD over the pairs, and (N_s − P, min(k_top, V)) the k_top largest log q of the other
+    rows (in `plan.order`). projected: `project_topk`'s student ids, logprobs and tail (N_t, k), (N_t, k), (N_t,).
+
+    Per chunk the (chunk, V) logits are made, reduced and dropped, and backward recomputes them (as `distill_loss`),
+    so the rows' (N_s, V) logits never exist at once.
     """
-    pairs, groups, ce_only, t0, s0 = [], [], [], 0, 0
-    for a in alignments:
-        for t, s in a.groups:
-            t, s = tuple(t0 + i for i in t), tuple(s0 + i for i in s)
-            if len(t) == len(s) == 1 and trace_map[t[0]] == student_ids[s[0]] and kept[t[0]] > 0:
-                pairs.append((t[0], s[0]))
-            elif t and s:
-                groups.append((t, s))
-            else:
-                ce_only += s
-        t0, s0 = t0 + a.num_teacher, s0 + a.num_student
-    return pairs, groups, ce_only
+    size = chunk_size or auto_chunk_size(weight.shape[0])
+    recompute = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    hidden, targets = hidden[plan.order], targets[plan.order]
+    n_pairs = len(plan.pair_teacher)
+    if settings["alpha"] < 1.0 and n_pairs:
+        sid, slp, stail = (x[plan.pair_teacher] for x in projected)
+        valid = sid >= 0
+        sid = torch.where(valid, sid, sid[:, :1])  # project_topk puts mapped ids first: column 0 is valid
+    else:
+        sid = slp = stail = valid = None
+    picked, kd_sum, top = [], hidden.sum().float() * 0.0, []
+    for start in range(0, hidden.shape[0], size):
+        pairs = slice(start, min(start + size, n_pairs))  # the chunk's pair rows
+        teacher = None if sid is None or start >= n_pairs else (sid[pairs], slp[pairs], stail[pairs], valid[pairs])
+        args = (hidden[start : start + size], weight, bias, targets[start : start + size], teacher, k_top)
+        p, k_part, t = (checkpoint(_chunk_terms, *args, use_reentrant=False, **settings) if recompute
+                        else _chunk_terms(*args, **settings))  # fmt: skip
+        picked, kd_sum, top = [*picked, p], kd_sum + k_part, [*top, t]
+    if not picked:
+        return hidden.sum().float().reshape(1)[:0] * 0.0, kd_sum, hidden.new_zeros(0, 0).float()
+    return torch.cat(picked)[plan.place], kd_sum, torch.cat(top)
+
+
+def _chunk_terms(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    k_top: int,
+    *,
+    alpha: float,
+    kd: str,
+    tail: str,
+    temperature: float,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One chunk of `_row_terms`: hidden (c, H), targets (c,); teacher: the (p, k) ids (unmapped columns repeat a
+    mapped id), (p, k) logprobs (−inf there), (p,) tail and (p, k) valid mask of its first p rows, the pairs, or
+    None. Returns (c,) log q(target), () Σ KD over the p pairs, (c − p, k_top) the other rows' k_top largest log q."""
+    common = torch.promote_types(hidden.dtype, weight.dtype)
+    logits = F.linear(hidden.to(common), weight.to(common), None if bias is None else bias.to(common))  # (c, V)
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    lse = torch.logsumexp(logits, dim=-1)  # (c,)
+    picked = logits.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1) - lse
+    p, kd_sum = 0, picked.new_zeros(())
+    if teacher is not None:  # the KD of `distill_loss` on the mapped columns of each pair row
+        ids, lp, row_tail, valid = teacher
+        p = ids.shape[0]
+        lse_t = lse[:p] if temperature == 1.0 else torch.logsumexp(logits[:p] / temperature, dim=-1)
+        log_p = teacher_partition(lp, tail, temperature, row_tail)
+        log_q = student_partition(logits[:p], lse_t, ids, tail, temperature, valid)
+        kd_sum = divergence(log_p, log_q, kd, beta).sum()
+    rest = logits[p:]  # (c − p, V)
+    top = rest.topk(min(k_top, rest.shape[-1]), dim=-1).values - lse[p:].unsqueeze(-1)
+    return picked, kd_sum, top
 
 
 def _trace_logprobs(
@@ -420,26 +362,17 @@ def _trace_logprobs(
     return trace if sampled is None else torch.where(sampled.isfinite(), sampled.double(), trace)
 
 
-def _span_groups(picked: torch.Tensor, groups: list[Group], trace: torch.Tensor, kd: str, beta: float) -> torch.Tensor:
-    """() Σ over the groups of the `kd` divergence on {the group's text, anything else} (module doc, 5).
+def _span_groups(picked: torch.Tensor, plan: _Plan, trace: torch.Tensor, kd: str, beta: float) -> torch.Tensor:
+    """() Σ over the merged groups of the `kd` divergence on {the group's text, anything else} (module doc, 5).
 
-    picked (r,): the student's log q of its trace tokens (rows of the groups' student positions); trace (N_t,)
-    fp64 the teacher's log p of its trace tokens. fp64, and log q kept below 0, so that 1 − q exists.
+    picked (N_s,): the student's log q of its trace tokens; trace (N_t,) fp64 the teacher's log p of its trace
+    tokens. fp64, and log q kept below 0, so that 1 − q exists.
     """
-    dev_t, dev_s = trace.device, picked.device
-    flat_t = [(g, r) for g, (t, _) in enumerate(groups) for r in t]
-    flat_s = [(g, r) for g, (_, s) in enumerate(groups) for r in s]
-    log_p = trace.new_zeros(len(groups)).index_add(  # (G,) log p(span text)
-        0, _index([g for g, _ in flat_t], dev_t), trace[_index([r for _, r in flat_t], dev_t)]
-    )
-    log_q = (
-        picked.double()
-        .new_zeros(len(groups))
-        .index_add(  # (G,) log q(span text)
-            0, _index([g for g, _ in flat_s], dev_s), picked.double()[_index([r for _, r in flat_s], dev_s)]
-        )
-    )
-    log_p, log_q = log_p.to(dev_s).clamp(max=-1e-12), log_q.clamp(max=-1e-12)
+    groups = len(plan.teacher_size)
+    log_p = trace.new_zeros(groups).index_add(0, plan.teacher_group.to(trace.device), trace)  # (G,) log p(text)
+    log_q = picked.double().new_zeros(groups).index_add(0, plan.student_group, picked.double())  # (G,) log q(text)
+    log_p = log_p.to(picked.device)[plan.merged].clamp(max=-1e-12)
+    log_q = log_q[plan.merged].clamp(max=-1e-12)
     two = lambda x: torch.stack([x, log1mexp(x)], dim=-1)  # noqa: E731 - (G, 2) {span, rest}
     return divergence(two(log_p), two(log_q), kd, beta).sum().to(picked.dtype)
 
@@ -447,69 +380,30 @@ def _span_groups(picked: torch.Tensor, groups: list[Group], trace: torch.Tensor,
 def _uld_groups(
     top: torch.Tensor,
     picked: torch.Tensor,
-    groups: list[Group],
+    plan: _Plan,
     topk_logprobs: torch.Tensor,
     tail_logprobs: torch.Tensor,
     trace: torch.Tensor,
 ) -> torch.Tensor:
-    """() Σ ULD over the groups, each side's first row scaled by the probability of its later trace tokens.
+    """() Σ ULD over the merged groups, each side's first row scaled by the probability of its later trace tokens.
 
-    top (r, ≤ k) and picked (r,): the student's k largest log-probs and its trace tokens' at the groups' rows;
-    topk_logprobs (N_t, k), tail_logprobs (N_t,) fp64, trace (N_t,) fp64 from `_trace_logprobs`.
+    top (N_s − P, ≤ k): the student's k largest log-probs of the rows after the pairs in `plan.order`; picked
+    (N_s,) its trace tokens' log q; topk_logprobs (N_t, k), tail_logprobs (N_t,) fp64, trace (N_t,) fp64 from
+    `_trace_logprobs`.
     """
-    dev_t, dev_s = trace.device, top.device
-    later_t = [(g, r) for g, (t, _) in enumerate(groups) for r in t[1:]]
-    later_s = [(g, r) for g, (_, s) in enumerate(groups) for r in s[1:]]
-    chain_t = trace.new_zeros(len(groups)).index_add(  # (G,) log Π p(later teacher trace tokens)
-        0, _index([g for g, _ in later_t], dev_t), trace[_index([r for _, r in later_t], dev_t)]
-    )
-    chain_s = picked.new_zeros(len(groups)).index_add(  # (G,) log Π q(later student trace tokens)
-        0, _index([g for g, _ in later_s], dev_s), picked[_index([r for _, r in later_s], dev_s)]
-    )
-    first_t, first_s = _index([t[0] for t, _ in groups], dev_t), _index([s[0] for _, s in groups], dev_s)
-    teacher_top = (topk_logprobs.double()[first_t] + chain_t.unsqueeze(-1)).to(dev_s, top.dtype)  # (G, k)
-    teacher_tail = (tail_logprobs[first_t] + chain_t).to(dev_s, top.dtype)  # (G,)
-    return uld_rows(top[first_s] + chain_s.unsqueeze(-1), teacher_top, teacher_tail, chain_s).sum()
-
-
-def _row_terms(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    targets: torch.Tensor,
-    k: int,
-    chunk_size: int | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(r,) log q of each row's target and (r, min(k, V)) its k largest log q, from hidden (r, H).
-
-    Chunked as `distill_loss` is: per chunk the (chunk, V) logits are made, reduced and dropped, and backward
-    recomputes them, so the rows' (r, V) logits never exist at once.
-    """
-    size = chunk_size or auto_chunk_size(weight.shape[0])
-    recompute = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-    picked, top = [], []
-    for start in range(0, hidden.shape[0], size):
-        args = (hidden[start : start + size], weight, bias, targets[start : start + size], k)
-        p, t = checkpoint(_chunk_terms, *args, use_reentrant=False) if recompute else _chunk_terms(*args)
-        picked, top = [*picked, p], [*top, t]
-    return torch.cat(picked), torch.cat(top)
-
-
-def _chunk_terms(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    common = torch.promote_types(hidden.dtype, weight.dtype)
-    logits = F.linear(hidden.to(common), weight.to(common), None if bias is None else bias.to(common))  # (c, V)
-    log_q = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
-    picked = log_q.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
-    return picked, log_q.topk(min(k, log_q.shape[-1]), dim=-1).values
-
-
-def group_kind(teacher: Sequence[int], student: Sequence[int]) -> str:
-    """A group's kind (one of KINDS) from its sizes."""
-    if not teacher or not student:
-        return "unmatched"
-    return ("one_to_one", "one_to_many", "many_to_one", "many_to_many")[2 * (len(teacher) > 1) + (len(student) > 1)]
+    groups, dev = len(plan.teacher_size), top.device
+    t_group, t_rows = plan.teacher_group.to(trace.device), torch.arange(len(trace), device=trace.device)
+    later_t = t_rows != plan.teacher_first.to(trace.device)[t_group]  # (N_t,) not its group's first
+    later_s = torch.arange(len(picked), device=dev) != plan.student_first[plan.student_group]
+    chain_t = trace.new_zeros(groups).index_add(0, t_group[later_t], trace[later_t])  # (G,) log Π p(later tokens)
+    chain_s = picked.new_zeros(groups).index_add(0, plan.student_group[later_s], picked[later_s])  # (G,)
+    merged = plan.merged.nonzero().squeeze(-1)
+    first_t = plan.teacher_first[merged].to(trace.device)
+    first_s = plan.place[plan.student_first[merged]] - len(plan.pair_teacher)  # rows of `top`
+    teacher_top = (topk_logprobs.double()[first_t] + chain_t[merged].unsqueeze(-1)).to(dev, top.dtype)  # (M, k)
+    teacher_tail = (tail_logprobs[first_t] + chain_t[merged]).to(dev, top.dtype)  # (M,)
+    student = chain_s[merged]
+    return uld_rows(top[first_s] + student.unsqueeze(-1), teacher_top, teacher_tail, student).sum()
 
 
 def _tail(topk_logprobs: torch.Tensor, tail_logprobs: torch.Tensor | None) -> torch.Tensor:
@@ -524,19 +418,3 @@ def _map_ids(ids: torch.Tensor, vmap: torch.Tensor) -> torch.Tensor:
     """vmap applied to ids of any shape; −1 for ids beyond it (a teacher embedding padded past its tokenizer)."""
     ids, vmap = ids.long(), vmap.to(ids.device)
     return torch.where(ids < vmap.shape[0], vmap[ids.clamp(max=vmap.shape[0] - 1)], -1)
-
-
-def _index(positions: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(positions, dtype=torch.long, device=device)
-
-
-def _unicode_to_byte() -> dict[str, int]:
-    """Byte-level BPE's alphabet (GPT-2's): the printable character that stands for each byte, inverted."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    shifted = [b for b in range(256) if b not in keep]
-    return {chr(b): b for b in keep} | {chr(256 + n): b for n, b in enumerate(shifted)}
-
-
-def _decode(tokenizer: Any, ids: Sequence[int]) -> str:
-    """Text of ids with special tokens kept and no clean-up, so that prefixes decode to prefixes."""
-    return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -84,16 +84,27 @@ def teacher_partition(
 
 
 def student_partition(
-    logits: torch.Tensor, lse: torch.Tensor, topk_ids: torch.Tensor, tail: str, temperature: float
+    logits: torch.Tensor,
+    lse: torch.Tensor,
+    topk_ids: torch.Tensor,
+    tail: str,
+    temperature: float,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Student log-probabilities over the same buckets as `teacher_partition`.
 
     logits: (n, V) student logits before temperature, fp32 or fp64.
     lse: (n,) logsumexp(logits / τ).
     topk_ids: (n, k) long, the teacher's top-k ids (the set S).
+    valid: (n, k) bool or None (all valid). False marks a column that stands for no token (a cross-tokenizer row
+        with fewer teacher ids that map onto student ids than k): it gets q = 0 and leaves S, so the row is the
+        partition of its valid columns; its id must repeat a valid id of the row (the exact tail then excludes
+        nothing more). The teacher's side of such a column must be −inf (`teacher_partition` keeps it so).
     Returns (n, k+1) for tail="bucket" (last column: log(1 − Σ_S q)) or (n, k) for tail="renorm".
     """
     in_s = logits.gather(-1, topk_ids) / temperature - lse.unsqueeze(-1)  # (n, k): log q_i, i ∈ S
+    if valid is not None:  # the most negative finite value, not −inf: exp gives 0, and no −inf − (−inf) NaN
+        in_s = in_s.masked_fill(~valid, torch.finfo(in_s.dtype).min)
     if tail == "renorm":
         return torch.log_softmax(in_s, dim=-1)
     outside = _log_outside(logits, lse, topk_ids, in_s, temperature)  # (n,)

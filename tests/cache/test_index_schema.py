@@ -89,18 +89,18 @@ def test_an_unfinished_version_1_cache_is_not_continued(tmp_path: Path) -> None:
     edit_index(path, complete=False)
     with pytest.raises(DistillError, match="format version 1.*delete it"):
         CacheWriter(path, CacheSpec(top_k=8, vocab_size=1000), key="v1-fixture")
-    with pytest.raises(ValueError, match="writes format version 2 only"):
+    with pytest.raises(ValueError, match=f"writes format version {FORMAT_VERSION} only"):
         write_index(tmp_path, read_index(path))
 
 
-@pytest.mark.parametrize("version", [3, 0, "2", None, True])
+@pytest.mark.parametrize("version", [4, 0, "2", None, True])
 def test_unknown_versions_are_refused_in_one_sentence(tmp_path: Path, version: object) -> None:
     path = write_cache(tmp_path / "c")
     edit_index(path, format_version=version)
     with pytest.raises(DistillError) as err:
         read_index(path)
     message = str(err.value)
-    assert f"format version {version!r}" in message and "it reads versions 1, 2" in message
+    assert f"format version {version!r}" in message and "it reads versions 1, 2, 3" in message
     assert message.endswith(".") and message.count(". ") == 0 and "\n" not in message
     with pytest.raises(DistillError, match="format version"):
         open_cache(path)

@@ -50,7 +50,7 @@ def test_info_reports_the_documented_fields(tmp_path: Path) -> None:
     write_view(open_cache(tmp_path / "a"), "v", [0, 2])
     info = cache_info(tmp_path / "a")
     cache = open_cache(tmp_path / "a")
-    assert info["format_version"] == FORMAT_VERSION == 2 and info["records"] == 6 and info["tokens"] == cache.num_tokens
+    assert info["format_version"] == FORMAT_VERSION == 3 and info["records"] == 6 and info["tokens"] == cache.num_tokens
     assert info["top_k"] == 4 and info["vocab_size"] == 1000 and info["teacher"] == "tiny"
     assert info["tokenizer_fingerprint"] == "abc" and info["views"] == {"v": 2}
     on_disk = sum(f.stat().st_size for f in (tmp_path / "a").rglob("*") if f.is_file())

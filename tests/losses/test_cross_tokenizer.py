@@ -1,64 +1,48 @@
-"""Cross-tokenizer distillation with real tokenizers: the bundled teacher's byte-level BPE (Qwen's regex, 512
-tokens), a different byte-level BPE trained here (GPT-2's regex, 300 tokens) and a SentencePiece-style one
-("▁" markers). Where the tokenizers agree the loss is `distill_loss` bit for bit; alignment, projection and
-ULD match hand-worked cases; multi-byte characters split across tokens align."""
+"""The cross-tokenizer loss (distill/losses/cross_tokenizer.py) on alignments of real tokenizers (the bundled
+teacher's byte-level BPE, another byte-level BPE, one of Llama 2's layout: tests/tokenizer_cases.py) and on
+hand-worked ones. Where the tokenizers agree the loss is `distill_loss` bit for bit, byte-fallback tokenizers
+included; projection, ULD and the span term match hand-computed values; rows whose top-k maps only in part get
+`distill_loss`'s KD on their mapped columns; chunking changes memory, not the result."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from pathlib import Path
+from collections.abc import Sequence
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.alignment import Alignment, align_spans, token_spans, vocab_map
 from distill.losses import distill_loss
-from distill.losses.cross_tokenizer import (
-    align_spans,
-    alignment_shares,
-    cross_tokenizer_kd,
-    project_topk,
-    span_logprobs,
-    token_bytes,
-    token_extensions,
-    token_spans,
-    uld_loss,
-    uld_rows,
-    vocab_map,
+from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd, project_topk, uld_loss, uld_rows
+from tests.tokenizer_cases import (
+    BYTE_FALLBACK_TEXT,
+    TRACE_TEXT,
+    bundled_tokenizer,
+    byte_fallback_tokenizer,
+    byte_level_tokenizer,
 )
 
-TEACHER = Path(__file__).resolve().parents[2] / "teachers" / "arith-teacher"
-TEXT = "<think>\nCompute 12×3 = 36. café 😀 中文, so we add 17 + 25 = 42.</think>\n\\boxed{42}<|im_end|>"
+TEXT = TRACE_TEXT
+
 H, K = 16, 8
 
 
 @pytest.fixture(scope="module")
 def teacher_tok():
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(TEACHER)
+    return bundled_tokenizer("arith-teacher")
 
 
 @pytest.fixture(scope="module")
 def student_tok():
-    from distill.models.tiny import build_tokenizer, default_corpus
-
-    return build_tokenizer(default_corpus(seed=1), vocab_size=300)
+    return byte_level_tokenizer()
 
 
 @pytest.fixture(scope="module")
-def metaspace_tok():
-    """A SentencePiece-style BPE: "▁" marks a space, and the first token's is dropped when decoding."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    from distill.models.tiny import default_corpus
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"], show_progress=False)
-    tok.train_from_iterator(default_corpus(seed=2), trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+def llama_tok():
+    return byte_fallback_tokenizer()
 
 
 def encode(tok, text: str = TEXT) -> list[int]:
@@ -80,25 +64,27 @@ def student_model(n: int, vocab: int, seed: int = 1) -> tuple[torch.Tensor, torc
     return hidden, (0.5 * torch.randn(vocab, H, generator=g)).requires_grad_()
 
 
-def covered(spans, positions) -> tuple[int, int]:
-    return spans[positions[0]][0], spans[positions[-1]][1]
+def aligned(
+    alignments: Sequence[Alignment],
+    ids: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail: torch.Tensor | None = None,
+    trace: torch.Tensor | None = None,
+) -> AlignedTeacher:
+    """The teacher's side of traces end to end, as the trainer's collate makes it."""
+    return AlignedTeacher(*Alignment.concat(alignments).tensors(), ids, topk_ids, topk_logprobs, tail, trace)
 
 
 # ---------------------------------------------------------------------------------------------
 # (a) identical tokenizers: every piece is the identity and the loss is distill_loss's own
 
 
-def test_identical_tokenizers_align_one_to_one_map_identically_and_project_everything(teacher_tok) -> None:
-    ids = encode(teacher_tok)
-    spans = token_spans(teacher_tok, TEXT, ids)
-    alignment = align_spans(spans, spans)
-    assert alignment.groups == tuple(((i,), (i,)) for i in range(len(ids)))
-    assert alignment_shares([alignment]) == {"one_to_one": 1.0, "merged": 0.0, "unmatched": 0.0}
-    assert torch.equal(vocab_map(teacher_tok, teacher_tok), torch.arange(len(teacher_tok)))
-    topk_ids, topk_lp, tail = teacher_view(len(ids), len(teacher_tok))
+def test_identical_tokenizers_project_everything(teacher_tok) -> None:
+    topk_ids, topk_lp, tail = teacher_view(40, len(teacher_tok))
     sid, slp, stail, share = project_topk(topk_ids, topk_lp, tail, torch.arange(len(teacher_tok)))
     assert torch.equal(sid, topk_ids) and torch.equal(slp, topk_lp) and torch.equal(stail, tail)
-    assert torch.equal(share, torch.ones(len(ids)))
+    assert torch.equal(share, torch.ones(40))
 
 
 @pytest.mark.parametrize(
@@ -122,9 +108,8 @@ def test_identical_tokenizers_give_distill_loss_exactly(teacher_tok, kd, tail, t
     settings = dict(alpha=0.3, kd=kd, tail=tail, temperature=temperature, chunk_size=16)
     hidden, weight = student_model(len(targets), len(teacher_tok))
     vmap = torch.arange(len(teacher_tok))
-    ours = cross_tokenizer_kd(
-        hidden, weight, targets, [alignment] * 2, targets, topk_ids, topk_lp, tail_lp, vmap, **settings
-    )
+    ours = cross_tokenizer_kd(hidden, weight, targets, aligned([alignment] * 2, targets, topk_ids, topk_lp, tail_lp),
+                              vmap, **settings)  # fmt: skip
     (grad_ours,) = torch.autograd.grad(ours.loss, hidden)
     plain = distill_loss(hidden, weight, targets, topk_ids, topk_lp, tail_lp, **settings)
     (grad_plain,) = torch.autograd.grad(plain.loss, hidden)
@@ -137,118 +122,12 @@ def test_identical_tokenizers_give_distill_loss_exactly(teacher_tok, kd, tail, t
 # (b) alignment against hand-worked examples
 
 
-def test_alignment_of_hand_worked_spans_merges_on_each_side() -> None:
-    # bytes:     0 1 | 2 | 3 4 5 | 6 | 7 8 | 9 10 | (11, zero width)
-    teacher = [(0, 2), (2, 3), (3, 6), (6, 7), (7, 9), (9, 11), (11, 11)]
-    student = [(0, 1), (1, 2), (2, 6), (6, 7), (7, 8), (8, 10), (10, 11)]
-    alignment = align_spans(teacher, student)
-    assert alignment.groups == (
-        ((0,), (0, 1)),  # one teacher token, two student tokens
-        ((1, 2), (2,)),  # two teacher tokens, one student token
-        ((3,), (3,)),
-        ((4, 5), (4, 5, 6)),  # no common boundary inside 7..11
-        ((6,), ()),  # a zero-width token at the end has no counterpart
-    )
-    assert alignment.counts == {"one_to_one": 1, "many_to_one": 2, "one_to_many": 1, "many_to_many": 2, "unmatched": 1}
-    assert (alignment.num_teacher, alignment.num_student) == (7, 7)
-
-
-def test_alignment_of_real_tokenizers_merges_where_their_boundaries_differ(teacher_tok, student_tok) -> None:
-    text = "Compute 12×3"
-    t_ids, s_ids = encode(teacher_tok, text), encode(student_tok, text)
-    assert teacher_tok.convert_ids_to_tokens(t_ids) == ["Compute", "Ġ", "1", "2", "ÃĹ", "3"]
-    assert student_tok.convert_ids_to_tokens(s_ids) == [*"Compute", "Ġ1", "2", "Ã", "Ĺ", "3"]
-    alignment = align_spans(token_spans(teacher_tok, text, t_ids), token_spans(student_tok, text, s_ids))
-    assert alignment.groups == (
-        ((0,), tuple(range(7))),  # "Compute" against its seven letters
-        ((1, 2), (7,)),  # " " + "1" against " 1"
-        ((3,), (8,)),
-        ((4,), (9, 10)),  # "×" whole against its two bytes
-        ((5,), (11,)),
-    )
-
-
-def test_alignment_refuses_spans_of_different_texts() -> None:
-    with pytest.raises(ValueError, match="different byte ranges"):
-        align_spans([(0, 2), (2, 4)], [(0, 3)])
-    with pytest.raises(ValueError, match="teacher spans are not contiguous"):
-        align_spans([(0, 2), (3, 4)], [(0, 4)])
-
-
 # ---------------------------------------------------------------------------------------------
 # (c) multi-byte characters, split or not
 
 
-@pytest.mark.parametrize("side", ["teacher", "student", "metaspace"])
-def test_multibyte_text_spans_cover_it_and_align(teacher_tok, student_tok, metaspace_tok, side) -> None:
-    text = TEXT if side != "metaspace" else "so we add 17 + 25 = 42"  # the metaspace tokenizer has no bytes for "×"
-    tok = {"teacher": teacher_tok, "student": student_tok, "metaspace": metaspace_tok}[side]
-    t_ids, ids = encode(teacher_tok, text), encode(tok, text)
-    spans, data = token_spans(tok, text, ids), text.encode()
-    assert spans[0][0] == 0 and spans[-1][1] == len(data)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    t_spans = token_spans(teacher_tok, text, t_ids)
-    alignment = align_spans(t_spans, spans)
-    assert [i for t, _ in alignment.groups for i in t] == list(range(len(t_ids)))
-    assert [i for _, s in alignment.groups for i in s] == list(range(len(ids)))
-    assert all(covered(t_spans, t) == covered(spans, s) for t, s in alignment.groups)
-    if side != "metaspace":  # byte-level: a token boundary falls inside a character ("é" is "Ã" + "©")
-        inside = {b for b, byte in enumerate(data) if byte & 0xC0 == 0x80}
-        assert any(start in inside for start, _ in spans)
-        assert all(data[a:b] == token_bytes(tok)[i] for (a, b), i in zip(spans, ids, strict=True))
-
-
-def test_spans_of_non_canonical_ids_are_their_bytes(teacher_tok) -> None:
-    # a sampled teacher need not emit the canonical encoding: here one byte token per byte of the text
-    byte_ids = [token_bytes(teacher_tok).index(bytes([b])) for b in TEXT.encode()]
-    assert token_spans(teacher_tok, TEXT, byte_ids) == [(i, i + 1) for i in range(len(TEXT.encode()))]
-    with pytest.raises(ValueError, match="do not spell the given text"):
-        token_spans(teacher_tok, TEXT + "!", byte_ids)
-
-
 # ---------------------------------------------------------------------------------------------
 # (d) vocabulary map and projection
-
-
-def test_vocab_map_pairs_tokens_of_equal_bytes_across_conventions(teacher_tok, student_tok, metaspace_tok) -> None:
-    for other in (student_tok, metaspace_tok):
-        vmap = vocab_map(teacher_tok, other)
-        mapped = (vmap >= 0).nonzero().squeeze(-1).tolist()
-        assert 50 < len(mapped) < len(teacher_tok)
-        assert len(set(vmap[mapped].tolist())) == len(mapped)  # one-to-one
-        assert all(token_bytes(teacher_tok)[i] == token_bytes(other)[int(vmap[i])] for i in mapped)
-    answer = teacher_tok.convert_tokens_to_ids("Ġanswer")
-    # "▁" words map where both sides extend them alike; "▁answer" does not: SentencePiece also has "▁answer:"
-    vmap_m = vocab_map(teacher_tok, metaspace_tok)
-    words = [metaspace_tok.convert_ids_to_tokens(int(vmap_m[i])) for i, b in enumerate(token_bytes(teacher_tok))
-             if vmap_m[i] >= 0 and b and b.startswith(b" ") and len(b) > 2]  # fmt: skip
-    assert words and all(w.startswith("▁") for w in words)
-    assert token_extensions(metaspace_tok)[b" answer"] == {b" answer:"} and int(vmap_m[answer]) == -1
-    # a pair maps exactly where both sides extend its bytes alike ("C" does not: the teacher has "Compute")
-    vmap_s, t_ext, s_ext = (
-        vocab_map(teacher_tok, student_tok),
-        token_extensions(teacher_tok),
-        token_extensions(student_tok),
-    )
-    s_ids = {b: i for i, b in enumerate(token_bytes(student_tok)) if b}
-    for i, b in enumerate(token_bytes(teacher_tok)):
-        if b in s_ids and i not in teacher_tok.added_tokens_decoder:
-            assert (int(vmap_s[i]) >= 0) == (t_ext.get(b) == s_ext.get(b)), b
-    assert int(vmap_s[teacher_tok.convert_tokens_to_ids("C")]) == -1 and b"Compute" in t_ext[b"C"]
-    # the bundled students: the teacher writes every digit alone (Qwen's pre-tokenizer: its vocabulary's merged
-    # digits are unreachable); arith-student-bpe writes numbers whole, so "1" is not one event and stays
-    # unmapped; arith-student-bytes writes digits alone too, so they map
-    from transformers import AutoTokenizer
-
-    students = Path(__file__).resolve().parents[2] / "students"
-    bpe, by = (AutoTokenizer.from_pretrained(students / n) for n in ("arith-student-bpe", "arith-student-bytes"))
-    one = teacher_tok.convert_tokens_to_ids("1")
-    assert b"1" not in t_ext and b"17" in token_extensions(bpe)[b"1"] and int(vocab_map(teacher_tok, bpe)[one]) == -1
-    assert by.convert_ids_to_tokens(int(vocab_map(teacher_tok, by)[one])) == "1"
-    plus = teacher_tok.convert_tokens_to_ids("Ġ+")
-    assert token_extensions(teacher_tok).get(b" +") == token_extensions(student_tok).get(b" +")
-    assert student_tok.convert_ids_to_tokens(int(vocab_map(teacher_tok, student_tok)[plus])) == "Ġ+"
-    assert int(vocab_map(teacher_tok, student_tok)[teacher_tok.convert_tokens_to_ids("Compute")]) == -1
 
 
 def test_projection_moves_unmapped_mass_into_the_tail_exactly() -> None:
@@ -321,13 +200,15 @@ def test_merged_groups_scale_both_sides_by_their_remaining_trace_tokens() -> Non
     targets, teacher_ids = torch.tensor([0, 2, 0]), torch.tensor([0, 2, 1])
     topk_ids = torch.tensor([[0, 1], [2, 3], [1, 0]])
     topk_lp, tail = torch.tensor([[0.6, 0.3], [0.8, 0.1], [0.5, 0.4]]).log(), torch.full((3,), 0.1).log()
-    args = (hidden, torch.eye(3), targets, [alignment], teacher_ids, topk_ids, topk_lp, tail, torch.full((4,), -1))
+    teacher = aligned([alignment], teacher_ids, topk_ids, topk_lp, tail)
+    args = (hidden, torch.eye(3), targets, teacher, torch.full((4,), -1))
     # group 1: student 0.5·[0.5, 0.3, 0.2] vs teacher [0.6, 0.3] + 0.1 → 0.35 + 0.15 + 0
     # group 2: teacher 0.5·([0.8, 0.1] + 0.1) (its "d" has p = 0.5) vs student [0.7, 0.2] + 0.1 → 0.3 + 0.15 + 0.05
     out = cross_tokenizer_kd(*args, alpha=0.0, merged="uld")
     assert out.merged.item() == pytest.approx(1.0 / 3, abs=1e-6) and out.loss.item() == pytest.approx(1.0 / 3, abs=1e-6)
     # the cache's sampled logprob of "d" (0.25) wins over the top-k's
-    out = cross_tokenizer_kd(*args, torch.tensor([math.nan, math.nan, math.log(0.25)]), alpha=0.0, merged="uld")
+    sampled = dataclasses.replace(teacher, trace_logprobs=torch.tensor([math.nan, math.nan, math.log(0.25)]))
+    out = cross_tokenizer_kd(*args[:3], sampled, args[4], alpha=0.0, merged="uld")
     assert out.merged.item() == pytest.approx((0.5 + 0.6 + 0.075 + 0.075) / 3, abs=1e-6)
     # span: the two-outcome KL on {the span's text, the rest}; "ab": p 0.6, q 0.5·0.5; "cd": p 0.8·0.5, q 0.7
     kl = lambda p, q: p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))  # noqa: E731
@@ -346,33 +227,21 @@ def test_each_student_row_is_taught_by_kd_uld_or_ce_alone() -> None:
     hidden = torch.tensor([[0.5, 0.3, 0.2], [0.25, 0.25, 0.5], [0.7, 0.2, 0.1]]).log()  # weight = I: logits = hidden
     targets, teacher_ids = torch.tensor([0, 1, 2]), torch.tensor([0, 1])
     topk_ids, topk_lp = torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0.6, 0.3], [0.8, 0.1]]).log()
-    teacher = (teacher_ids, topk_ids, topk_lp, torch.full((2,), 0.1).log())
+    teacher = aligned([alignment], teacher_ids, topk_ids, topk_lp, torch.full((2,), 0.1).log())
     # counterparts: KD on both groups, exactly distill_loss's on those rows
-    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.arange(3), alpha=0.0)
-    plain = distill_loss(hidden[:2], torch.eye(3), targets[:2], topk_ids, topk_lp, teacher[3], alpha=0.0)
+    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, teacher, torch.arange(3), alpha=0.0)
+    plain = distill_loss(hidden[:2], torch.eye(3), targets[:2], topk_ids, topk_lp, teacher.tail_logprobs, alpha=0.0)
     assert out.merged.item() == 0.0 and out.kd.item() * 3 == pytest.approx(plain.kd.item() * 2, rel=1e-6)
     # the teacher's trace tokens map onto other student ids than the student's trace tokens: ULD, not KD
-    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.tensor([1, 0, 2]), alpha=0.0)
+    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, teacher, torch.tensor([1, 0, 2]), alpha=0.0)
     assert out.kd.item() == 0.0 and out.merged.item() > 0
     # CE covers the student-only row too
-    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, [alignment], *teacher, torch.arange(3), alpha=1.0)
+    out = cross_tokenizer_kd(hidden, torch.eye(3), targets, teacher, torch.arange(3), alpha=1.0)
     assert out.loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25) + math.log(0.1)) / 3, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
-# (f) the report, and the whole loss across two tokenizers
-
-
-def test_report_shares_add_up_to_one(teacher_tok, student_tok, metaspace_tok) -> None:
-    alignments = []
-    for tok, text in ((student_tok, TEXT), (metaspace_tok, "so we add 17 + 25 = 42")):
-        spans = token_spans(tok, text, encode(tok, text))
-        alignments.append(align_spans(token_spans(teacher_tok, text, encode(teacher_tok, text)), spans))
-    alignments.append(align_spans([(0, 2), (2, 2)], [(0, 1), (1, 2)]))
-    for group in ([alignments[0]], [alignments[1]], alignments):
-        shares = alignment_shares(group)
-        assert sum(shares.values()) == pytest.approx(1.0) and shares["merged"] > 0
-    assert 0 < alignment_shares(alignments)["one_to_one"] < 1 and alignment_shares(alignments)["unmatched"] > 0
+# (f) the whole loss across two tokenizers
 
 
 def test_loss_across_tokenizers_combines_ce_kd_and_uld(teacher_tok, student_tok) -> None:
@@ -384,7 +253,7 @@ def test_loss_across_tokenizers_combines_ce_kd_and_uld(teacher_tok, student_tok)
     topk_ids[:, 0] = teacher_ids  # the trace token is the teacher's top-1, as it mostly is
     hidden, weight = student_model(2 * len(s_ids), len(student_tok))
     vmap = vocab_map(teacher_tok, student_tok)
-    args = (hidden, weight, targets, alignments, teacher_ids, topk_ids, topk_lp, tail, vmap)
+    args = (hidden, weight, targets, aligned(alignments, teacher_ids, topk_ids, topk_lp, tail), vmap)
     with_uld, without = cross_tokenizer_kd(*args, alpha=0.3), cross_tokenizer_kd(*args, alpha=0.3, xt_weight=0.0)
     assert with_uld.kd > 0 and with_uld.merged > 0 and 0 < with_uld.mapped_mass < 1
     assert (with_uld.loss - without.loss).item() == pytest.approx(0.7 * with_uld.merged.item(), rel=1e-5)
@@ -393,16 +262,16 @@ def test_loss_across_tokenizers_combines_ce_kd_and_uld(teacher_tok, student_tok)
     torch.testing.assert_close(cross_tokenizer_kd(*args, alpha=1.0).loss, ce)
     (grad,) = torch.autograd.grad(with_uld.loss, hidden)
     assert grad.isfinite().all() and (grad.abs().sum(-1) > 0).all()
-    with pytest.raises(ValueError, match="kd must be one of forward, reverse, jsd.*xt_weight.*alignments hold"):
-        cross_tokenizer_kd(*args[:3], alignments[:1], *args[4:], kd="sampled", xt_weight=-1.0)
+    with pytest.raises(ValueError, match="kd must be one of forward, reverse, jsd.*xt_weight.*alignment holds"):
+        half = aligned(alignments[:1], teacher_ids, topk_ids, topk_lp, tail)
+        cross_tokenizer_kd(*args[:3], half, vmap, kd="sampled", xt_weight=-1.0)
 
 
 def test_empty_alignment_gives_zero() -> None:
     hidden, weight = student_model(0, 10)
-    out = cross_tokenizer_kd(
-        hidden, weight, torch.zeros(0, dtype=torch.long), [align_spans([], [])], torch.zeros(0, dtype=torch.long),
-        torch.zeros(0, K, dtype=torch.long), torch.zeros(0, K), None, torch.arange(10),
-    )  # fmt: skip
+    none = torch.zeros(0, dtype=torch.long)
+    teacher = aligned([align_spans([], [])], none, torch.zeros(0, K, dtype=torch.long), torch.zeros(0, K))
+    out = cross_tokenizer_kd(hidden, weight, none, teacher, torch.arange(10))
     out.loss.backward()
     assert out.loss.item() == 0.0 and out.num_tokens == 0 and torch.equal(hidden.grad, torch.zeros(0, H))
 
@@ -417,30 +286,14 @@ def test_chunked_rows_equal_one_chunk(teacher_tok, student_tok) -> None:
     results = []
     for chunk in (3, 10_000):
         hidden, weight = student_model(len(s_ids), len(student_tok))
-        out = cross_tokenizer_kd(hidden, weight, torch.tensor(s_ids), [alignment], torch.tensor(t_ids), topk_ids,
-                                 topk_lp, tail, vmap, alpha=0.2, kd="reverse", chunk_size=chunk)  # fmt: skip
+        teacher = aligned([alignment], torch.tensor(t_ids), topk_ids, topk_lp, tail)
+        out = cross_tokenizer_kd(hidden, weight, torch.tensor(s_ids), teacher, vmap, alpha=0.2, kd="reverse",
+                                 chunk_size=chunk)  # fmt: skip
         out.loss.backward()
         results.append((out.loss.detach(), out.merged, hidden.grad, weight.grad))
     assert results[0][1] > 0
     for ours, whole in zip(*results, strict=True):
         torch.testing.assert_close(ours, whole, rtol=1e-5, atol=1e-6)
-
-
-def test_span_logprobs_keep_every_spans_total(teacher_tok, student_tok) -> None:
-    """Student positions carry the teacher's log-probability of their span: one-to-one unchanged, a span's total
-    kept (so the trace's), and identical tokenizers give the teacher's values back bit for bit."""
-    t_ids, s_ids = encode(teacher_tok), encode(student_tok)
-    alignment = align_spans(token_spans(teacher_tok, TEXT, t_ids), token_spans(student_tok, TEXT, s_ids))
-    teacher = -torch.rand(len(t_ids), generator=torch.Generator().manual_seed(0)) * 3
-    carried = span_logprobs(alignment, teacher)
-    assert carried.shape == (len(s_ids),)
-    for t, s in alignment.groups:
-        torch.testing.assert_close(carried[list(s)].sum(), teacher[list(t)].sum())
-        if len(t) == len(s) == 1:
-            assert carried[s[0]] == teacher[t[0]]
-    assert any(len(t) != len(s) for t, s in alignment.groups)
-    same = align_spans(token_spans(teacher_tok, TEXT, t_ids), token_spans(teacher_tok, TEXT, t_ids))
-    assert torch.equal(span_logprobs(same, teacher), teacher)
 
 
 def test_span_term_is_zero_at_agreement_and_punishes_confidence_in_the_wrong_text() -> None:
@@ -458,9 +311,71 @@ def test_span_term_is_zero_at_agreement_and_punishes_confidence_in_the_wrong_tex
     agree = torch.tensor([[0.45, 0.54, 0.01]]).log()
     wrong = torch.tensor([[0.05, 0.9, 0.05]]).log()  # sure of another text (its id 1): ULD 0.5
     for kd in ("forward", "reverse", "jsd"):
-        args = (torch.eye(3), torch.tensor([0]), [alignment], teacher_ids, topk_ids, topk_lp, tail, vmap)
+        args = (torch.eye(3), torch.tensor([0]), aligned([alignment], teacher_ids, topk_ids, topk_lp, tail), vmap)
         assert cross_tokenizer_kd(agree, *args, alpha=0.0, kd=kd).merged.item() == pytest.approx(0.0, abs=1e-7)
         span = cross_tokenizer_kd(wrong, *args, alpha=0.0, kd=kd).merged.item()
         uld = cross_tokenizer_kd(wrong, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
         agree_uld = cross_tokenizer_kd(agree, *args, alpha=0.0, kd=kd, merged="uld").merged.item()
         assert span > 0.1 and uld < agree_uld - 0.01  # ULD prefers the confidently wrong student
+
+
+# ---------------------------------------------------------------------------------------------
+# (g) byte-fallback tokenizers (Llama 2 / Mistral / Gemma layout), and rows whose top-k maps in part
+
+
+@pytest.mark.parametrize(("kd", "tail"), [("forward", "bucket"), ("reverse", "bucket"), ("jsd", "renorm")])
+def test_identical_byte_fallback_tokenizers_give_distill_loss_exactly(llama_tok, kd, tail) -> None:
+    """The identity invariant for a byte-fallback tokenizer: every id maps to itself (single-character pieces that
+    share their bytes with a byte token included) and the loss is distill_loss's own, bit for bit."""
+    assert torch.equal(vocab_map(llama_tok, llama_tok), torch.arange(len(llama_tok)))
+    ids = encode(llama_tok, BYTE_FALLBACK_TEXT)
+    spans = token_spans(llama_tok, BYTE_FALLBACK_TEXT, ids)
+    targets = torch.tensor(ids * 2)
+    topk_ids, topk_lp, tail_lp = teacher_view(len(targets), len(llama_tok), seed=6)
+    topk_ids[:, -1] = torch.where((topk_ids == targets[:, None]).any(-1), topk_ids[:, -1], targets)  # trace in top-k
+    settings = dict(alpha=0.3, kd=kd, tail=tail, chunk_size=16)
+    hidden, weight = student_model(len(targets), len(llama_tok))
+    vmap = vocab_map(llama_tok, llama_tok)
+    teacher = aligned([align_spans(spans, spans)] * 2, targets, topk_ids, topk_lp, tail_lp)
+    ours = cross_tokenizer_kd(hidden, weight, targets, teacher, vmap, **settings)
+    plain = distill_loss(hidden, weight, targets, topk_ids, topk_lp, tail_lp, **settings)
+    assert torch.equal(ours.loss, plain.loss) and torch.equal(ours.kd, plain.kd) and ours.merged.item() == 0.0
+    assert torch.equal(torch.autograd.grad(ours.loss, hidden)[0], torch.autograd.grad(plain.loss, hidden)[0])
+
+
+@pytest.mark.parametrize(
+    ("kd", "tail", "temperature"),
+    [("forward", "bucket", 1.0), ("reverse", "bucket", 1.0), ("jsd", "bucket", 1.0), ("reverse", "renorm", 2.0)],
+)
+def test_rows_with_unmapped_columns_get_distill_losss_kd_on_their_mapped_columns(kd, tail, temperature) -> None:
+    """The one pass over all rows masks a row's unmapped columns out of the KD: each mapped pair's term equals
+    `distill_loss` on that row's mapped columns alone, whatever the other rows of its chunk hold."""
+    n, vocab = 12, 40
+    g = torch.Generator().manual_seed(7)
+    vmap = torch.where(torch.rand(vocab, generator=g) < 0.6, torch.randperm(vocab, generator=g), -1)
+    topk_ids, topk_lp, tail_lp = teacher_view(n, vocab, seed=8)
+    mapped = (vmap >= 0).nonzero().squeeze(-1)
+    teacher_ids = mapped[torch.randint(len(mapped), (n,), generator=g)]
+    topk_ids[:, 0] = torch.where((topk_ids == teacher_ids[:, None]).any(-1), topk_ids[:, 0], teacher_ids)
+    targets = vmap[teacher_ids]  # every row a pair of counterparts but row 4 (student writes another token)
+    targets[4] = (targets[4] + 1) % vocab
+    alignment = align_spans([(i, i + 1) for i in range(n)], [(i, i + 1) for i in range(n)])
+    hidden, weight = student_model(n, vocab, seed=9)
+    settings = dict(alpha=0.3, kd=kd, tail=tail, temperature=temperature)
+    teacher = aligned([alignment], teacher_ids, topk_ids, topk_lp, tail_lp)
+    ours = cross_tokenizer_kd(hidden, weight, targets, teacher, vmap, xt_weight=0.0, chunk_size=5, **settings)
+    sid, slp, stail, _ = project_topk(topk_ids, topk_lp, tail_lp, vmap)
+    kept = (sid >= 0).sum(-1)
+    assert len(set(kept.tolist())) > 2  # rows of several widths
+    total = torch.zeros(())
+    for i in range(n):
+        if i == 4:  # CE alone (α·CE: xt_weight 0 silences its merged term)
+            total = total + 0.3 * F.cross_entropy(hidden[i : i + 1] @ weight.T, targets[i : i + 1])
+            continue
+        k = int(kept[i])
+        row = distill_loss(hidden[i : i + 1], weight, targets[i : i + 1], sid[i : i + 1, :k], slp[i : i + 1, :k],
+                           stail[i : i + 1], **settings)  # fmt: skip
+        total = total + row.loss
+    torch.testing.assert_close(ours.loss, total / n, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(*(torch.autograd.grad(x, (hidden, weight)) for x in (ours.loss, total / n)),
+                               rtol=1e-4, atol=1e-7)  # fmt: skip
