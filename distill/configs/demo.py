@@ -25,21 +25,20 @@ class DemoConfig(Config):
     prompts: int = 4000
     """arith:distill prompts the teacher answers (one sample each)."""
     steps: int = 3000
-    """Training steps of each student (4 rows each; the two train side by side). Both students are still
-    learning at 1,500 (seed 0: KD 55.0, SFT 46.5 pass@1); 3,000 is what the 10-minute demo affords."""
+    """Training steps of each student (4 rows each; the two train side by side): what the 10-minute demo affords
+    on 2 CPU cores."""
     eval_problems: int = 200
     """arith:test problems to evaluate on (4 samples each)."""
     kd_temperature: float = 1.0
     """KD temperature τ of the KD student: 1 (the standard setting, where the tail bucket is exact and the teacher's
     entropy at its forks is what KD passes on); other values use the renormalised top-20."""
     kd_alpha: float = 0.5
-    """α of the KD student (weight of CE; 1 − α weighs KD). The SFT student has α = 1. Seed 0, 3,000 steps: α 0.25
-    67.5, 0.5 67.4, 0.75 65.6 pass@1; pure reverse KL (α = 0) never finds the teacher's support from the base
-    student (0.0 at 1,500 steps), so half the weight stays on the trace token."""
+    """α of the KD student (weight of CE; 1 − α weighs KD). The SFT student has α = 1. Reverse KL alone (α = 0)
+    puts no pressure where the base student has no mass, so the CE term is what pulls it onto the teacher's
+    support."""
     kd: Literal["forward", "reverse", "jsd"] = "reverse"
-    """Divergence of the KD student over the teacher's top-20 + tail: reverse (mode-seeking; the best of six
-    students on the seed-0 demo cache at training seeds 0, 1, 2, 1,500 steps each: 55.0, 56.1, 53.9 pass@1;
-    forward 51.7, 46.1, 46.6; SFT 46.5, 46.8, 46.2), forward or jsd."""
+    """Divergence of the KD student over the teacher's top-20 + tail: reverse (KL(student ‖ teacher), mode-seeking:
+    the student need not cover every fork the teacher keeps open), forward or jsd."""
 
     def problems(self) -> list[str]:
         out = at_least(self.prompts, 1, "--prompts") + at_least(self.steps, 1, "--steps")

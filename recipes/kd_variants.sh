@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # KD variants from one teacher cache, recorded and compared: the experiments workflow on the embedded default.
 #
-#   bash scripts/kd_variants.sh                  # OUT=runs/kd-variants SEEDS=0 STEPS=1500
-#   SEEDS="0 1 2" bash scripts/kd_variants.sh    # every student at three training seeds, on the one cache
+#   bash recipes/kd_variants.sh                  # OUT=runs/kd-variants SEEDS=0 STEPS=1500
+#   SEEDS="0 1 2" bash recipes/kd_variants.sh    # every student at three training seeds, on the one cache
 #
 # One teacher run, six students: `distill demo` makes the cache (the bundled arith teacher through real
 # vLLM), its `correct` view, a forward-KL student (--tail bucket) and an SFT student (α = 1); this script
@@ -12,8 +12,8 @@
 # × 4 samples). Further SEEDS train all six again on the same cache with another training seed (named
 # NAME-sSEED), so `distill compare` groups them and shows the spread over seeds. Every run records itself
 # in the registry under $DISTILL_HOME; the last step is `distill compare`, whose table and figures
-# (OUT/compare/report.md) the README shows. Each stage is skipped when its output exists, so a rerun after
-# an interruption continues. About 20 minutes per seed on 2 CPU cores.
+# (OUT/compare/report.md) docs/results/kd-variants.md shows. Each stage is skipped when its output exists, so
+# a rerun after an interruption continues. About 20 minutes per seed on 2 CPU cores.
 set -euo pipefail
 
 OUT=${OUT:-runs/kd-variants}
@@ -24,7 +24,7 @@ FIRST=${SEEDS%% *}
 
 # ---- the teacher cache, its correct view, the forward-KL and SFT students of the first seed (evaluated) ----
 if [ ! -f "$OUT/demo/summary.json" ]; then
-  "$DISTILL" demo --out "$OUT/demo" --seed "$FIRST" --steps "$STEPS"
+  "$DISTILL" demo --out "$OUT/demo" --seed "$FIRST" --steps "$STEPS" --kd forward  # its KD student: forward KL
 fi
 CACHE="$OUT/demo/cache"
 
