@@ -145,23 +145,31 @@ def _evaluate(cfg: EvalConfig, preset: Any, prompts: list[dict], where: str, tok
         cfg.backend,
         preset.hub_id,
         dtype=cfg.dtype or preset.engine.dtype,
-        max_model_len=preset.engine.max_model_len,
+        max_model_len=cfg.max_model_len or preset.engine.max_model_len,
         max_logprobs=1,
         seed=cfg.seed,
         tokens=len(tokenizer),  # a padded vocabulary's extra rows are never sampled
     )
-    requests = []
+    requests, clamped = [], 0
     for q in prompts:
         ids = tokenizer(rendered[q["id"]], add_special_tokens=False)["input_ids"]
         room = engine.max_model_len - len(ids)
         if room < 1:
             raise DistillError(f"Prompt {q['id']} is longer than the model's context ({engine.max_model_len} tokens).")
+        clamped += room < cfg.max_new_tokens
         for s in range(cfg.samples):
             requests.append(
                 Request(
                     (q["id"], s), ids, request_seed(cfg.seed, q["id"], s), max_new_tokens=min(cfg.max_new_tokens, room)
                 )
             )
+    if clamped:  # a reasoning model cut short scores as a wrong one: say so rather than report a lower pass@1
+        typer.echo(
+            f"warning: the model's context ({engine.max_model_len} tokens) leaves {clamped} of {len(prompts)} prompts "
+            f"less than --max-new-tokens {cfg.max_new_tokens}; their completions stop earlier. Pass --max-model-len "
+            "(the model must support it) or a smaller --max-new-tokens.",
+            err=True,
+        )
     spec = SamplingSpec(
         cfg.temperature, cfg.top_p, cfg.max_new_tokens, top_k=0, stop_token_ids=stop_token_ids(tokenizer, preset.hub_id)
     )

@@ -122,9 +122,7 @@ class GRPORecipe:
             last, self.step = self.run.restore_policy(self.policy, self.optimizer, self.device)
             self.log(f"resumed from {last} (step {self.step})")
         self.engine = open_policy_engine(cfg, self.preset, self.tokenizer, self.policy, resumed=self.step > 0)
-        self.prompts, skipped = fit_prompts(prompts, self.engine.max_model_len, self.where)
-        if skipped:
-            self.log(f"note: {skipped} prompts fill the model's context and are skipped")
+        self.prompts = fit_prompts(prompts, self.engine.max_model_len, self.max_new_tokens, self.where, self.log)
         stops = stop_token_ids(self.tokenizer, self.preset.hub_id)
         self.spec = SamplingSpec(cfg.temperature, 1.0, self.max_new_tokens, top_k=0, stop_token_ids=stops)
         self.log(

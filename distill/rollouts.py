@@ -77,7 +77,7 @@ def open_policy_engine(cfg: Any, preset: Any, tokenizer: Any, policy: torch.nn.M
         cfg.backend,
         preset.hub_id,
         dtype=cfg.dtype or preset.engine.dtype,
-        max_model_len=preset.engine.max_model_len,
+        max_model_len=cfg.max_model_len or preset.engine.max_model_len,
         max_logprobs=1,
         seed=cfg.seed,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
@@ -88,12 +88,24 @@ def open_policy_engine(cfg: Any, preset: Any, tokenizer: Any, policy: torch.nn.M
     return engine
 
 
-def fit_prompts(prompts: list[dict[str, Any]], max_model_len: int, where: str) -> tuple[list[dict[str, Any]], int]:
-    """The prompts that leave room for a completion in the context, and how many do not; DistillError when none."""
-    kept = [q for q in prompts if max_model_len - len(q["ids"]) >= 1]
+def fit_prompts(
+    prompts: list[dict[str, Any]], max_model_len: int, max_new_tokens: int, where: str, log: Any
+) -> list[dict[str, Any]]:
+    """The prompts that leave room for a completion in the context; the others are skipped with a note, and a note
+    says how many leave less than `max_new_tokens` (their completions stop earlier). DistillError when none fit."""
+    room = [max_model_len - len(q["ids"]) for q in prompts]
+    kept = [q for q, r in zip(prompts, room, strict=True) if r >= 1]
     if not kept:
         raise DistillError(f"Every prompt of {where} fills the model's context ({max_model_len}).")
-    return kept, len(prompts) - len(kept)
+    if len(kept) < len(prompts):
+        log(f"note: {len(prompts) - len(kept)} prompts fill the model's context and are skipped")
+    short = sum(1 <= r < max_new_tokens for r in room)
+    if short:
+        log(
+            f"note: the model's context ({max_model_len} tokens) leaves {short} prompts less than --max-new-tokens "
+            f"{max_new_tokens}; their completions stop earlier (--max-model-len raises the context)"
+        )
+    return kept
 
 
 def completion_limit(given: int | None, preset: Any) -> int:

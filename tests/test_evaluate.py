@@ -118,3 +118,21 @@ def test_the_printed_table_reports_unknown_samples(tmp_path: Path, capsys: pytes
     summary = run_eval(cfg)["summary"]
     assert summary["unknown"] == 2 and summary["pass@1"] == 0  # no gold answers: nothing could be checked
     assert "unknown    100.0  (2 samples could not be checked)" in capsys.readouterr().out
+
+
+def test_a_context_too_short_for_max_new_tokens_is_said_and_max_model_len_raises_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A reasoning model whose context leaves less than --max-new-tokens is cut short and scores as wrong: eval says
+    so (instead of a silently lower pass@1), and --max-model-len gives it the room."""
+
+    def run(**kw: int) -> dict:
+        cfg = EvalConfig(model="arith-teacher", prompts="arith:test", samples=1, max_new_tokens=200, backend="hf",
+                         limit=2, verifier="format", dtype="float32", **kw)  # fmt: skip
+        return run_eval(cfg)
+
+    short = run(max_model_len=60)  # the rendered prompts are ~40 tokens: ~20 left for a ~50-token trace
+    assert short["summary"]["pass@1"] == 0
+    assert "leaves 2 of 2 prompts less than --max-new-tokens 200" in capsys.readouterr().err
+    assert run(max_model_len=512)["summary"]["pass@1"] == 1
+    assert "less than --max-new-tokens" not in capsys.readouterr().err

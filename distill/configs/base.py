@@ -118,24 +118,25 @@ class PromptSource:
 
 @dataclass(kw_only=True)
 class ModelRuntime:
-    """Which engine runs a model, and in which dtype."""
+    """Which engine runs a model, in which dtype, with how long a context."""
 
     backend: Backend = "vllm"
     """Engine: vllm, or hf (transformers; no vLLM needed)."""
     dtype: Dtype | None = None
     """Model dtype: auto, bfloat16, float16 or float32 [preset]."""
+    max_model_len: int | None = None
+    """Context length for the engine (prompt + completion) [preset, else the model's own]."""
+
+    def runtime_problems(self) -> list[str]:
+        return at_least(self.max_model_len, 1, "--max-model-len")
 
 
 @dataclass(kw_only=True)
 class TeacherRuntime(ModelRuntime):
-    """A teacher engine: context length and tensor parallelism too."""
+    """A teacher engine: tensor parallelism too."""
 
-    max_model_len: int | None = None
-    """Context length for the engine [preset]."""
     tensor_parallel_size: int | None = None
     """GPUs one engine spans (vLLM tensor parallelism) [preset]."""
 
     def runtime_problems(self) -> list[str]:
-        return at_least(self.max_model_len, 1, "--max-model-len") + at_least(
-            self.tensor_parallel_size, 1, "--tensor-parallel-size"
-        )
+        return super().runtime_problems() + at_least(self.tensor_parallel_size, 1, "--tensor-parallel-size")

@@ -67,7 +67,7 @@ class EvalConfig(Config, PromptSource, ModelRuntime):
     """Write per-problem results and the summary as JSON here."""
 
     def problems(self) -> list[str]:
-        out = self.prompt_problems() + at_least(self.samples, 1, "--samples")
+        out = self.prompt_problems() + self.runtime_problems() + at_least(self.samples, 1, "--samples")
         out += at_least(self.temperature, 0, "--temperature") + at_least(self.max_new_tokens, 1, "--max-new-tokens")
         if not 0 < self.top_p <= 1:
             out.append(f"--top-p must be in (0, 1], got {self.top_p}")

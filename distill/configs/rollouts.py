@@ -45,7 +45,9 @@ class RolloutOptions:
         if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
             out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
         out += at_least(self.iterations, 1, "--iterations") + at_least(self.steps, 1, "--steps")
-        out += at_least(self.max_new_tokens, 1, "--max-new-tokens")
+        out += at_least(self.max_new_tokens, 1, "--max-new-tokens") + at_least(
+            getattr(self, "max_model_len", None), 1, "--max-model-len"
+        )
         if not 0 < self.gpu_memory_utilization < 1:
             out.append(f"--gpu-memory-utilization must be in (0, 1), got {self.gpu_memory_utilization}")
         return out
