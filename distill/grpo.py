@@ -74,6 +74,7 @@ from distill.rollouts import (
     policy_optimizer,
     render_prompts,
     resolve_policy,
+    rollout_lr,
     step_rollout,
 )
 from distill.runs import RunRecord, read_manifest, run_of_model
@@ -177,9 +178,12 @@ class GRPORecipe:
                 lo, hi = min(lo, float(stats["ratio_min"])), max(hi, float(stats["ratio_max"]))
             self.run.stop_if_not_finite(sums["loss"], self.step + 1)
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
+            lr = rollout_lr(cfg.lr, self.step, 0, cfg.lr_schedule, cfg.decay_steps or cfg.steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            passes.append({**sums, "ratio_min": lo, "ratio_max": hi, "grad_norm": float(norm)})
+            passes.append({**sums, "ratio_min": lo, "ratio_max": hi, "grad_norm": float(norm), "lr": lr})
         row = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
         row["ratio_min"] = min(p["ratio_min"] for p in passes)
         row["ratio_max"] = max(p["ratio_max"] for p in passes)

@@ -94,6 +94,7 @@ from distill.rollouts import (
     policy_optimizer,
     render_prompts,
     resolve_policy,
+    rollout_lr,
     step_rollout,
 )
 from distill.runs import RunRecord, read_manifest, run_of_model
@@ -308,11 +309,12 @@ class OnPolicyRecipe:
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
             self.run.stop_if_not_finite(sums["loss"], self.step + 1)
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.grad_clip)
-            for group in self.optimizer.param_groups:  # a function of the step, so a resumed run agrees
-                group["lr"] = cfg.lr * min(1.0, (self.step + 1) / (cfg.warmup_steps + 1))
+            lr = rollout_lr(cfg.lr, self.step, cfg.warmup_steps, cfg.lr_schedule, cfg.decay_steps or cfg.steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            passes.append({**sums, "grad_norm": float(norm)})
+            passes.append({**sums, "grad_norm": float(norm), "lr": lr})
         row = {k: sum(p[k] for p in passes) / len(passes) for k in passes[0]}
         return row, old, raw
 

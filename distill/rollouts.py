@@ -114,6 +114,16 @@ def completion_limit(given: int | None, preset: Any) -> int:
     return given or (sampling.max_new_tokens if sampling else 1024)
 
 
+def rollout_lr(peak: float, step: int, warmup: int, schedule: str, horizon: int) -> float:
+    """The learning rate of optimiser step `step` (0-based): linear warm-up over `warmup` steps to `peak`, then
+    constant or a cosine down to 0 at `horizon` — a function of the step alone, so a resumed run agrees."""
+    lr = peak * min(1.0, (step + 1) / (warmup + 1))
+    if schedule == "cosine" and step >= warmup:
+        progress = min(1.0, (step - warmup) / max(horizon - warmup, 1))
+        lr = peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr
+
+
 def step_rollout(
     engine: Any,
     spec: SamplingSpec,

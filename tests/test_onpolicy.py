@@ -196,15 +196,21 @@ def test_the_teacher_as_its_own_student_sees_zero_reverse_kl_and_gets_no_update(
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize("loss", [["--loss", "full", "--kd", "reverse"], ["--loss", "reverse", "--kl-discount", "0.9"]])
+@pytest.mark.parametrize(
+    "loss",
+    [["--loss", "full", "--kd", "reverse", "--lr-schedule", "cosine"], ["--loss", "reverse", "--kl-discount", "0.9"]],
+)
 def test_full_vocabulary_and_discounted_losses_train(loss: list[str], tmp_path: Path) -> None:
     out = tmp_path / "learns"
     proc = distill("onpolicy", *RUN_ARGS, *loss, "--self-check", "0", "--steps", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for r in metrics(out):
+    rows = metrics(out)
+    for r in rows:
         assert r["grad_norm"] > 0 and r["reverse_kl"] > 0.1
         if "full" in loss:  # the exact divergence is at least the top-k + tail one (a coarser partition)
             assert r["kd"] > 0.1
+    # --lr 1e-3, no warm-up: constant, or a cosine that is halfway down at the second of two steps
+    assert [r["lr"] for r in rows] == ([1e-3, 5e-4] if "cosine" in loss else [1e-3, 1e-3])
     assert json.loads((out / "run.json").read_text())["config"]["loss"] == loss[1]
     moved, start = weights(out / "model"), weights(STUDENT)
     assert any(not torch.equal(moved[k], start[k]) for k in start)
@@ -353,6 +359,7 @@ def test_a_template_that_opens_the_completion_differently_is_refused(tmp_path: P
         (["--loss", "full", "--teacher-backend", "vllm"], "--loss full needs --teacher-backend hf"),
         (["--kl-discount", "1.5"], "--kl-discount must be in [0, 1], got 1.5"),
         (["--loss", "topk", "--kl-discount", "0.5"], "--kl-discount applies to --loss reverse"),
+        (["--decay-steps", "100"], "--decay-steps applies to --lr-schedule cosine"),
     ],
 )
 def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_path: Path) -> None:

@@ -99,3 +99,13 @@ def test_logprob_mismatch_compares_only_completion_tokens() -> None:
     trainer = torch.tensor([[-0.5, -1.25], [-1.0, 99.0]])  # 99 sits on padding and must not count
     mean, worst = logprob_mismatch([mb], [trainer], [r.sampled_logprobs for r in rows])
     assert mean == pytest.approx((0 + 0.25 + 1.0) / 3) and worst == pytest.approx(1.0)
+
+
+def test_the_rollout_learning_rate_warms_up_then_stays_or_follows_a_cosine_to_zero() -> None:
+    from distill.rollouts import rollout_lr
+
+    assert [rollout_lr(1.0, s, 3, "constant", 10) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = [rollout_lr(1.0, s, 2, "cosine", 12) for s in range(13)]
+    assert cosine[:3] == [1 / 3, 2 / 3, 1.0] and cosine[7] == pytest.approx(0.5) and cosine[12] == 0.0
+    assert all(a >= b for a, b in zip(cosine[2:], cosine[3:], strict=False))  # falls after the warm-up
+    assert rollout_lr(1.0, 50, 2, "cosine", 12) == 0.0  # past the horizon: stays at 0

@@ -7,8 +7,11 @@ optimiser steps on it; these options mean the same in both, so they are declared
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from distill.configs.base import at_least
+
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass(kw_only=True)
@@ -27,6 +30,11 @@ class RolloutOptions:
     """Completion length limit [preset]; longer completions end with finish reason 'length'."""
     steps: int = 100
     """Rollout steps; each samples one batch and makes μ optimiser steps."""
+    lr_schedule: LrSchedule = "constant"
+    """The learning rate after any warm-up: constant, or cosine (down to 0 over --decay-steps)."""
+    decay_steps: int | None = None
+    """--lr-schedule cosine: steps over which the learning rate falls to 0, warm-up included [--steps]; give the
+    final length when a run is extended with --resume, so that its schedule does not change midway."""
     save_every: int = 10
     """Checkpoint every N steps (and at the end)."""
     gpu_memory_utilization: float = 0.3
@@ -45,6 +53,9 @@ class RolloutOptions:
         if not 0 < self.epsilon < 1 or (self.epsilon_high is not None and self.epsilon_high <= 0):
             out.append("--epsilon must be in (0, 1) and --epsilon-high > 0")
         out += at_least(self.iterations, 1, "--iterations") + at_least(self.steps, 1, "--steps")
+        out += at_least(self.decay_steps, 1, "--decay-steps")
+        if self.decay_steps is not None and self.lr_schedule != "cosine":
+            out.append("--decay-steps applies to --lr-schedule cosine")
         out += at_least(self.max_new_tokens, 1, "--max-new-tokens") + at_least(
             getattr(self, "max_model_len", None), 1, "--max-model-len"
         )
