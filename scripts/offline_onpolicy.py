@@ -10,6 +10,10 @@ Rounds of three existing commands, each round starting from the last round's stu
    student's own samples, `--epochs` passes (1: every scored token once, as a live `distill onpolicy` run uses
    it), plus whatever follows `--` (e.g. `--lr 1e-4`).
 
+`--sampler teacher` is the control at the same budget: the teacher writes each round's samples with its top-k
+(continued offline KD on fresh traces), the filter keeps the correct ones, and train learns with the given loss
+(pass `-- --alpha 0.5` for the demo's).
+
 The live stage (`distill onpolicy --loss topk`) does the same per step with the teacher in the trainer's process;
 offline, the teacher can be anywhere and run once per round, the caches are inspectable and reusable, and the
 student's rollouts are paid once per round instead of once per step. The samples are scored after the student's
@@ -55,6 +59,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", default="96")
     parser.add_argument("--kd", default="reverse", help="train's --kd on the student's samples")
     parser.add_argument("--epochs", default="1", help="passes over each round's samples")
+    parser.add_argument("--sampler", choices=["student", "teacher"], default="student",
+                        help="who writes each round's samples: the student (on-policy), or the teacher (continued "
+                        "offline KD at the same budget: its top-k, the correct traces kept)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/offline-opd"))
     args, train_args = parser.parse_known_args()
@@ -67,17 +74,23 @@ def main() -> None:
     for r in range(len(rounds), args.rounds):
         here = args.out / f"round-{r + 1}"
         started = time.perf_counter()
-        distill("generate", "--teacher", str(student), "--prompts", args.prompts, "--limit",
-                str(prompts * args.rounds), "--shard-index", str(r), "--num-shards", str(args.rounds),
+        on_policy = args.sampler == "student"
+        distill("generate", "--teacher", str(student) if on_policy else args.teacher, "--prompts", args.prompts,
+                "--limit", str(prompts * args.rounds), "--shard-index", str(r), "--num-shards", str(args.rounds),
                 "--samples-per-prompt", str(args.group_size), "--temperature", args.temperature, "--top-p", "1.0",
-                "--max-new-tokens", args.max_new_tokens, "--top-k", "0", "--dtype", "float32",
+                "--max-new-tokens", args.max_new_tokens, "--top-k", "0" if on_policy else "20", "--dtype", "float32",
                 "--seed", str(args.seed + r), "--out", str(here / "samples"), log=log)  # fmt: skip
-        distill("score", "--teacher", args.teacher, "--traces", str(here / "samples"), "--out", str(here / "scores"),
+        if on_policy:  # the teacher's top-k at every position the student wrote
+            distill("score", "--teacher", args.teacher, "--traces", str(here / "samples"), "--out",
+                    str(here / "scores"), log=log)  # fmt: skip
+            data = ["--cache", str(here / "scores"), "--alpha", "0"]
+        else:  # the teacher's own traces: keep the correct ones, as `distill demo` does
+            distill("filter", str(here / "samples"), "--verifiers", "math,format", "--name", "correct", log=log)
+            data = ["--cache", str(here / "samples"), "--view", "correct"]
+        distill("train", "--student", str(student), *data, "--kd", args.kd, "--epochs", args.epochs,
+                "--seed", str(args.seed), "--out", str(here / "train"), "--report-to", "none", *train_args,
                 log=log)  # fmt: skip
-        distill("train", "--student", str(student), "--cache", str(here / "scores"), "--alpha", "0", "--kd", args.kd,
-                "--epochs", args.epochs, "--seed", str(args.seed), "--out", str(here / "train"),
-                "--report-to", "none", *train_args, log=log)  # fmt: skip
-        index = json.loads((here / "scores" / "index.json").read_text())
+        index = json.loads((here / ("scores" if on_policy else "samples") / "index.json").read_text())
         metrics = [json.loads(line) for line in (here / "train" / "metrics.jsonl").read_text().splitlines()]
         student = str(here / "train" / "model")
         rounds.append(

@@ -10,9 +10,10 @@ prompts (`distill onpolicy --lr 0`: the student's own samples scored by the teac
 - `grpo:ARGS`: `distill grpo` with the verifiers' rewards, ARGS added;
 - `offline:ARGS`: offline on-policy distillation (scripts/offline_onpolicy.py): per segment the student samples
   the segment's completions once (`distill generate`), the teacher scores them (`distill score`), and
-  `distill train --alpha 0` learns on them; ARGS go to train;
-- `kd:ARGS`: continued offline KD on the demo's own cache (`distill train` from the start, the demo's loss),
-  as many teacher-scored tokens as the on-policy run's rollouts, ARGS added.
+  `distill train --alpha 0` learns on them; ARGS are the script's options, then `--` and train's;
+- `kd:ARGS`: the control, continued offline KD at the same budget: per segment the teacher writes as many fresh
+  traces (with its top-k), the filter keeps the correct ones, and `distill train` learns on them (the same script,
+  `--sampler teacher`; ARGS as for offline).
 
 `--method NAME=KIND:ARGS` adds a method (the named ones below are the defaults); the diagnosis runs use it, e.g.
 `--method 'r8=onpolicy:--batch-size 8 --lr 1e-4'`. Every run resumes or is skipped when its output exists, so an
@@ -146,14 +147,21 @@ def live(kind: str, args: list[str], start: Path, out: Path, seed: int, budget: 
     return points
 
 
-def offline(args: list[str], start: Path, out: Path, seed: int, budget: int, evals: int) -> list[dict]:
-    """Offline on-policy distillation, one round per segment (scripts/offline_onpolicy.py)."""
+def offline(
+    args: list[str], start: Path, out: Path, seed: int, budget: int, evals: int, sampler: str = "student"
+) -> list[dict]:
+    """One round of scripts/offline_onpolicy.py per segment: the student's samples scored by the teacher
+    (`sampler` student: offline on-policy), or the teacher's own traces (teacher: continued offline KD on fresh
+    traces at the same budget); ARGS are its options, then `--` and train's."""
     script = REPO / "scripts" / "offline_onpolicy.py"
     per_round = budget // evals
+    own, train = (args[: args.index("--")], args[args.index("--") + 1 :]) if "--" in args else ([], args)
     cmd = [sys.executable, str(script), "--student", str(start), "--rounds", str(evals), "--completions",
-           str(per_round), "--seed", str(seed), "--out", str(out), "--", *args]  # fmt: skip
+           str(per_round), "--sampler", sampler, "--seed", str(seed), "--out", str(out), *own,
+           "--", *train]  # fmt: skip
     if not (out / "rounds.json").is_file() or len(json.loads((out / "rounds.json").read_text())) < evals:
         print("$ " + shlex.join(cmd[1:]), flush=True)
+        out.mkdir(parents=True, exist_ok=True)
         with open(out.parent / f"{out.name}-log.txt", "a") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=log)
     rounds = json.loads((out / "rounds.json").read_text())
@@ -162,41 +170,6 @@ def offline(args: list[str], start: Path, out: Path, seed: int, budget: int, eva
         tokens, seconds = tokens + r["tokens"], seconds + r["seconds"]
         points.append({"completions": per_round * k, "rollout_tokens": tokens, "seconds": seconds,
                        "model": r["model"], "train_reverse_kl": r.get("kd")})  # fmt: skip
-    return points
-
-
-def continued_kd(
-    args: list[str], start: Path, demo: Path, out: Path, seed: int, tokens: list[float], evals: int
-) -> list[dict]:
-    """More offline KD on the demo's cache from `start`, with the demo's loss; segment k ends when as many trace
-    tokens have been trained on as the reference on-policy run had rolled out by its k-th point."""
-    cfg = json.loads((demo / "kd" / "model" / "distill_train.json").read_text())["config"]
-    cache = demo / "cache"
-    rows = 4
-    per_step = rows * 512 * 0.9  # tokens per step: packed rows of 512 are nearly full
-    points, model = [], start
-    for k in range(evals):
-        run = out / f"segment-{k + 1}"
-        want = tokens[k] - (tokens[k - 1] if k else 0)
-        if not (run / "model").is_dir():
-            steps = max(int(want / per_step), 1)
-            loss = ["--kd", cfg["kd"], "--alpha", str(cfg["alpha"])]  # the demo's own KD loss
-            distill("train", "--student", str(model), "--cache", str(cache), "--view", "correct", *loss,
-                    "--batch-rows", str(rows), "--max-steps", str(steps), "--seed", str(seed), "--out", str(run),
-                    "--report-to", "none", *args, log=out / "log.txt")  # fmt: skip
-        used = metric_rows(run)
-        trained = sum(r["tokens"] for r in used)
-        before = points[-1] if points else {"rollout_tokens": 0, "seconds": 0.0}
-        points.append(
-            {
-                "completions": 0,
-                "rollout_tokens": before["rollout_tokens"] + trained,  # trace tokens the teacher scored once
-                "seconds": before["seconds"] + trained / used[-1]["tokens_per_s"],
-                "model": str(run / "model"),
-                "train_reverse_kl": None,
-            }
-        )
-        model = run / "model"
     return points
 
 
@@ -243,12 +216,9 @@ def main() -> None:
                 out = base / name
                 if kind in ("onpolicy", "grpo"):
                     points = live(kind, extra_args, start, out, seed, args.completions, args.evals)
-                elif kind == "offline":
-                    points = offline(extra_args, start, out, seed, args.completions, args.evals)
-                elif kind == "kd":
-                    ref = next(entry[m] for m in args.methods if methods[m].startswith("onpolicy:") and m in entry)
-                    tokens = [p["rollout_tokens"] for p in ref["points"]]
-                    points = continued_kd(extra_args, start, demo, out, seed, tokens, args.evals)
+                elif kind in ("offline", "kd"):
+                    sampler = "student" if kind == "offline" else "teacher"
+                    points = offline(extra_args, start, out, seed, args.completions, args.evals, sampler)
                 else:
                     raise SystemExit(f"method {name}: unknown kind {kind!r}")
                 start_point = measure(start, base / "start" / f"t{temperature}", seed, temperature)
