@@ -230,9 +230,25 @@ def main() -> None:
                     if values:
                         split[key] = statistics.mean(values)
                 entry[name] = {"spec": methods[name], "start": start_point, "points": points, "seconds_per_step": split}
-                args.out.mkdir(parents=True, exist_ok=True)
-                results_path.write_text(json.dumps({"methods": methods, "seeds": results}, indent=2))
+                results = save_result(results_path, methods, seed, start_name, name, entry)
     report(results, args.out)
+
+
+def save_result(path: Path, methods: dict, seed: int, start: str, name: str, entry: dict) -> dict:
+    """Merge one method's result into `path` under a lock (several comparisons may share one --out); the whole."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        doc = json.loads(path.read_text()) if path.is_file() else {"methods": {}, "seeds": {}}
+        doc["methods"].update(methods)
+        mine = doc["seeds"].setdefault(str(seed), {}).setdefault(start, {})
+        mine["teacher"], mine[name] = entry["teacher"], entry[name]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2))
+        tmp.rename(path)
+    return doc["seeds"]
 
 
 def report(results: dict, out: Path) -> None:
