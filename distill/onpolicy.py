@@ -199,6 +199,12 @@ class OnPolicyRecipe:
     # -----------------------------------------------------------------------------------------
     # one step
 
+    def rollout(self) -> Rollout:
+        """This step's completions: `batch_size / G` prompts, G seeded samples each, from the current policy."""
+        cfg = self.cfg
+        return step_rollout(self.engine, self.spec, self.tokenizer, self.prompts, cfg.group_size, cfg.batch_size,
+                            self.step, cfg.seed)  # fmt: skip
+
     def reward_advantages(self, rollout: Rollout) -> tuple[torch.Tensor | None, dict[str, Any]]:
         """(N,) group-normalised rewards (0 where a verdict is unknown) and their metrics; None when off."""
         if not self.cfg.reward_weight:
@@ -322,8 +328,7 @@ class OnPolicyRecipe:
         """One step: rollout → teacher scoring → [rewards] → updates → weight sync; its metrics row."""
         cfg = self.cfg
         start = time.perf_counter()
-        rollout = step_rollout(self.engine, self.spec, self.tokenizer, self.prompts, cfg.group_size, cfg.batch_size,
-                               self.step, cfg.seed)  # fmt: skip
+        rollout = self.rollout()
         rollout_s = time.perf_counter() - start
         rollout, cut = self.grader.whole_characters(rollout)  # across tokenizers the teacher reads text
         scores = self.grader.score(rollout.completions, rollout.prompts)

@@ -281,7 +281,7 @@ def test_cross_tokenizer_steps_over_samples_that_stop_at_once_or_break_a_charact
     import numpy as np
 
     from distill.configs.onpolicy import OnPolicyConfig
-    from distill.onpolicy import OnPolicyRecipe, whole_character_rollout
+    from distill.onpolicy import OnPolicyRecipe
     from distill.rollouts import Rollout
 
     cfg = OnPolicyConfig(student="arith-student-bpe", teacher="arith-teacher", prompts="arith:train", backend="hf",
@@ -309,7 +309,7 @@ def test_cross_tokenizer_steps_over_samples_that_stop_at_once_or_break_a_charact
 
     completions = [sample(c, ids) for c, ids in zip(sampled.completions, written, strict=True)]
     rollout = Rollout(completions, [tok.decode(ids) for ids in written], sampled.prompts)
-    cut, count = whole_character_rollout(rollout, tok, recipe.stops)
+    cut, count = recipe.grader.whole_characters(rollout)
     assert count == 2 and [len(c.completion_ids) for c in cut.completions[:3]] == [1, len(emoji) - 4, 3]
     assert cut.completions[1].finish_reason == "length" and cut.texts[1].endswith("so we add 17 ")
     monkeypatch.setattr(recipe, "rollout", lambda: rollout)
