@@ -98,7 +98,17 @@ def reverse_kl(model: Path, out: Path, seed: int, temperature: str) -> float:
 
 
 def measure(model: Path, where: Path, seed: int, temperature: str) -> dict:
+    """pass@1 at 0.6 and at the rollout temperature, and the reverse KL, of `model` (once: several comparisons
+    sharing one --out measure a shared start under a lock)."""
+    import fcntl
+
     where.mkdir(parents=True, exist_ok=True)
+    with open(where / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _measure(model, where, seed, temperature)
+
+
+def _measure(model: Path, where: Path, seed: int, temperature: str) -> dict:
     return {
         "pass1": pass1(model, where / "eval.json", seed),
         "pass1_at_rollout_t": pass1(model, where / "eval-t.json", seed, temperature),
