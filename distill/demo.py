@@ -4,7 +4,8 @@ generate (the bundled arith teacher through real vLLM, top-20 logprobs into a ca
 `arith:distill` prompts it was never trained on, so it gets some wrong) → filter (math + format
 verifiers: a view of the correct traces) → train two students from the same cache with the same
 steps, batch and seed, KD (reverse KL, α = 0.5, τ = 1, top-20 + tail bucket: the exact target) and SFT (α = 1)
-→ eval teacher and both students on `arith:test` → a table, `summary.json` and `report.md` with
+→ with --onpolicy, the KD student polished on-policy (`distill onpolicy`: it samples, the teacher grades every
+token it wrote) → eval the teacher and the students on `arith:test` → a table, `summary.json` and `report.md` with
 plots (CE and KL curves, accuracy bars, filter pass rates, the teacher's per-token entropy).
 
 The teacher was trained on traces whose correct reasoning forks (order, operand order, phrasing,
@@ -194,9 +195,30 @@ def run_demo(cfg: DemoConfig) -> dict:
         f"logs: {out}/train-kd.log, {out}/train-sft.log"
     )
     runs = train_side_by_side(jobs, out, steps, threads)
+    stages = STAGES + 2 * cfg.onpolicy
+    models = [("teacher", teacher), ("kd", str(runs["kd"])), ("sft", str(runs["sft"]))]
+    if cfg.onpolicy:
+        typer.echo(
+            f"[4/{stages}] onpolicy: the KD student samples arith:train and the teacher grades every token it wrote, "
+            f"{cfg.onpolicy_steps} steps (its defaults for {student}); log: {out}/onpolicy.log"
+        )
+        with (out / "onpolicy.log").open("w") as log:
+            done = subprocess.run(
+                [sys.executable, "-m", "distill", "onpolicy", "--student", str(runs["kd"]), "--teacher", teacher,
+                 "--prompts", "arith:train", "--max-new-tokens", "96", "--dtype", "float32", "--steps",
+                 str(cfg.onpolicy_steps), "--seed", str(seed), "--out", str(out / "opd")],
+                stdout=subprocess.PIPE, stderr=log, text=True,
+            )  # fmt: skip
+        if done.returncode != 0:
+            typer.echo("\n".join((out / "onpolicy.log").read_text().strip().splitlines()[-5:]), err=True)
+            typer.echo(f"error: the on-policy polish failed; its log is {out}/onpolicy.log", err=True)
+            raise typer.Exit(done.returncode)
+        models.append(("opd", done.stdout.strip().splitlines()[-1]))
     scores = {}
-    for i, (name, model) in enumerate((("teacher", teacher), ("kd", str(runs["kd"])), ("sft", str(runs["sft"])))):
-        typer.echo(f"[{4 + i}/{STAGES}] eval {name} on arith:test ({eval_problems} problems × 4 samples)")
+    for i, (name, model) in enumerate(models):
+        typer.echo(
+            f"[{4 + cfg.onpolicy + i}/{stages}] eval {name} on arith:test ({eval_problems} problems × 4 samples)"
+        )
         path = out / f"eval-{name}.json"
         _distill(
             "eval",
@@ -237,6 +259,15 @@ def run_demo(cfg: DemoConfig) -> dict:
         "kd_tail": tail,
         "batch_rows": BATCH_ROWS,
         "train_threads": threads,
+        **(
+            {
+                "opd_pass1": scores["opd"]["pass@1"],
+                "opd_cons4": scores["opd"]["cons@4"],
+                "onpolicy_steps": cfg.onpolicy_steps,
+            }
+            if cfg.onpolicy
+            else {}
+        ),
         "teacher_entropy_mean": float(entropy.mean()) if len(entropy) else None,
         "teacher_entropy_above_half": float((entropy > 0.5).mean()) if len(entropy) else None,
         "seconds": round(time.perf_counter() - start, 1),
@@ -244,7 +275,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     _report(out, summary, {k: _metrics(out / k) for k in ("kd", "sft")}, entropy)
     typer.echo(f"\n{'model':<10}{'pass@1':>8}{'cons@4':>8}")
-    for name in ("teacher", "kd", "sft"):
+    for name in [n for n, _ in models]:
         typer.echo(f"{name:<10}{100 * summary[f'{name}_pass1']:8.1f}{100 * summary[f'{name}_cons4']:8.1f}")
     if len(entropy):
         typer.echo(
@@ -296,9 +327,10 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]], entropy: n
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    names = ["teacher", "kd", "sft"]
+    names = ["teacher", "kd", "sft", *(["opd"] if "opd_pass1" in summary else [])]
     values = [100 * summary[f"{n}_pass1"] for n in names]
-    ax.bar(["teacher", "KD student", "SFT student"], values, color=["C2", "C0", "C1"])
+    labels = {"teacher": "teacher", "kd": "KD student", "sft": "SFT student", "opd": "KD → on-policy"}
+    ax.bar([labels[n] for n in names], values, color=["C2", "C0", "C1", "C3"][: len(names)])
     for i, v in enumerate(values):
         ax.text(i, v + 1, f"{v:.1f}", ha="center")
     ax.set(title="pass@1 on arith:test (4 samples, T=0.6)", ylabel="%", ylim=(0, 105))
@@ -333,8 +365,13 @@ def _report(out: Path, summary: dict, metrics: dict[str, list[dict]], entropy: n
         f"Teacher: {who}; seed {summary['seed']}; {summary['steps']} training steps per student "
         f"(KD: --kd {summary['kd_kind']}, α = {summary['kd_alpha']:g}, τ = {summary['kd_temperature']:g}, "
         f"--tail {summary['kd_tail']}; "
-        "SFT: α = 1); "
-        f"{summary['seconds']:.0f} s.",
+        "SFT: α = 1"
+        + (
+            f"; KD → on-policy: the KD student, {summary['onpolicy_steps']} steps of `distill onpolicy`"
+            if "opd_pass1" in summary
+            else ""
+        )
+        + f"); {summary['seconds']:.0f} s.",
         "",
         "| model | pass@1 | cons@4 |",
         "|---|---|---|",

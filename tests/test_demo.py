@@ -31,6 +31,9 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
             "2",
             "--eval-problems",
             "3",
+            "--onpolicy",
+            "--onpolicy-steps",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -90,6 +93,12 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
         assert torch.equal(tensor, side_by_side[name]), name
     assert (tmp_path / "demo" / "train-kd.log").stat().st_size > 0
     table = out.stdout[out.stdout.index("model") :]
-    assert "teacher" in table and "kd" in table and "sft" in table
+    assert "teacher" in table and "kd" in table and "sft" in table and "opd" in table
+    # --onpolicy: a fourth student, the KD student polished by `distill onpolicy` with its preset's defaults
+    assert 0 <= summary["opd_pass1"] <= 1 and summary["onpolicy_steps"] == 2
+    opd = json.loads((tmp_path / "demo" / "opd" / "run.json").read_text())
+    assert opd["stage"] == "onpolicy" and opd["metrics"]["steps"] == 2 and opd["config"]["student"].endswith("model")
+    assert "KD → on-policy" in (tmp_path / "demo" / "report.md").read_text()
+    assert "[8/8] eval opd" in out.stdout
     if not summary["bundled_teacher"]:
         assert "no bundled arith teacher" in out.stdout  # says plainly that the comparison means nothing

@@ -13,7 +13,8 @@ from distill.configs.base import Config, at_least
 class DemoConfig(Config):
     """The whole pipeline on the embedded default.
 
-    Generate, filter, train a KD and an SFT student from the same cache, evaluate all three, write a report.
+    Generate, filter, train a KD and an SFT student from the same cache (and with --onpolicy polish the KD student
+    on-policy), evaluate them and the teacher, write a report.
     """
 
     COMMAND = "demo"
@@ -40,8 +41,15 @@ class DemoConfig(Config):
     """Divergence of the KD student over the teacher's top-20 + tail: reverse (KL(student ‖ teacher), mode-seeking:
     the student need not cover every fork the teacher keeps open), forward or jsd."""
 
+    onpolicy: bool = False
+    """Also polish the KD student on-policy (`distill onpolicy` with its defaults for the bundled student: it samples
+    arith:train, the teacher grades every token it wrote) and evaluate it as a fourth student, KD → on-policy."""
+    onpolicy_steps: int = 600
+    """--onpolicy: steps of the on-policy polish (completions per step: the student preset's batch size)."""
+
     def problems(self) -> list[str]:
         out = at_least(self.prompts, 1, "--prompts") + at_least(self.steps, 1, "--steps")
+        out += at_least(self.onpolicy_steps, 1, "--onpolicy-steps")
         out += at_least(self.eval_problems, 1, "--eval-problems")
         if not 0 <= self.kd_alpha <= 1:
             out.append(f"--kd-alpha must be in [0, 1], got {self.kd_alpha}")
