@@ -394,15 +394,8 @@ class OnPolicyRecipe:
 
     def final_metrics(self) -> dict[str, Any]:
         """Reverse KL, completion length and rewards over the last 10 steps, and steps."""
-        keys = (
-            "reverse_kl",
-            "reverse_kl_last_quarter",
-            "completion_len_mean",
-            "truncated_frac",
-            "reward_mean",
-            "rollout_tokens",
-            *(f"reward_{n}_mean" for n in self.cfg.names),
-        )
+        keys = ("reverse_kl", "reverse_kl_last_quarter", "completion_len_mean", "truncated_frac", "reward_mean",
+                "rollout_tokens", *(f"reward_{n}_mean" for n in self.cfg.names))  # fmt: skip
         return self.run.final_metrics(keys, last=10)
 
     def train(self, record: RunRecord) -> None:
@@ -428,13 +421,8 @@ class OnPolicyRecipe:
     # save
 
     def save(self) -> Path:
-        record = {
-            "config": asdict(self.cfg),
-            "student": self.student.hub_id,
-            "teacher": self.teacher.hub_id,
-            "prompts": self.where,
-            "steps": self.step,
-        }
+        record = {"config": asdict(self.cfg), "student": self.student.hub_id, "teacher": self.teacher.hub_id,
+                  "prompts": self.where, "steps": self.step}  # fmt: skip
         return self.run.export(self.policy, self.tokenizer, ONPOLICY_CONFIG, record, self.student)
 
 
