@@ -68,7 +68,7 @@ class ServerEngine:
         self.pool = ServerPool(urls, inflight, timeout_s, retries, log)
         self.teacher, self.tokenizer = teacher, tokenizer
         self.tokens = len(tokenizer)
-        self.rows = max(_model_rows(teacher.hub_id, teacher.revision) or self.tokens, self.tokens)
+        self.rows = max(model_rows(teacher.hub_id, teacher.revision) or self.tokens, self.tokens)
         padding = self.rows - self.tokens
         self._mask = (
             {str(i): MASK_BIAS for i in range(self.tokens, self.rows)} if 0 < padding <= MAX_MASKED_ROWS else None
@@ -173,8 +173,8 @@ class ServerEngine:
             tops.append(lps[0])
         if np.max(np.abs(tops[0] - tops[1])) > 1e-3 or np.max(tops[0]) > 0:
             raise DistillError(
-                f"Teacher server {server.url} gives processed logprobs (they change with the temperature); "
-                "distillation needs the raw ones: restart it with --logprobs-mode raw_logprobs."
+                f"Teacher server {server.url} does not give raw logprobs (they change with the temperature, or are "
+                "no log-probabilities); distillation needs the raw ones: restart it with --logprobs-mode raw_logprobs."
             )
 
     # -----------------------------------------------------------------------------------------
@@ -182,10 +182,7 @@ class ServerEngine:
 
     def generate(self, requests: Iterable[Request], spec: SamplingSpec) -> Iterator[Completion]:
         """Sample one completion per request, with the teacher's top-k logprobs at every position."""
-        if spec.extra_samples:
-            raise DistillError(
-                "--extra-samples needs the teacher's full distribution, which a vLLM server does not give."
-            )
+        _refuse_extra_samples(spec.extra_samples)
         width = self._width(spec.top_k)
         todo = {}
 
@@ -212,27 +209,13 @@ class ServerEngine:
             except UnusableAnswer as e:
                 raise DistillError(f"Teacher server {url} {e}, for completion {key}.") from None
             refuse_padding(completion, key, self.tokens, self.rows)
-            top_ids, top_lps, folded = real_topk(ids, lps, spec.top_k, key, self.tokens, self.rows)
-            yield Completion(
-                key=key,
-                prompt_ids=list(req.prompt_ids),
-                completion_ids=completion,
-                topk_ids=top_ids,
-                topk_logprobs=top_lps,
-                sampled_logprobs=sampled,
-                finish_reason=reason,
-                folded=int(folded.sum()),
-                folded_positions=int(np.count_nonzero(folded)),
-            )
+            yield self._completion(key, req.prompt_ids, completion, ids, lps, sampled, reason, spec.top_k)
 
     def score(
         self, requests: Iterable[Request], top_k: int, extra_samples: int = 0, extra_temperature: float = 1.0
     ) -> Iterator[Completion]:
         """Teacher-forced top-k logprobs over each request's given completion (prompt logprobs)."""
-        if extra_samples:
-            raise DistillError(
-                "--extra-samples needs the teacher's full distribution, which a vLLM server does not give."
-            )
+        _refuse_extra_samples(extra_samples)
         width = self._width(top_k)
         todo = {}
 
@@ -249,18 +232,32 @@ class ServerEngine:
                 ids, lps, sampled = read_prompt(answer, full, len(full) - len(req.completion_ids), width, self.rows)
             except UnusableAnswer as e:
                 raise DistillError(f"Teacher server {url} {e}, scoring completion {key}.") from None
-            top_ids, top_lps, folded = real_topk(ids, lps, top_k, key, self.tokens, self.rows)
-            yield Completion(
-                key=key,
-                prompt_ids=list(req.prompt_ids),
-                completion_ids=np.asarray(req.completion_ids, np.int32),
-                topk_ids=top_ids,
-                topk_logprobs=top_lps,
-                sampled_logprobs=sampled,
-                finish_reason="given",
-                folded=int(folded.sum()),
-                folded_positions=int(np.count_nonzero(folded)),
-            )
+            yield self._completion(key, req.prompt_ids, req.completion_ids, ids, lps, sampled, "given", top_k)
+
+    def _completion(
+        self,
+        key: Any,
+        prompt: Any,
+        completion: Any,
+        ids: np.ndarray,
+        lps: np.ndarray,
+        sampled: Any,
+        reason: str,
+        k: int,
+    ) -> Completion:
+        """A completion with the best k real tokens of each position's (T, k + margin) ids and logprobs."""
+        top_ids, top_lps, folded = real_topk(ids, lps, k, key, self.tokens, self.rows)
+        return Completion(
+            key=key,
+            prompt_ids=list(prompt),
+            completion_ids=np.asarray(completion, np.int32),
+            topk_ids=top_ids,
+            topk_logprobs=top_lps,
+            sampled_logprobs=sampled,
+            finish_reason=reason,
+            folded=int(folded.sum()),
+            folded_positions=int(np.count_nonzero(folded)),
+        )
 
     def report(self) -> list[str]:
         """The summary line: what each server answered, which were dropped and why, the requests sent again."""
@@ -280,6 +277,11 @@ def served_names(teacher: Any) -> list[str]:
     return list(dict.fromkeys([str(teacher.hub_id), teacher.name]))
 
 
+def _refuse_extra_samples(extra_samples: int) -> None:
+    if extra_samples:  # the configs refuse it first; the Python API gets the same sentence
+        raise DistillError("--extra-samples needs the teacher's full distribution, which a vLLM server does not give.")
+
+
 def _chat_probe(tokenizer: Any) -> str:
     """A short message in the tokenizer's chat template (its special tokens), or nothing where it has none."""
     try:
@@ -295,7 +297,7 @@ def _resolved(root: Any) -> str | None:
     return str(Path(root).resolve()) if isinstance(root, str) and Path(root).exists() else root
 
 
-def _model_rows(model: str, revision: str | None) -> int | None:
+def model_rows(model: str, revision: str | None = None) -> int | None:
     """The model's output rows (its config's vocab_size), or None where its config cannot be read here."""
     from transformers import AutoConfig
 
