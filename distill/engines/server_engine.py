@@ -262,7 +262,7 @@ class ServerEngine:
     def report(self) -> list[str]:
         """The summary line: what each server answered, which were dropped and why, the requests sent again."""
         each = ", ".join(
-            f"{s.url} {s.answered} answers" + (f" (dropped: {s.last_fault})" if s.dropped else "")
+            f"{s.url} answered {s.answered}" + (f" (dropped: {s.last_fault})" if s.dropped else "")
             for s in self.pool.servers
         )
         return [f"teacher servers: {each}; {len(self.pool.dropped)} dropped, {self.pool.resent} requests sent again"]

@@ -37,8 +37,10 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 def stderr(message: str) -> None:
-    """Log to stderr: stdout carries a stage's results (the cache path is its last line)."""
-    print(message, file=sys.stderr, flush=True)
+    """Log to stderr (stdout carries a stage's results: the cache path is its last line), above a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 class ServerFault(Exception):
@@ -238,7 +240,8 @@ class ServerPool:
         if server.faults > self.retries:
             server.dropped = True
             self.log(
-                f"teacher server {server.url} dropped after {server.faults} faults in a row (last: {why}); "
+                f"teacher server {server.url} dropped after {server.faults} fault{'s' * (server.faults > 1)} in a row "
+                f"(last: {why}); "
                 f"{len(self.live)} remain"
             )
             if stop_when_none_left and not self.live:
