@@ -142,7 +142,7 @@ class ServerPool:
                     why = _describe(e, self.timeout_s)
                 except ServerFault as e:
                     why = str(e)
-                self._fault(server, epoch, why, stop_when_none_left=False)
+                self._fault(server, epoch, why)
                 if server.dropped:
                     raise ServerFault(why)
                 time.sleep(max(0.0, server.ready_at - time.monotonic()))
@@ -165,6 +165,7 @@ class ServerPool:
         try:
             while True:
                 while (server := self._free()) is not None:
+                    self.resent += bool(again)
                     job = again.popleft() if again else next(todo, None)
                     if job is None:
                         exhausted = True
@@ -190,7 +191,6 @@ class ServerPool:
                     try:
                         answer = task.result()
                     except ServerFault as e:
-                        self.resent += 1
                         again.append(job)
                         self._fault(server, epoch, str(e))
                         continue
@@ -202,6 +202,8 @@ class ServerPool:
                     server.faults = 0
                     server.answered += 1
                     yield job[0], answer, server.url
+                if not self.live:  # after the answers that came with the last fault: they are written first
+                    raise DistillError(self.none_left())
         finally:
             for task in running:
                 task.cancel()
@@ -230,7 +232,7 @@ class ServerPool:
         waits = [s.ready_at - now for s in self.live if s.ready_at > now]
         return max(0.0, min(waits)) if waits else None
 
-    def _fault(self, server: Server, epoch: int, why: str, stop_when_none_left: bool = True) -> None:
+    def _fault(self, server: Server, epoch: int, why: str) -> None:
         """Count a fault of `server` (once for the requests in flight when it happened): back off, or drop it."""
         if server.dropped or epoch != server.epoch:
             return
@@ -244,8 +246,6 @@ class ServerPool:
                 f"(last: {why}); "
                 f"{len(self.live)} remain"
             )
-            if stop_when_none_left and not self.live:
-                raise DistillError(self.none_left())
             return
         delay = min(BACKOFF_S * 2 ** (server.faults - 1), MAX_BACKOFF_S)
         server.ready_at = time.monotonic() + delay
