@@ -136,7 +136,13 @@ class ServerEngine:
         """The server's tokenizer makes the local tokenizer's ids of a probe text."""
         probe_ids = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
         body = {"prompt": probe, "add_special_tokens": False}
-        theirs = self.pool.call(server, "/tokenize", body).get("tokens")
+        try:
+            theirs = self.pool.call(server, "/tokenize", body).get("tokens")
+        except ServerRefusal as e:
+            raise DistillError(
+                f"Teacher server {server.url} does not tokenize ({e}), so distill cannot check that it reads token "
+                "ids as the tokenizer of --teacher writes them; serve it with its tokenizer (no --skip-tokenizer-init)."
+            ) from None
         if theirs != probe_ids:
             at = next((i for i, (a, b) in enumerate(zip(theirs or [], probe_ids, strict=False)) if a != b), None)
             where = (
