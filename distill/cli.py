@@ -2,6 +2,7 @@
 
     distill generate   teacher traces + top-k logprobs into a cache      (vLLM)
     distill score      teacher-forced logprobs over existing traces       (vLLM)
+    distill serve      a teacher behind vLLM's server, for --teacher-url
     distill filter     keep verified-correct traces (a view of a cache)
     distill train      student on CE + KL to the cached teacher
     distill grpo       polish the student with verifier rewards
@@ -44,6 +45,7 @@ from distill.configs import (
     OnPolicyConfig,
     RunsConfig,
     ScoreConfig,
+    ServeConfig,
     TrainConfig,
     field_docs,
 )
@@ -235,6 +237,7 @@ def _human_bytes(n: int) -> str:
 COMMANDS = {
     "generate": config_command(GenerateConfig, "distill.generate:run_generate"),
     "score": config_command(ScoreConfig, "distill.score:run_score"),
+    "serve": config_command(ServeConfig, "distill.serve:run_serve"),
     "filter": config_command(FilterConfig, "distill.filter:run_filter"),
     "train": config_command(TrainConfig, "distill.train:run_train"),
     "grpo": config_command(GRPOConfig, "distill.grpo:run_grpo"),

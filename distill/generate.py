@@ -4,7 +4,8 @@ The expensive stage, run once and reused for months, so:
 - content-addressed: the cache directory is named by a hash of everything that determines its
   records (teacher files, prompts, prompt style, sampling, k, seed, backend, dtype, precision,
   slice). An identical rerun finds the finished cache and exits at once ("cache hit") without
-  loading a tokenizer or starting an engine;
+  loading a tokenizer or starting an engine. Where the teacher runs is not in it: through vLLM
+  servers (--teacher-url, checked to serve this teacher first) it is the in-process vLLM cache;
 - resumable: a rerun after a crash or kill -9 generates only the (prompt, sample) pairs that are
   not in a finished shard; each pair has its own seed, so it draws what it would have drawn;
 - streamed: completions go to the cache writer as they finish, memory bounded by the in-flight
@@ -28,7 +29,7 @@ from distill.cache.admin import cache_info
 from distill.cache.format import INDEX_NAME, read_index
 from distill.cache.key import GeneratedKey
 from distill.configs import GenerateConfig
-from distill.engines import Request, SamplingSpec, open_engine, request_seed
+from distill.engines import Request, SamplingSpec, open_teacher, request_seed
 from distill.errors import DistillError
 from distill.fingerprint import prompt_set_fingerprint, tokenizer_fingerprint, weights_fingerprint
 from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer, stop_token_ids
@@ -123,6 +124,8 @@ def run_generate(cfg: GenerateConfig) -> Path:
         extra_k=cfg.extra_samples,
         extra_temperature=cfg.extra_temperature,
     )
+    # the teacher first: a served one is checked to be this teacher before anything is written
+    engine = open_teacher(cfg, preset, tokenizer, p.top_k, seed=cfg.seed)
     with CacheWriter(p.path, spec, p.key, provenance, shard_bytes=int(cfg.shard_size_mb * 2**20)) as writer:
         if writer.discarded:
             typer.echo(f"resuming: discarded {len(writer.discarded)} unfinished files of an interrupted run", err=True)
@@ -131,17 +134,6 @@ def run_generate(cfg: GenerateConfig) -> Path:
         todo = [(q, s) for q in p.prompts for s in range(n) if (q["id"], s) not in done]
         if done:
             typer.echo(f"resuming: {len(done)} samples already cached, {len(todo)} to go", err=True)
-        engine = open_engine(
-            cfg.backend,
-            preset.hub_id,
-            dtype=cfg.dtype or preset.engine.dtype,
-            max_model_len=cfg.max_model_len or preset.engine.max_model_len,
-            tensor_parallel_size=cfg.tensor_parallel_size or preset.engine.tensor_parallel_size,
-            gpu_memory_utilization=preset.engine.gpu_memory_utilization,
-            max_logprobs=p.top_k,
-            seed=cfg.seed,
-            tokens=vocab_size,
-        )
         count_padding(writer, vocab_size, engine.rows)
         too_long = sorted({q["id"] for q, _ in todo if len(rendered[q["id"]]) >= engine.max_model_len})
         if too_long and cfg.long_prompts == "fail":
@@ -178,6 +170,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
             tokenizer=tokenizer,
             provenance={"engine": engine.name, "engine_version": engine.version, "skipped_prompts": sorted(skip)},
         )
-    for line in summary_lines(p.path, stats, cache_info(p.path), len(skip)):
+    served = engine.report() if cfg.teacher_url else []
+    for line in summary_lines(p.path, stats, cache_info(p.path), len(skip), served):
         typer.echo(line)
     return p.path

@@ -139,6 +139,7 @@ class OnPolicyRecipe:
             top_k=cfg.top_k or self.teacher.top_k, temperature=cfg.temperature, micro_batch=cfg.micro_batch,
             cross_tokenizer=cfg.cross_tokenizer, device=self.device, seed=cfg.seed,
             gpu_memory_utilization=cfg.teacher_gpu_memory_utilization, log=self.log,
+            servers=cfg if cfg.teacher_url else None,
         )  # fmt: skip
         self.grader.check(self.student)  # before any model loads
         prompts, self.where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
@@ -163,7 +164,7 @@ class OnPolicyRecipe:
             f"onpolicy: {self.student.name} ← {self.teacher.name} on {len(self.prompts)} prompts of {self.where}, "
             f"{cfg.batch_size // cfg.group_size} prompts × G={cfg.group_size} per step, {cfg.steps} steps, "
             f"loss {cfg.loss}{'' if cfg.loss == 'reverse' else ' (' + cfg.kd + ')'}, reward {cfg.reward_weight}, "
-            f"μ={cfg.iterations}, engines {self.engine.name} (student) / {cfg.teacher_backend} (teacher)"
+            f"μ={cfg.iterations}, engines {self.engine.name} (student) / {self.grader.backend} (teacher)"
             + (", the student's text re-tokenised for the teacher (--cross-tokenizer)" if cfg.cross_tokenizer else "")
         )
 
@@ -173,9 +174,7 @@ class OnPolicyRecipe:
         fp32, not the compact codec: a run's rollouts are few next to an offline cache, and a reader checking
         what the student was pulled toward should see exactly the logprobs the loss used.
         """
-        settings = {
-            k: v for k, v in asdict(self.cfg).items() if k not in ("resume", "out", "report_to", "steps", "save_every")
-        }
+        settings = self.cfg.key_settings()
         teacher_tok = self.grader.tokenizer
         source = OnPolicyKey(
             teacher=weights_fingerprint(self.teacher.hub_id, self.teacher.revision, extra_names=TOKENIZER_FILES),

@@ -32,8 +32,11 @@ class EngineArgs:
     """How vLLM runs the teacher."""
 
     tensor_parallel_size: int = 1
-    """GPUs one engine spans (vLLM tensor parallelism). Data parallelism is one `distill generate`
-    per GPU group with --shard-index/--num-shards, then `distill cache merge`."""
+    """GPUs one engine spans (vLLM tensor parallelism). Data parallelism in-process is one `distill generate`
+    per GPU group with --shard-index/--num-shards, then `distill cache merge`; served, `data_parallel_size`."""
+    data_parallel_size: int = 1
+    """Engine replicas `distill serve` runs behind one URL (vLLM data parallelism), each on
+    `tensor_parallel_size` GPUs."""
     max_model_len: int | None = None
     """Longest prompt + completion in tokens (None: the model's own limit)."""
     dtype: str = "auto"
@@ -164,7 +167,12 @@ class StudentPreset:
 KINDS: dict[str, type] = {"teacher": TeacherPreset, "student": StudentPreset}
 # (lowest, highest) allowed value of numeric preset fields, by class (None: unbounded)
 RANGES: dict[str, dict[str, tuple[float | None, float | None]]] = {
-    "EngineArgs": {"tensor_parallel_size": (1, None), "max_model_len": (1, None), "gpu_memory_utilization": (0, 1)},
+    "EngineArgs": {
+        "tensor_parallel_size": (1, None),
+        "data_parallel_size": (1, None),
+        "max_model_len": (1, None),
+        "gpu_memory_utilization": (0, 1),
+    },
     "Sampling": {
         "temperature": (0, None),
         "top_p": (0, 1),

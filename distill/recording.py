@@ -111,8 +111,11 @@ def padding_line(padding: dict[str, int]) -> str:
     )
 
 
-def summary_lines(path: Path, stats: StreamStats, info: dict[str, Any], skipped: int = 0) -> list[str]:
-    """The end-of-run summary; the cache path is the last line."""
+def summary_lines(
+    path: Path, stats: StreamStats, info: dict[str, Any], skipped: int = 0, notes: list[str] | None = None
+) -> list[str]:
+    """The end-of-run summary (`notes`: the engine's own lines, e.g. its teacher servers); the cache path is the
+    last line."""
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.finish_reasons.items())) or "none new"
     rate = f"{stats.tokens / stats.seconds:,.0f}" if stats.seconds else "-"
     lines = [
@@ -125,4 +128,4 @@ def summary_lines(path: Path, stats: StreamStats, info: dict[str, Any], skipped:
         lines.append(padding_line(info["provenance"]["padding"]))
     if skipped:
         lines.append(f"skipped {skipped} prompts longer than the model's context (listed in the cache provenance)")
-    return [*lines, str(path)]
+    return [*lines, *(notes or []), str(path)]

@@ -25,7 +25,7 @@ from distill.cache.admin import cache_info
 from distill.cache.format import INDEX_NAME, read_index
 from distill.cache.key import ScoredKey
 from distill.configs import ScoreConfig
-from distill.engines import Request, open_engine, request_seed
+from distill.engines import Request, open_teacher, request_seed
 from distill.errors import DistillError
 from distill.fingerprint import canonical_hash, tokenizer_fingerprint, weights_fingerprint
 from distill.models.tokenizer import TOKENIZER_FILES, load_tokenizer
@@ -131,19 +131,11 @@ def run_score(cfg: ScoreConfig) -> Path:
         extra_k=cfg.extra_samples,
         extra_temperature=cfg.extra_temperature,
     )
+    # the teacher first: a served one is checked to be this teacher before anything is written
+    engine = open_teacher(cfg, preset, tokenizer, top_k)
     with CacheWriter(path, spec, key, provenance, shard_bytes=int(cfg.shard_size_mb * 2**20)) as writer:
         done = writer.done_keys()
         todo = [t for t in traces if t.key not in done]
-        engine = open_engine(
-            cfg.backend,
-            preset.hub_id,
-            dtype=cfg.dtype or preset.engine.dtype,
-            max_model_len=cfg.max_model_len or preset.engine.max_model_len,
-            tensor_parallel_size=cfg.tensor_parallel_size or preset.engine.tensor_parallel_size,
-            gpu_memory_utilization=preset.engine.gpu_memory_utilization,
-            max_logprobs=top_k,
-            tokens=len(tokenizer),
-        )
         count_padding(writer, len(tokenizer), engine.rows)
         too_long = [t for t in todo if len(t.prompt_ids) + len(t.completion_ids) > engine.max_model_len]
         if too_long:
@@ -159,6 +151,7 @@ def run_score(cfg: ScoreConfig) -> Path:
         scored = engine.score(requests, top_k, cfg.extra_samples, cfg.extra_temperature)
         stats = stream_into_cache(writer, scored, metas, len(todo), "score", cfg.flush_every_s)
         writer.finish(tokenizer=tokenizer, provenance={"engine": engine.name, "engine_version": engine.version})
-    for line in summary_lines(path, stats, cache_info(path)):
+    served = engine.report() if cfg.teacher_url else []
+    for line in summary_lines(path, stats, cache_info(path), notes=served):
         typer.echo(line)
     return path

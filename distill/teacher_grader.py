@@ -1,7 +1,8 @@
 """The teacher that grades a student's samples on-policy (`distill onpolicy`), loaded once beside the trainer.
 
 `TeacherGrader` holds the teacher — a transformers model in the trainer's numerics (`hf`, the default: a student
-identical to it sees exactly 0) or a vLLM engine's prompt-logprobs path (`vllm`) — and does what the recipe asks
+identical to it sees exactly 0), a vLLM engine's prompt-logprobs path (`vllm`), or the same path of vLLM servers
+elsewhere (`servers`: --teacher-url, checked to be this teacher before step 1) — and does what the recipe asks
 of it: refuse a student whose ids or template it cannot read (`check`), render each prompt in its own chat
 template (`render`), score every completion teacher-forced after that rendering (`score`: the sampled tokens'
 logprobs at the run's temperature, top-k and tail for the scores cache), check its own scoring path on a few
@@ -54,11 +55,14 @@ class TeacherGrader:
         device: torch.device,
         seed: int = 0,
         gpu_memory_utilization: float = 0.3,
+        servers: Any = None,
         log: Callable[[str], None] = print,
     ) -> None:
         """teacher: its preset; backend: hf or vllm; top_k: logprobs kept per position for the scores cache;
-        temperature: the run's τ (the advantage's sampled-token logprobs are taken at it)."""
-        self.preset, self.backend, self.top_k, self.temperature = teacher, backend, top_k, temperature
+        temperature: the run's τ (the advantage's sampled-token logprobs are taken at it); servers: the run's
+        `TeacherServers` options when the teacher is served (--teacher-url), else None."""
+        self.preset, self.top_k, self.temperature, self.servers = teacher, top_k, temperature, servers
+        self.backend = "vllm server" if servers is not None else backend
         self.student_tokenizer, self.student_stops = student_tokenizer, student_stops
         self.micro_batch, self.cross_tokenizer, self.device, self.log = micro_batch, cross_tokenizer, device, log
         self.seed, self.gpu_memory_utilization = seed, gpu_memory_utilization
@@ -93,9 +97,24 @@ class TeacherGrader:
 
     def load(self) -> None:
         """Load the teacher: frozen weights for hf — on a GPU in bf16 (its matmuls run in bf16 under autocast
-        anyway), on the CPU in fp32 as the student, so a teacher identical to it agrees bit for bit — or a second
-        vLLM engine in this process."""
-        if self.backend == "hf":
+        anyway), on the CPU in fp32 as the student, so a teacher identical to it agrees bit for bit — a second
+        vLLM engine in this process, or the servers' engine (checked to serve this teacher)."""
+        if self.servers is not None:
+            from distill.engines.server_engine import ServerEngine
+
+            s = self.servers
+            self.engine = ServerEngine(
+                s.teacher_url,
+                self.preset,
+                self.tokenizer,
+                top_k=self.top_k,
+                max_model_len=self.preset.engine.max_model_len,
+                inflight=s.teacher_inflight,
+                timeout_s=s.teacher_timeout_s,
+                retries=s.teacher_retries,
+                log=self.log,
+            )
+        elif self.backend == "hf":
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
             self.model = load_policy(self.preset, self.device, dtype).eval().requires_grad_(False)
         else:
@@ -184,7 +203,7 @@ class TeacherGrader:
             rows = [scored[c.key] for c in as_teacher]
             for r, c in zip(rows, as_teacher, strict=True):
                 r.finish_reason = c.finish_reason
-            return rows, [r.sampled_logprobs for r in rows]  # τ = 1 (a vLLM teacher takes no other)
+            return rows, [r.sampled_logprobs for r in rows]  # τ = 1 (a vLLM teacher, served or not, takes no other)
         pad = self.tokenizer.pad_token_id or 0
         rows: list[Completion] = []
         tempered: list[np.ndarray] = []

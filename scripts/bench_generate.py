@@ -14,6 +14,13 @@ layer; the ≥ 0.90 goal applies to it) and "tiny" (~0.5M; it exposes the fixed 
 Engine start-up is excluded on both sides. The last line is one JSON object.
 
     python scripts/bench_generate.py [--prompts 64] [--tokens 128] [--repeats 3]
+
+With --teacher-url, the teacher served there (`distill serve --teacher T`, the same machine) against the same
+teacher in this process, both through distill's generate path at top-20 (a server engine and a vLLM engine,
+each writing a finished cache), runs alternating; the goal is a served/in-process ratio ≥ 0.8:
+
+    distill serve --teacher arith-teacher --port 8000 &
+    python scripts/bench_generate.py --teacher-url http://127.0.0.1:8000 --teacher arith-teacher
 """
 
 from __future__ import annotations
@@ -109,12 +116,59 @@ def bench_model(name: str, root: Path, prompts: int, tokens: int, repeats: int) 
     }
 
 
+def bench_served(url: str, teacher: str, root: Path, prompts: int, tokens: int, repeats: int) -> dict[str, float]:
+    """tokens/s of distill's generate path (top-20, cache written) through the server at `url` and in-process."""
+    from distill.engines.server_engine import ServerEngine
+    from distill.models.tokenizer import load_tokenizer
+    from distill.presets import resolve_preset
+
+    preset = resolve_preset(teacher, "teacher")
+    tokenizer = load_tokenizer(preset.hub_id, preset.revision)
+    served = ServerEngine([url], preset, tokenizer, top_k=20, max_model_len=preset.engine.max_model_len)
+    engines = {  # the in-process engine with the server's context
+        "served": served,
+        "in_process": VLLMEngine(
+            preset.hub_id,
+            dtype=preset.engine.dtype,
+            max_model_len=served.max_model_len,
+            max_logprobs=20,
+            tokens=len(tokenizer),
+        ),
+    }
+    vocab = len(tokenizer)
+    requests = [
+        Request((str(i), 0), [1 + (i * 7 + j) % (vocab - 1) for j in range(32)], request_seed(0, str(i), 0))
+        for i in range(prompts)
+    ]
+    runs: dict[str, list[float]] = {name: [] for name in engines}
+    for name, engine in engines.items():  # warm-up
+        distill_path(engine, requests[:8], 8, 20, vocab, root / f"warm-{name}")
+    for r in range(repeats):
+        for name, engine in engines.items():
+            runs[name].append(distill_path(engine, requests, tokens, 20, vocab, root / f"{name}-{r}"))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "teacher": preset.name,
+        "served_tokens_per_s": round(med["served"]),
+        "in_process_tokens_per_s": round(med["in_process"]),
+        "ratio_served": round(med["served"] / med["in_process"], 3),
+        "runs": {k: [round(x) for x in v] for k, v in runs.items()},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per prompt")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--teacher-url", help="compare this server of --teacher with the same teacher in-process")
+    parser.add_argument("--teacher", default="arith-teacher", help="the teacher --teacher-url serves")
     args = parser.parse_args()
+    if args.teacher_url:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = bench_served(args.teacher_url, args.teacher, Path(tmp), args.prompts, args.tokens, args.repeats)
+        print(json.dumps(result))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         results = {name: bench_model(name, Path(tmp), args.prompts, args.tokens, args.repeats) for name in MODELS}
     for name, r in results.items():

@@ -14,7 +14,20 @@ import pytest
 from distill.cache import CacheSpec, CacheWriter
 from tests.cache.helpers import make_record
 
-COMMANDS = ["generate", "score", "filter", "train", "grpo", "onpolicy", "eval", "runs", "compare", "cache", "demo"]
+COMMANDS = [
+    "generate",
+    "score",
+    "serve",
+    "filter",
+    "train",
+    "grpo",
+    "onpolicy",
+    "eval",
+    "runs",
+    "compare",
+    "cache",
+    "demo",
+]
 CACHE_COMMANDS = ["ls", "info", "verify", "gc", "merge"]
 
 

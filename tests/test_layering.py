@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "distill"
-STAGES = {"generate", "score", "filter", "train", "grpo", "onpolicy", "evaluate", "demo", "experiments"}
+STAGES = {"generate", "score", "serve", "filter", "train", "grpo", "onpolicy", "evaluate", "demo", "experiments"}
 HEAVY = {"torch", "vllm", "transformers", "numpy", "datasets", "peft", "safetensors"}
 
 

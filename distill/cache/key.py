@@ -14,6 +14,11 @@ teacher run. Each source says what its records depend on:
 
 `parts()` is what the index's provenance keeps as `key_parts` (merge compares them field by field). The
 fingerprints the parts are made of (weights, tokenizer, prompt set) are distill.fingerprint's.
+
+`backend` is the engine that computes the teacher's numbers (vllm or hf: their sampling and numerics differ), never
+where it runs: a teacher behind vLLM servers (--teacher-url) is vllm, so a cache written through servers and one
+written in-process are the same cache, each a hit for the other (tests/test_serve.py); the URLs, concurrency and
+retries of a served run are in no key.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from distill.configs.experiments import CompareConfig, RunsConfig
 from distill.configs.judge import EvalConfig, FilterConfig
 from distill.configs.onpolicy import OnPolicyConfig
 from distill.configs.student import GRPOConfig, TrainConfig
-from distill.configs.teacher import GenerateConfig, ScoreConfig
+from distill.configs.teacher import GenerateConfig, ScoreConfig, ServeConfig
 
 __all__ = [
     "CompareConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "OnPolicyConfig",
     "RunsConfig",
     "ScoreConfig",
+    "ServeConfig",
     "TrainConfig",
     "field_docs",
 ]

@@ -19,7 +19,7 @@ import inspect
 import textwrap
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from distill.errors import DistillError
@@ -140,3 +140,37 @@ class TeacherRuntime(ModelRuntime):
 
     def runtime_problems(self) -> list[str]:
         return super().runtime_problems() + at_least(self.tensor_parallel_size, 1, "--tensor-parallel-size")
+
+
+@dataclass(kw_only=True)
+class TeacherServers:
+    """A teacher served by vLLM's OpenAI-compatible server(s) instead of run in this process (`distill serve`)."""
+
+    teacher_url: list[str] = field(default_factory=list)
+    """URL of a vLLM server of --teacher (`distill serve`, or `vllm serve` with the flags docs/pipeline.md lists);
+    repeat for several. The teacher then runs there: --teacher still names it (tokenizer, template, cache key)."""
+    teacher_inflight: int = 256
+    """Requests in flight per teacher server (keep it at or above the server's batch, vLLM's --max-num-seqs)."""
+    teacher_timeout_s: float = 3600.0
+    """Seconds to wait for one answer of a teacher server before it counts as failed (raise it for very long
+    completions)."""
+    teacher_retries: int = 5
+    """Failed answers in a row after which a teacher server is dropped (retried after 1, 2, 4, ... s meanwhile);
+    the run stops when none remains."""
+
+    def server_problems(self, backend: str = "vllm") -> list[str]:
+        out = [
+            f"--teacher-url must be an http:// or https:// URL, got {url!r}"
+            for url in self.teacher_url
+            if not url.startswith(("http://", "https://"))
+        ]
+        if len(set(self.teacher_url)) < len(self.teacher_url):
+            out.append("--teacher-url names the same server twice")
+        if self.teacher_url and backend != "vllm":
+            out.append(f"--teacher-url runs the teacher in vLLM servers; leave --backend at vllm, not {backend}")
+        out += at_least(self.teacher_inflight, 1, "--teacher-inflight") + at_least(
+            self.teacher_retries, 0, "--teacher-retries"
+        )
+        if not self.teacher_timeout_s > 0:
+            out.append(f"--teacher-timeout-s must be > 0, got {self.teacher_timeout_s}")
+        return out

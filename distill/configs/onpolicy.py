@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from distill.configs.base import Backend, Config, ModelRuntime, PromptSource, at_least
+from distill.configs.base import Backend, Config, ModelRuntime, PromptSource, TeacherServers, at_least
 from distill.configs.rollouts import RolloutOptions
 from distill.configs.student import RunOptions, VerifierRewards
 from distill.presets import OnPolicyDefaults
@@ -17,7 +17,7 @@ Aggregation = Literal["token", "sequence"]
 
 
 @dataclass(kw_only=True)
-class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, RolloutOptions, VerifierRewards):
+class OnPolicyConfig(Config, PromptSource, ModelRuntime, TeacherServers, RunOptions, RolloutOptions, VerifierRewards):
     """Distil on the student's own samples, graded per token."""
 
     COMMAND = "onpolicy"
@@ -49,7 +49,7 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, RolloutOpti
     the reverse, by byte offsets) shares the teacher's log-probability of the span's text."""
     teacher_backend: Backend = "hf"
     """Teacher scoring: hf (a transformers forward in the trainer's numerics: exact, the default) or vllm (prompt
-    logprobs from a second vLLM engine in this process)."""
+    logprobs from a second vLLM engine in this process); with --teacher-url, the vLLM server(s) there."""
     teacher_gpu_memory_utilization: float = 0.3
     """--teacher-backend vllm: share of the GPU the teacher's engine takes."""
     group_size: int = 4
@@ -83,6 +83,14 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, RolloutOpti
         unset = {name: getattr(defaults, name) for name in ("lr", "batch_size", "warmup_steps")}
         return replace(self, **{name: value for name, value in unset.items() if getattr(self, name) is None})
 
+    def key_settings(self) -> dict[str, Any]:
+        """The settings the teacher's scores of the rollouts (OUT/cache) are keyed on: not the run's length, output
+        or trackers, nor where the teacher runs (served at --teacher-url it is the vLLM teacher it is in-process)."""
+        served = {f.name for f in fields(TeacherServers)}
+        out = {k: v for k, v in asdict(self).items() if k not in ("resume", "out", "report_to", "steps", "save_every")}
+        out = {k: v for k, v in out.items() if k not in served}
+        return out | ({"teacher_backend": "vllm"} if self.teacher_url else {})
+
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences; also parses --rewards / --reward-weights."""
         out = self.prompt_problems() + self.run_problems(self.save_every)
@@ -101,8 +109,11 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, RolloutOpti
                 f"--cross-tokenizer takes --loss reverse, not {self.loss}: the teacher's distribution is over its own "
                 "vocabulary, at its own positions; the reverse KL needs only its log-probability of the student's text"
             )
-        if self.loss == "full" and self.teacher_backend != "hf":
-            out.append("--loss full needs --teacher-backend hf: the whole vocabulary comes from the teacher's forward")
+        if self.loss == "full" and (self.teacher_backend != "hf" or self.teacher_url):
+            out.append(
+                "--loss full needs --teacher-backend hf (and no --teacher-url): the whole vocabulary comes from the "
+                "teacher's forward in this process"
+            )
         if not 0 <= self.kl_discount <= 1:
             out.append(f"--kl-discount must be in [0, 1], got {self.kl_discount}")
         elif self.kl_discount and self.loss != "reverse":
@@ -111,13 +122,13 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, RunOptions, RolloutOpti
             out.append(f"--temperature must be > 0, got {self.temperature}")
         elif self.temperature != 1 and self.loss == "topk":
             out.append("--loss topk takes --temperature 1 only (the tempered tail of the teacher's top-k is unknown)")
-        elif self.temperature != 1 and self.teacher_backend == "vllm":
+        elif self.temperature != 1 and (self.teacher_backend == "vllm" or self.teacher_url):
             out.append(
-                "--temperature other than 1 needs --teacher-backend hf: vLLM's prompt logprobs are of the "
-                "untempered distribution"
+                "--temperature other than 1 needs --teacher-backend hf (and no --teacher-url): vLLM's prompt "
+                "logprobs are of the untempered distribution"
             )
         out += at_least(self.top_k, 1, "--top-k") + at_least(self.self_check, 0, "--self-check")
         out += at_least(self.lr, 0, "--lr") + at_least(self.warmup_steps, 0, "--warmup-steps")
         if not 0 < self.teacher_gpu_memory_utilization < 1:
             out.append(f"--teacher-gpu-memory-utilization must be in (0, 1), got {self.teacher_gpu_memory_utilization}")
-        return out + self.reward_problems()
+        return out + self.server_problems() + self.reward_problems()

@@ -1,8 +1,9 @@
-"""Configs of the teacher-side commands: `distill generate` and `distill score`.
+"""Configs of the teacher-side commands: `distill generate`, `distill score` and `distill serve`.
 
-Both write a teacher cache, so they share the cache options and the extra-sample options
-(tokens drawn from the teacher's full distribution for `train --kd sampled`). None means
-"the teacher preset's default".
+generate and score write a teacher cache, so they share the cache options and the extra-sample options
+(tokens drawn from the teacher's full distribution for `train --kd sampled`), and either runs the teacher in
+this process or calls it at --teacher-url, where `distill serve` runs it. None means "the teacher preset's
+default".
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distill.configs.base import Config, PromptSource, TeacherRuntime, at_least
+from distill.configs.base import Config, Dtype, PromptSource, TeacherRuntime, TeacherServers, at_least
 
 
 @dataclass(kw_only=True)
@@ -49,7 +50,7 @@ class CacheOutput:
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(Config, PromptSource, TeacherRuntime, CacheOutput):
+class GenerateConfig(Config, PromptSource, TeacherRuntime, TeacherServers, CacheOutput):
     """Teacher traces + top-k logprobs into a cache (vLLM)."""
 
     COMMAND = "generate"
@@ -75,6 +76,7 @@ class GenerateConfig(Config, PromptSource, TeacherRuntime, CacheOutput):
 
     def problems(self) -> list[str]:
         out = self.prompt_problems() + self.runtime_problems() + self.cache_problems(self.backend)
+        out += self.server_problems(self.backend)
         out += at_least(self.samples_per_prompt, 1, "--samples-per-prompt")
         out += at_least(self.max_new_tokens, 1, "--max-new-tokens") + at_least(self.temperature, 0, "--temperature")
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -88,7 +90,7 @@ class GenerateConfig(Config, PromptSource, TeacherRuntime, CacheOutput):
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(Config, TeacherRuntime, CacheOutput):
+class ScoreConfig(Config, TeacherRuntime, TeacherServers, CacheOutput):
     """Teacher-forced logprobs over existing traces."""
 
     COMMAND = "score"
@@ -108,4 +110,49 @@ class ScoreConfig(Config, TeacherRuntime, CacheOutput):
 
     def problems(self) -> list[str]:
         out = self.runtime_problems() + self.cache_problems(self.backend) + at_least(self.limit, 1, "--limit")
+        out += self.server_problems(self.backend)
         return out + at_least(self.top_k, 1, "--top-k")
+
+
+@dataclass(kw_only=True)
+class ServeConfig(Config):
+    """A teacher behind vLLM's OpenAI server, for --teacher-url."""
+
+    COMMAND = "serve"
+
+    teacher: str
+    """Teacher preset name, preset YAML, model directory, run directory or hub id."""
+    port: int = 8000
+    """Port to listen on."""
+    host: str = "127.0.0.1"
+    """Address to listen on: 127.0.0.1 (this machine only) or 0.0.0.0 (other machines too; the server has no
+    authentication of its own, so only on a trusted network)."""
+    top_k: int | None = None
+    """Largest --top-k clients will ask for: the server allows that many logprobs per position, plus a margin
+    for padding rows [preset]."""
+    dtype: Dtype | None = None
+    """Model dtype: auto, bfloat16, float16 or float32 (the clients' cache key takes the preset's or their --dtype:
+    keep them one) [preset]."""
+    max_model_len: int | None = None
+    """Context length (prompt + completion) [preset, else the model's own]."""
+    tensor_parallel_size: int | None = None
+    """GPUs one engine replica spans (vLLM tensor parallelism) [preset]."""
+    data_parallel_size: int | None = None
+    """Engine replicas behind this one URL (vLLM data parallelism; GPUs used: this × --tensor-parallel-size)
+    [preset]."""
+    gpu_memory_utilization: float | None = None
+    """Share of each GPU vLLM takes [preset]."""
+    seed: int = 0
+    """The server's seed (every request carries its own, so results do not depend on it)."""
+    vllm_args: str = ""
+    """More arguments for vLLM's server, as one string (e.g. "--max-num-seqs 512")."""
+
+    def problems(self) -> list[str]:
+        out = at_least(self.top_k, 1, "--top-k") + at_least(self.max_model_len, 1, "--max-model-len")
+        out += at_least(self.tensor_parallel_size, 1, "--tensor-parallel-size")
+        out += at_least(self.data_parallel_size, 1, "--data-parallel-size")
+        if not 0 < self.port < 65536:
+            out.append(f"--port must be in 1..65535, got {self.port}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            out.append(f"--gpu-memory-utilization must be in (0, 1], got {self.gpu_memory_utilization}")
+        return out

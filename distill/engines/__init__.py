@@ -1,14 +1,17 @@
 """Engine adapters: the only code that talks to vLLM or to transformers generation.
 
-Both engines take token ids in and give `Completion`s out, streamed as they finish, so the
+The engines take token ids in and give `Completion`s out, streamed as they finish, so the
 teacher stage neither knows nor cares which one runs. `open_engine("vllm" | "hf", ...)` picks one;
 vllm is imported only inside `distill.engines.vllm_engine`, and only when that engine is opened.
+A teacher behind vLLM servers (`--teacher-url`) is `distill.engines.server_engine.ServerEngine`, the vLLM
+engine over HTTP; `open_teacher` opens whichever a generate or score config asks for.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -93,3 +96,33 @@ def open_engine(backend: str, model: str, **kwargs):
 
         return HFEngine(model, **kwargs)
     raise DistillError(f"Unknown backend {backend!r}; use one of {', '.join(ENGINES)}.")
+
+
+def open_teacher(cfg: Any, preset: Any, tokenizer: Any, top_k: int, seed: int = 0) -> Any:
+    """The teacher engine of a generate or score config (`TeacherRuntime` and `TeacherServers` options): its vLLM
+    servers at --teacher-url, checked to be this teacher, or `cfg.backend` in this process."""
+    max_model_len = cfg.max_model_len or preset.engine.max_model_len
+    if cfg.teacher_url:
+        from distill.engines.server_engine import ServerEngine
+
+        return ServerEngine(
+            cfg.teacher_url,
+            preset,
+            tokenizer,
+            top_k=top_k,
+            max_model_len=max_model_len,
+            inflight=cfg.teacher_inflight,
+            timeout_s=cfg.teacher_timeout_s,
+            retries=cfg.teacher_retries,
+        )
+    return open_engine(
+        cfg.backend,
+        preset.hub_id,
+        dtype=cfg.dtype or preset.engine.dtype,
+        max_model_len=max_model_len,
+        tensor_parallel_size=cfg.tensor_parallel_size or preset.engine.tensor_parallel_size,
+        gpu_memory_utilization=preset.engine.gpu_memory_utilization,
+        max_logprobs=top_k,
+        seed=seed,
+        tokens=len(tokenizer),
+    )

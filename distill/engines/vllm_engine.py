@@ -185,9 +185,9 @@ class VLLMEngine:
         def convert(req: Request, out) -> Completion:
             c = out.outputs[0]
             completion = np.asarray(c.token_ids, np.int32)
-            self._refuse_padding(completion, req.key)
+            refuse_padding(completion, req.key, self.tokens, self.rows)
             ids, lps = _flat_rows(c.logprobs, len(completion), width)
-            top_ids, top_lps, folded = self._real_topk(ids[:, 1:], lps[:, 1:], spec.top_k, req.key)
+            top_ids, top_lps, folded = real_topk(ids[:, 1:], lps[:, 1:], spec.top_k, req.key, self.tokens, self.rows)
             return Completion(
                 key=req.key,
                 prompt_ids=list(req.prompt_ids),
@@ -216,7 +216,7 @@ class VLLMEngine:
         def convert(req: Request, out) -> Completion:
             p, t = len(req.prompt_ids) - len(req.completion_ids), len(req.completion_ids)
             ids, lps = _flat_rows(out.prompt_logprobs[p:], t, width)
-            top_ids, top_lps, folded = self._real_topk(ids[:, 1:], lps[:, 1:], top_k, req.key)
+            top_ids, top_lps, folded = real_topk(ids[:, 1:], lps[:, 1:], top_k, req.key, self.tokens, self.rows)
             return Completion(
                 key=req.key,
                 prompt_ids=list(req.prompt_ids[:p]),
@@ -235,36 +235,39 @@ class VLLMEngine:
         )
         return self._run(joined, make_params, convert)
 
-    def _real_topk(
-        self, ids: np.ndarray, lps: np.ndarray, k: int, key: tuple[str, int]
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The best k real tokens of each position's top-(k + margin) list, (T, k) ids and logprobs in rank
-        order, and (T,) how many padding rows ranked among the first k (what the tail absorbs)."""
-        real = ids < self.tokens  # (T, k + margin)
-        if real.all():
-            return ids[:, :k], lps[:, :k], np.zeros(len(ids), np.int64)
-        short = np.flatnonzero(real.sum(axis=1) < k)
-        if len(short):
-            t, width = int(short[0]), ids.shape[1]
-            raise DistillError(
-                f"Completion {key}, token {t}: {width - int(real[t].sum())} of the teacher's top {width} logprobs are "
-                f"padding rows (ids ≥ {self.tokens}, the tokenizer's size; the model has {self.rows} rows), which "
-                f"leaves fewer than the {k} real tokens --top-k asks for; lower --top-k, or use --backend hf, which "
-                "sees the full logits."
-            )
-        order = np.argsort(~real, axis=1, kind="stable")[:, :k]  # real ones first, each group in rank order
-        folded = np.count_nonzero(~real[:, :k], axis=1)
-        return np.take_along_axis(ids, order, axis=1), np.take_along_axis(lps, order, axis=1), folded
 
-    def _refuse_padding(self, completion: np.ndarray, key: tuple[str, int]) -> None:
-        """A sampled padding row (possible only where the padding is too large to mask) has no token to write."""
-        if len(completion) and int(completion.max()) >= self.tokens:
-            t = int(np.flatnonzero(completion >= self.tokens)[0])
-            raise DistillError(
-                f"Completion {key} sampled id {int(completion[t])} at token {t}, a padding row of the model (ids ≥ "
-                f"{self.tokens} are not tokens; the model has {self.rows} rows), which vLLM cannot mask here (more "
-                f"than {MAX_MASKED_ROWS} padding rows); use --backend hf, which masks them when sampling."
-            )
+def real_topk(
+    ids: np.ndarray, lps: np.ndarray, k: int, key: tuple[str, int], tokens: int, rows: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The best k real tokens (ids < `tokens`, the tokenizer's size) of each position's top-(k + margin) list,
+    (T, k) ids and logprobs in rank order, and (T,) how many padding rows ranked among the first k (what the tail
+    absorbs). `rows`: the model's output rows, for the sentence."""
+    real = ids < tokens  # (T, k + margin)
+    if real.all():
+        return ids[:, :k], lps[:, :k], np.zeros(len(ids), np.int64)
+    short = np.flatnonzero(real.sum(axis=1) < k)
+    if len(short):
+        t, width = int(short[0]), ids.shape[1]
+        raise DistillError(
+            f"Completion {key}, token {t}: {width - int(real[t].sum())} of the teacher's top {width} logprobs are "
+            f"padding rows (ids ≥ {tokens}, the tokenizer's size; the model has {rows} rows), which "
+            f"leaves fewer than the {k} real tokens --top-k asks for; lower --top-k, or use --backend hf, which "
+            "sees the full logits."
+        )
+    order = np.argsort(~real, axis=1, kind="stable")[:, :k]  # real ones first, each group in rank order
+    folded = np.count_nonzero(~real[:, :k], axis=1)
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(lps, order, axis=1), folded
+
+
+def refuse_padding(completion: np.ndarray, key: tuple[str, int], tokens: int, rows: int) -> None:
+    """A sampled padding row (possible only where the padding is too large to mask) has no token to write."""
+    if len(completion) and int(completion.max()) >= tokens:
+        t = int(np.flatnonzero(completion >= tokens)[0])
+        raise DistillError(
+            f"Completion {key} sampled id {int(completion[t])} at token {t}, a padding row of the model (ids ≥ "
+            f"{tokens} are not tokens; the model has {rows} rows), which vLLM cannot mask here (more "
+            f"than {MAX_MASKED_ROWS} padding rows); use --backend hf, which masks them when sampling."
+        )
 
 
 def _flat_rows(flat, positions: int, k: int) -> tuple[np.ndarray, np.ndarray]:

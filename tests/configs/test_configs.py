@@ -21,6 +21,7 @@ from distill.configs import (
     OnPolicyConfig,
     RunsConfig,
     ScoreConfig,
+    ServeConfig,
     TrainConfig,
     field_docs,
 )
@@ -30,6 +31,7 @@ from distill.errors import DistillError
 CONFIGS = {
     "generate": GenerateConfig,
     "score": ScoreConfig,
+    "serve": ServeConfig,
     "filter": FilterConfig,
     "train": TrainConfig,
     "grpo": GRPOConfig,
