@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distill.configs.base import Config, PromptSource, TeacherRuntime, at_least
+from distill.configs.base import Config, DomainField, PromptSource, TeacherRuntime, at_least
 
 
 @dataclass(kw_only=True)
@@ -49,7 +49,7 @@ class CacheOutput:
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(Config, PromptSource, TeacherRuntime, CacheOutput):
+class GenerateConfig(Config, PromptSource, DomainField, TeacherRuntime, CacheOutput):
     """Teacher traces + top-k logprobs into a cache (vLLM)."""
 
     COMMAND = "generate"
@@ -88,7 +88,7 @@ class GenerateConfig(Config, PromptSource, TeacherRuntime, CacheOutput):
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(Config, TeacherRuntime, CacheOutput):
+class ScoreConfig(Config, DomainField, TeacherRuntime, CacheOutput):
     """Teacher-forced logprobs over existing traces."""
 
     COMMAND = "score"
