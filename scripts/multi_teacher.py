@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill.demo import BATCH_ROWS, train_side_by_side, train_threads
+from distill.demo import BATCH_ROWS, train_side_by_side
 from distill.tasks import arith
 
 TEACHERS = {"add": "arith-teacher-add", "mul": "arith-teacher-mul", "generalist": "arith-teacher"}
@@ -82,25 +82,26 @@ def run_seed(args: argparse.Namespace, seed: int, sources: dict[str, str]) -> di
     out.mkdir(parents=True, exist_ok=True)
     n = args.prompts
     teachers = args.teachers
-    routed = {d: cache(teachers[d], sources[d], n, seed) for d in DOMAINS}  # each specialist on its domain
-    everything = {name: cache(teachers[name], sources["all"], n, seed) for name in ("add", "mul", "generalist")}
-    caches = {
-        "two-teacher": [f"{routed['add']}:correct", f"{routed['mul']}:correct"],
-        "add-only": [f"{everything['add']}:correct"],
-        "mul-only": [f"{everything['mul']}:correct"],
-        "generalist": [f"{everything['generalist']}:correct"],
+    sources_of = {  # each student's (teacher, prompts): a specialist of both on its own domain, one alone on all
+        "two-teacher": [(teachers[d], sources[d]) for d in DOMAINS],
+        "add-only": [(teachers["add"], sources["all"])],
+        "mul-only": [(teachers["mul"], sources["all"])],
+        "generalist": [(teachers["generalist"], sources["all"])],
     }
     jobs = {}
-    for name in STUDENTS:
+    for name in args.students:
         if (out / name / "model").is_dir():
             continue
-        jobs[name] = ["train", "--student", "arith-student", *(x for c in caches[name] for x in ("--cache", c)),
+        caches = [f"{cache(t, p, n, seed)}:correct" for t, p in sources_of[name]]
+        jobs[name] = ["train", "--student", "arith-student", *(x for c in caches for x in ("--cache", c)),
                       "--alpha", "0.5", "--kd", "reverse", "--temperature", "1", "--tail", "bucket",
                       "--max-steps", str(args.steps), "--seed", str(seed), "--out", str(out / name),
                       "--save-every", str(args.steps), "--batch-rows", str(BATCH_ROWS)]  # fmt: skip
     if jobs:
         print(f"== seed {seed}: training {', '.join(jobs)} side by side ({args.steps} steps each)", flush=True)
-        train_side_by_side(jobs, out, args.steps, train_threads(len(jobs)))
+        train_side_by_side(jobs, out, args.steps, 1)  # one thread each: a result depends on its thread count
+    if args.train_only:
+        return {}
     scores = {f"teacher {name}": evaluate(t, out / f"eval-teacher-{name}.json", args.eval_problems, seed)
               for name, t in teachers.items()}  # fmt: skip
     for name in STUDENTS:
@@ -145,6 +146,8 @@ def main() -> None:
     parser.add_argument("--eval-problems", type=int, default=200, help="arith:test problems (4 samples each)")
     for name, preset in TEACHERS.items():
         parser.add_argument(f"--{name}-teacher", default=preset, help=f"the {name} teacher [{preset}]")
+    parser.add_argument("--students", nargs="+", choices=STUDENTS, default=list(STUDENTS), help="students to train")
+    parser.add_argument("--train-only", action="store_true", help="train the students, evaluate nothing")
     args = parser.parse_args()
     args.teachers = {name: getattr(args, f"{name}_teacher") for name in TEACHERS}
 
@@ -153,6 +156,8 @@ def main() -> None:
     runs = []
     for seed in args.seeds:
         runs.append(run_seed(args, seed, sources))
+        if args.train_only:
+            continue
         runs[-1]["targets"] = targets(runs[-1])
         results = {"runs": runs, "settings": vars(args)}
         (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
