@@ -196,3 +196,24 @@ def test_origin_is_not_a_yaml_field(tmp_path: Path) -> None:
     preset.write_text("name: p\nhub_id: org/p\norigin: arith-student\n")
     with pytest.raises(DistillError, match="unknown field 'origin'"):
         resolve_preset(str(preset), "student")
+
+
+@pytest.mark.parametrize("domain", ["add", "mul"])
+def test_the_specialist_teachers_are_the_generalists_kind_trained_on_one_domain(domain: str) -> None:
+    """arith-teacher-add / -mul: the generalist's settings and tokenizer (so a student distils from any mix of the
+    three without --cross-tokenizer), weights of their own, trained on one domain's traces only."""
+    import json
+
+    from distill.fingerprint import tokenizer_fingerprint
+    from distill.models.tokenizer import load_tokenizer
+
+    generalist = resolve_preset("arith-teacher", "teacher")
+    specialist = resolve_preset(f"arith-teacher-{domain}", "teacher")
+    settings = lambda p: (p.sampling, p.engine, p.prompt, p.top_k)  # noqa: E731
+    assert settings(specialist) == settings(generalist)
+    fingerprints = {tokenizer_fingerprint(load_tokenizer(p.hub_id, None)) for p in (generalist, specialist)}
+    assert len(fingerprints) == 1
+    weights = [(Path(p.hub_id) / "model.safetensors").read_bytes() for p in (generalist, specialist)]
+    assert weights[0] != weights[1]
+    record = json.loads((Path(specialist.hub_id) / "distill_train.json").read_text())
+    assert record["config"]["traces"] == f"runs/arith-teacher-{domain}/traces.jsonl"

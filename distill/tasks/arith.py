@@ -26,8 +26,8 @@ seeded stream: its first 4,000 problems are `train` (what the bundled teacher wa
 next 4,000 are `distill` (prompts the teacher never saw: the teacher stage answers them, and gets
 some wrong, so the filter has real work to do). Every split is the same list on every machine.
 
-Every problem has a `domain`: `mul` when it multiplies (a `*` anywhere), else `add` (only + and −; about
-60% of every split). The specialist teachers (arith-teacher-add, arith-teacher-mul) were each trained on one
+Every problem has a `domain`: `mul` when it multiplies (a `*` anywhere), else `add` (only + and −: 2,522 of
+`train`'s 4,000 problems, 121 of `test`'s 200). The specialist teachers (arith-teacher-add, arith-teacher-mul) were each trained on one
 domain's `train` problems; routing and per-domain evaluation read the field.
 `arithmetic_facts` is the base student's pretraining text: single operations, no reasoning format.
 """
