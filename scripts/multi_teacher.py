@@ -13,8 +13,9 @@ distils the bundled base student (arith-student) four ways, each with the demo's
 - generalist: the student of the bundled generalist arith-teacher, which answered every prompt.
 
 Then every student and teacher is evaluated on arith:test, pass@1 per domain and overall (`distill eval` reports
-the domains of the task's prompts). Every stage is a `distill` command, skipped when its output exists, so a
-rerun picks up where a stopped one ended. Prints the table and writes OUT/results.json and OUT/table.md.
+the domains of the task's prompts). Every stage is a `distill` command, skipped when its output exists (a stopped
+training resumes from its last checkpoint), so a rerun picks up where a stopped one ended. Prints the table and
+writes OUT/results.json and OUT/table.md.
 
     python scripts/multi_teacher.py [--seeds 0 1 2] [--out runs/multi-teacher] [--steps 3000] [--prompts 4000]
 """
@@ -96,7 +97,9 @@ def run_seed(args: argparse.Namespace, seed: int, sources: dict[str, str]) -> di
         jobs[name] = ["train", "--student", "arith-student", *(x for c in caches for x in ("--cache", c)),
                       "--alpha", "0.5", "--kd", "reverse", "--temperature", "1", "--tail", "bucket",
                       "--max-steps", str(args.steps), "--seed", str(seed), "--out", str(out / name),
-                      "--save-every", str(args.steps), "--batch-rows", str(BATCH_ROWS)]  # fmt: skip
+                      "--save-every", "500", "--batch-rows", str(BATCH_ROWS)]  # fmt: skip
+        if (out / name / "checkpoints").is_dir():  # a stopped run goes on where it stopped (resume is exact)
+            jobs[name].append("--resume")
     if jobs:
         print(f"== seed {seed}: training {', '.join(jobs)} side by side ({args.steps} steps each)", flush=True)
         train_side_by_side(jobs, out, args.steps, 1)  # one thread each: a result depends on its thread count
