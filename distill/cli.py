@@ -161,7 +161,9 @@ def cache_info(
         typer.echo(padding_line(d["provenance"]["padding"]))
     views = ", ".join(f"{k} ({v} kept)" for k, v in d["views"].items()) or "none"
     typer.echo(f"{'views':<22}{views}")
-    typer.echo(f"{'runs':<22}{len(runs)} trained on this cache" + (":" if runs else ""))
+    shared = sum(len(m.cache_keys) > 1 for m, _ in runs)
+    among = f" ({shared} of them with other caches too)" if shared else ""
+    typer.echo(f"{'runs':<22}{len(runs)} trained on this cache{among}" + (":" if runs else ""))
     if runs:
         typer.echo(format_table(run_rows(runs)))
 

@@ -50,6 +50,9 @@ class Batch:
     """(rows, length, M) float32 teacher logprobs of `extra_ids`, or None"""
     aligned: AlignedTeacher | None = None
     """cross-tokenizer: the teacher's rows of these records, aligned to the student's loss positions, or None"""
+    source: int = 0
+    """which cache the rows' records come from (their index in `train --cache`; distill.mixing): a batch never
+    mixes caches"""
 
     @property
     def num_tokens(self) -> int:
@@ -62,7 +65,12 @@ def plan_rows(lengths: Sequence[int], max_length: int, seed: int, epoch: int) ->
     `lengths[i]` is record i's prompt + completion length (longer ones are truncated to a row).
     Greedy next-fit: deterministic, and rows stay in shuffle order.
     """
-    order = np.random.default_rng([seed, epoch]).permutation(len(lengths))
+    return pack_rows(np.random.default_rng([seed, epoch]).permutation(len(lengths)), lengths, max_length)
+
+
+def pack_rows(order: Sequence[int], lengths: Sequence[int], max_length: int) -> list[list[int]]:
+    """Indices `order` (into `lengths`) packed into rows of at most `max_length` tokens, greedy next-fit in that
+    order."""
     rows: list[list[int]] = []
     used = max_length + 1
     for i in order:
@@ -168,7 +176,7 @@ class PackedLoader:
     def step(self, step: int) -> tuple[list[Batch], int]:
         """This rank's micro-batches for global step `step`, and the step's loss tokens over all ranks."""
         rows = self.step_rows(step)
-        global_tokens = sum(self._row_tokens(row) for row in rows)
+        global_tokens = sum(self.row_tokens(row) for row in rows)
         mine = rows[self.rank :: self.world_size]
         batches = []
         for i in range(0, len(mine), self.micro_rows):
@@ -177,7 +185,7 @@ class PackedLoader:
             batches.append(self.collate_rows(records))
         return batches, global_tokens
 
-    def _row_tokens(self, row: list[int]) -> int:
+    def row_tokens(self, row: list[int]) -> int:
         """Loss tokens of a row from lengths alone (no decoding), truncated as `collate` truncates."""
         total, at = 0, 0
         for i in row:

@@ -9,7 +9,10 @@ Reported:
 - unknown: how many samples the verifier could not check (timeout, sandbox failure, no gold
   answer), and their share. The metrics above count an unknown sample as not passed — a score
   must not rise because a check broke — so a benchmark with unknowns reports a lower bound, and
-  says how loose it is.
+  says how loose it is;
+- per domain, when the prompts have one (distill.prompts: a `domain` column, --domain-field, a task's own):
+  problems, pass@1 and cons@N of each domain's problems (`domains` in the summary; "(none)" gathers the
+  problems without a domain in a set where others have one).
 Per-problem results (every sample's text, extracted answer, verdict status and reason) go to `--out` as JSON.
 The eval records itself as a run (its manifest beside --out, NAME.run.json) and, when the model came from a
 train/grpo run, attaches its summary to that run's manifest under the benchmark's name (`distill runs`).
@@ -70,6 +73,7 @@ def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdi
         rows.append(
             {
                 "id": q["id"],
+                **({"domain": q["domain"]} if q.get("domain") is not None else {}),
                 "answer": q.get("answer"),
                 "correct": correct,
                 "unknown": sum(v.unknown for v in vs),
@@ -93,7 +97,28 @@ def score_problems(problems: list[dict[str, Any]], texts: list[list[str]], verdi
     }
     for k in ks:
         summary[f"pass@{k}"] = sum(pass_at_k(n, r["correct"], k) for r in rows) / max(len(rows), 1)
+    if any("domain" in r for r in rows):
+        summary["domains"] = per_domain(rows, n)
     return {"summary": summary, "problems": rows}
+
+
+NO_DOMAIN = "(none)"
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def per_domain(rows: list[dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
+    """Domain → {problems, pass@1, cons@N} over the scored problem rows of that domain, domains sorted by name."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(r.get("domain", NO_DOMAIN), []).append(r)
+    return {
+        d: {"problems": len(g), "pass@1": _mean(r["pass@1"] for r in g), f"cons@{n}": _mean(r["cons"] for r in g)}
+        for d, g in sorted(groups.items())
+    }
 
 
 def benchmark_name(cfg: EvalConfig) -> str:
@@ -113,7 +138,9 @@ def run_eval(cfg: EvalConfig) -> dict:
     """Generate, verify, print the summary table; write per-problem JSON to `cfg.out`; record the run and attach
     the summary to the run whose model was evaluated."""
     preset = resolve_preset(cfg.model, "teacher")
-    prompts, where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
+    prompts, where = load_prompts(
+        cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit, cfg.domain_field
+    )
     tokenizer = load_tokenizer(preset.hub_id, preset.revision)
     parent = run_of_model(preset.hub_id)
     name = Path(cfg.out).stem if cfg.out else f"eval-{Path(cfg.model).name}"
@@ -124,6 +151,7 @@ def run_eval(cfg: EvalConfig) -> dict:
         benchmark = benchmark_name(cfg)
         s = result["summary"]
         results = {k: v for k, v in s.items() if k.startswith(("pass@", "cons@")) or k in SUMMARY_KEYS}
+        results.update({"domains": s["domains"]} if "domains" in s else {})
         results.update(eval_run=record.manifest.id, temperature=cfg.temperature, top_p=cfg.top_p)
         record.finish({benchmark: results}, eval={benchmark: results})
         if attach_eval(preset.hub_id, benchmark, results):
@@ -202,4 +230,6 @@ def _evaluate(cfg: EvalConfig, preset: Any, prompts: list[dict], where: str, tok
             typer.echo(f"{key:<10}{100 * value:6.1f}")
     # not passed above, but not known to be wrong either: the scores are lower bounds by this much
     typer.echo(f"{'unknown':<10}{100 * s['unknown_rate']:6.1f}  ({s['unknown']} samples could not be checked)")
+    for domain, d in s.get("domains", {}).items():
+        typer.echo(f"{'pass@1':<7}{domain:<12}{100 * d['pass@1']:6.1f}  ({d['problems']} problems)")
     return result

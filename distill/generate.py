@@ -59,7 +59,9 @@ def plan(cfg: GenerateConfig) -> Plan:
     defaults = asdict(preset.sampling)
     sampling = {k: getattr(cfg, k) if getattr(cfg, k) is not None else v for k, v in defaults.items()}
     top_k = cfg.top_k if cfg.top_k is not None else preset.top_k
-    prompts, where = load_prompts(cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit)
+    prompts, where = load_prompts(
+        cfg.prompts, cfg.prompt_field, cfg.answer_field, cfg.mapping, cfg.limit, cfg.domain_field
+    )
     source = GeneratedKey(
         teacher=weights_fingerprint(preset.hub_id, preset.revision, extra_names=TOKENIZER_FILES),
         prompts=prompt_set_fingerprint(prompts),

@@ -9,8 +9,13 @@
 
 A built-in mapping can also be applied to a local copy with the same structure (`mapping="gsm8k"`),
 which is how the loaders are tested offline. Fields are auto-detected (prompt: prompt / problem /
-question; answer: answer / solution) unless named; a missing field is reported with the columns found.
-Gold answers travel with each prompt so the teacher stage can store them in record metadata.
+question; answer: answer / solution; domain: domain) unless named; a missing field is reported with the columns
+found. Gold answers travel with each prompt so the teacher stage can store them in record metadata.
+
+A prompt's domain (a `domain` column, `--domain-field` naming another, or the task's own: arith's `add` / `mul`)
+travels the same way: `record_meta` keeps it in every record that generate, score and onpolicy write, and eval
+reports pass@1 per domain. It is metadata, not part of the prompt set's fingerprint: a cache's key does not change
+when a domain column is added or relabelled (the teacher's work does not depend on it).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from distill.verify.answers import gsm8k_answer, last_boxed
 PROMPT_FIELDS = ("prompt", "problem", "question", "input")
 ANSWER_FIELDS = ("answer", "solution", "gold", "target")
 ID_FIELDS = ("id", "unique_id", "uuid", "problem_id")
+DOMAIN_FIELDS = ("domain",)
 COMPLETION_FIELDS = ("completion", "response", "generation", "output")
 CHAT_FIELDS = ("messages", "conversations")
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
@@ -126,8 +132,10 @@ def load_prompts(
     answer_field: str | None = None,
     mapping: str | None = None,
     limit: int | None = None,
+    domain_field: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Prompts as dicts {id, prompt, answer}, and a description of the source.
+    """Prompts as dicts {id, prompt, answer} (and domain, where the source has one), and a description of the
+    source.
 
     Ids come from an id column when there is one, else from the row number, so they are stable
     under `--limit` and under `--shard-index/--num-shards` slicing.
@@ -138,7 +146,12 @@ def load_prompts(
     if task_prompts is not None:
         given = [
             o
-            for o, v in (("--prompt-field", prompt_field), ("--answer-field", answer_field), ("--mapping", mapping))
+            for o, v in (
+                ("--prompt-field", prompt_field),
+                ("--answer-field", answer_field),
+                ("--mapping", mapping),
+                ("--domain-field", domain_field),
+            )
             if v
         ]
         if given:  # a task's prompts have no columns to pick: the option would be silently ignored
@@ -148,7 +161,7 @@ def load_prompts(
     else:
         mapped = BUILTIN.get(mapping) if mapping else BUILTIN.get(source.partition(":")[0])
         rows, where = load_rows(source)
-    return prompts_from_rows(rows, where, prompt_field, answer_field, mapped, limit), where
+    return prompts_from_rows(rows, where, prompt_field, answer_field, mapped, limit, domain_field), where
 
 
 def prompts_from_rows(
@@ -158,8 +171,9 @@ def prompts_from_rows(
     answer_field: str | None = None,
     mapped: Mapping | None = None,
     limit: int | None = None,
+    domain_field: str | None = None,
 ) -> list[dict[str, Any]]:
-    """`load_prompts` on rows already read: {id, prompt, answer} each."""
+    """`load_prompts` on rows already read: {id, prompt, answer} each, and domain where the rows have one."""
     if not rows:
         raise DistillError(f"Prompt source {where} is empty; nothing to generate.")
     columns = list(rows[0].keys())
@@ -171,20 +185,29 @@ def prompts_from_rows(
         )
     af = _pick(columns, answer_field or (mapped.answer_field if mapped else None), ANSWER_FIELDS, "Answer", where)
     idf = next((c for c in ID_FIELDS if c in columns), None)
+    df = _pick(columns, domain_field, DOMAIN_FIELDS, "Domain", where)
     parse = mapped.parse_answer if mapped else None
     prompts = []
     for i, row in enumerate(rows[:limit] if limit else rows):
         gold = row.get(af) if af else None
         if gold is not None:
             gold = parse(str(gold)) if parse else str(gold)
-        prompts.append({"id": str(row[idf]) if idf else str(i), "prompt": str(row[pf]), "answer": gold})
+        q = {"id": str(row[idf]) if idf else str(i), "prompt": str(row[pf]), "answer": gold}
+        if df is not None and row.get(df) not in (None, ""):
+            q["domain"] = str(row[df])
+        prompts.append(q)
     return prompts
 
 
 def load_traces(
-    source: str, prompt_field: str | None = None, completion_field: str | None = None, limit: int | None = None
+    source: str,
+    prompt_field: str | None = None,
+    completion_field: str | None = None,
+    limit: int | None = None,
+    domain_field: str | None = None,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Existing traces as dicts {id, prompt, answer, completion}, and a description of the source.
+    """Existing traces as dicts {id, prompt, answer, completion} (and domain, where the rows have one), and a
+    description of the source.
 
     A row has a prompt and a completion column, or is a chat: a `messages` list of {role, content}
     or a ShareGPT `conversations` list of {from, value}, whose last assistant turn is the completion
@@ -206,7 +229,7 @@ def load_traces(
             f"or chat rows in {' or '.join(CHAT_FIELDS)}); columns found: {', '.join(columns)}. "
             "Rename the column to 'completion' (or pass --completion-field to distill score)."
         )
-    traces = prompts_from_rows(rows, where, prompt_field)
+    traces = prompts_from_rows(rows, where, prompt_field, domain_field=domain_field)
     for q, row in zip(traces, rows, strict=True):
         q["completion"] = str(row[field])
     return traces, where
@@ -233,9 +256,13 @@ def chat_turns(messages: Any, where: str) -> dict[str, str]:
 
 
 def record_meta(q: dict[str, Any]) -> dict[str, Any]:
-    """What a trace record keeps of its prompt for the verifiers: the gold answer, and the question
-    (lang judges the reasoning against the question's script)."""
-    return {"answer": q.get("answer"), "question": q["prompt"]}
+    """What a trace record keeps of its prompt: for the verifiers the gold answer and the question (lang judges
+    the reasoning against the question's script); the domain where the prompt has one (routing, per-domain
+    metrics)."""
+    meta = {"answer": q.get("answer"), "question": q["prompt"]}
+    if q.get("domain") is not None:
+        meta["domain"] = q["domain"]
+    return meta
 
 
 def shard_slice(prompts: list[dict[str, Any]], shard_index: int, num_shards: int) -> list[dict[str, Any]]:

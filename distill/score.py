@@ -51,6 +51,11 @@ def _is_cache(source: str) -> bool:
 
 def traces_from_cache(cfg: ScoreConfig, tokenizer_fp: str) -> tuple[list[Trace], str]:
     """Traces of a cache (through a view if given); the cache must share the teacher's tokenizer."""
+    if cfg.domain_field:  # the records carry the domain their prompts had (distill.prompts.record_meta)
+        raise DistillError(
+            f"--domain-field names a column of a trace file, and {cfg.traces} is a cache: its records keep the "
+            "domain they were generated with; drop --domain-field."
+        )
     cache = TeacherCache(cfg.traces)
     theirs = cache.provenance.get("tokenizer_fingerprint")
     if theirs != tokenizer_fp:
@@ -73,7 +78,7 @@ def traces_from_cache(cfg: ScoreConfig, tokenizer_fp: str) -> tuple[list[Trace],
 
 def traces_from_file(cfg: ScoreConfig, tokenizer: Any, style: Any) -> tuple[list[Trace], str]:
     """Traces of a dataset with a prompt and a completion column (or chat rows), rendered for the teacher."""
-    rows, _ = load_traces(cfg.traces, cfg.prompt_field, cfg.completion_field, cfg.limit)
+    rows, _ = load_traces(cfg.traces, cfg.prompt_field, cfg.completion_field, cfg.limit, cfg.domain_field)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     traces = []
     for q in rows:

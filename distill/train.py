@@ -49,8 +49,9 @@ from distill.distributed import all_sum, parallelize, rank_and_world
 from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX, distill_loss
 from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd
+from distill.mixing import CacheFeed, MixedLoader, name_feeds, record_weights
 from distill.presets import resolve_preset
-from distill.retokenize import AlignedRecords, collate_aligned, retokenize, student_vocab_map
+from distill.retokenize import collate_aligned, retokenize, student_vocab_map
 from distill.runs import RunRecord, read_manifest, run_of_model
 from distill.tracking import StepLog
 from distill.vocab import reconcile
@@ -66,11 +67,12 @@ TRACKED = ("loss", "ce", "kd", "merged", "lr", "grad_norm", "tokens_per_s")  # t
 class StudentLoss(torch.nn.Module):
     """The student's decoder plus the chunked CE + KD loss over its output layer."""
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, vmap: torch.Tensor | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, vmaps: list[torch.Tensor | None]) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.vmap = vmap  # cross-tokenizer: (V_teacher,) teacher id → student id; a plain attribute, not state
+        # cross-tokenizer: per cache, (V_teacher,) teacher id → student id; plain attributes, not state
+        self.vmaps = vmaps
 
     def _causal_lm(self) -> torch.nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -87,7 +89,8 @@ class StudentLoss(torch.nn.Module):
         shared = dict(alpha=cfg.alpha, kd=cfg.kd, tail=cfg.tail, temperature=cfg.temperature, beta=cfg.beta,
                       chunk_size=cfg.chunk_size, bias=getattr(head, "bias", None))  # fmt: skip
         if batch.aligned is not None:  # --cross-tokenizer: the teacher's rows are its own, aligned by text
-            return cross_tokenizer_kd(hidden[keep], head.weight, batch.targets[keep], batch.aligned, self.vmap,
+            return cross_tokenizer_kd(hidden[keep], head.weight, batch.targets[keep], batch.aligned,
+                                      self.vmaps[batch.source],
                                       xt_weight=cfg.xt_weight, merged=cfg.xt_merged, **shared)  # fmt: skip
         return distill_loss(
             hidden[keep],
@@ -114,7 +117,7 @@ class TrainRecipe:
         self.rank, self.world = rank_and_world()
         self.device = torch.device(f"cuda:{torch.cuda.current_device()}") if torch.cuda.is_available() else "cpu"
         self.run = RunDirectory(Path(cfg.out))
-        self.vmap: torch.Tensor | None = None  # --cross-tokenizer: teacher id → student id (set with the data)
+        self.feeds: list[CacheFeed] = []  # what the run reads: one per --cache (or the --traces)
 
     def log(self, msg: str) -> None:
         if self.rank == 0:
@@ -140,96 +143,137 @@ class TrainRecipe:
         torch.manual_seed(seed)
 
     def _setup_data(self) -> None:
-        from distill.models.tokenizer import cache_tokenizer, load_tokenizer
+        from distill.models.tokenizer import load_tokenizer
 
         cfg = self.cfg
         student_tok = load_tokenizer(self.preset.hub_id, self.preset.revision)
-        if cfg.cache is not None:
-            cache = TeacherCache(cfg.cache)
-            if cfg.uses_teacher and cache.spec.top_k == 0:
-                raise DistillError(
-                    f"Cache {cache.path} holds no teacher logprobs (top-k 0); use --alpha 1 or score it."
-                )
-            if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_k == 0:
-                raise DistillError(
-                    f"--kd sampled needs tokens drawn from the teacher, and cache {cache.path} has none; make one "
-                    f"with `distill score --backend hf --extra-samples 8 --extra-temperature {cfg.temperature}`."
-                )
-            if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_temperature != cfg.temperature:
-                raise DistillError(
-                    f"Cache {cache.path} drew its extra samples at temperature {cache.spec.extra_temperature}, so "
-                    f"--kd sampled estimates the KL at that temperature only; pass --temperature "
-                    f"{cache.spec.extra_temperature} or score again with --extra-temperature {cfg.temperature}."
-                )
-            if cache.format_version == 1 and cfg.uses_teacher:  # V1_TAIL_NOTE is about version 1 only
-                self.log("note: " + V1_TAIL_NOTE.format(path=cache.path))
-            indices = view_indices(cache, cfg.view) if cfg.view else np.arange(len(cache))
-            if len(indices) == 0:
-                raise DistillError(f"View {cfg.view!r} of {cache.path} keeps no records; nothing to train on.")
-            teacher_tok = cache_tokenizer(cache)
-            records, lengths, top_k, extra_k = cache, cache.lengths(), cache.spec.top_k, cache.spec.extra_k
+        if cfg.cache:
+            self.feeds = feeds = name_feeds([self._open_cache(path, view) for path, view in cfg.cache_views()])
             if cfg.cross_tokenizer:
                 self.tokenizer = student_tok
-                records, indices, lengths = self._retokenize(cache, indices, teacher_tok)
+                for feed in feeds:
+                    self._retokenize(feed, len(feeds) > 1)
             else:
-                teacher = str(cache.provenance.get("teacher"))
-                decision = reconcile(student_tok, teacher_tok, self.preset.name, teacher)
-                if decision.adopted_teacher:
-                    self.log(f"note: {decision.message}")
-                self.tokenizer = decision.tokenizer
-            self.top_k = top_k
-            self.source = {"cache": str(cache.path), "cache_key": cache.key, "view": cfg.view}
+                self.tokenizer = self._shared_tokenizer(student_tok, feeds)
+            top_ks = [f.cache.spec.top_k for f in feeds]
+            self.top_k = top_ks[0] if len(set(top_ks)) == 1 else "/".join(map(str, top_ks))
+            self.source = (
+                {"cache": str(feeds[0].cache.path), "cache_key": feeds[0].cache.key, "view": feeds[0].view}
+                if len(feeds) == 1
+                else {"caches": [f.describe() for f in feeds]}
+            )
         else:
             self.tokenizer = student_tok
             records = traces_to_records(cfg.traces, student_tok)
-            indices = np.arange(len(records))
             lengths = np.array([[len(r.prompt_ids), len(r.completion_ids)] for r in records])
-            top_k, extra_k = 0, 0
+            self.feeds = [CacheFeed("traces", None, None, records, np.arange(len(records)), lengths, 0, 0)]
             self.top_k = 0
             self.source = {"traces": str(cfg.traces)}
-        self.records = len(indices)
+        self.records = sum(len(f.indices) for f in self.feeds)
         max_length = cfg.max_length or self.preset.train.max_length
-        no_room = int((lengths[np.asarray(indices), 0] >= max_length).sum())
-        if no_room == len(indices):
+        no_room = sum(int((f.lengths[np.asarray(f.indices), 0] >= max_length).sum()) for f in self.feeds)
+        if no_room == self.records:
             raise DistillError(
                 f"Every record's prompt is at least --max-length {max_length} tokens, leaving no completion "
                 "token to learn from; raise --max-length."
             )
         if no_room:
-            self.log(f"note: {no_room} of {len(indices)} records have prompts of ≥ {max_length} tokens and are skipped")
+            self.log(f"note: {no_room} of {self.records} records have prompts of ≥ {max_length} tokens and are skipped")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         aligned = (lambda rows: collate_aligned(rows, max_length, pad)) if cfg.cross_tokenizer else None
-        self.loader = PackedLoader(
-            records,
-            indices,
-            lengths,
-            max_length,
-            cfg.batch_rows,
-            cfg.micro_rows,
-            cfg.seed,
-            pad,
-            top_k if cfg.uses_teacher else 0,
-            extra_k if cfg.kd == "sampled" else 0,
-            self.rank,
-            self.world,
-            collate_rows=aligned,
-        )
+        loaders = [
+            PackedLoader(
+                f.records,
+                f.indices,
+                f.lengths,
+                max_length,
+                cfg.batch_rows,
+                cfg.micro_rows,
+                cfg.seed,
+                pad,
+                f.top_k if cfg.uses_teacher else 0,
+                f.extra_k if cfg.kd == "sampled" else 0,
+                self.rank,
+                self.world,
+                collate_rows=aligned,
+            )
+            for f in self.feeds
+        ]
+        if len(loaders) == 1:  # one cache reads exactly as it always has
+            self.loader: PackedLoader | MixedLoader = loaders[0]
+        else:
+            weights = record_weights([len(f.indices) for f in self.feeds], cfg.mixing_weights())
+            for f, w in zip(self.feeds, weights, strict=True):
+                f.weight = float(w)
+            self.loader = MixedLoader(loaders, weights, cfg.batch_rows, cfg.micro_rows, cfg.seed, self.rank, self.world)
+            mix = ", ".join(f"{f.name} {len(f.indices)} ({f.weight:.0%})" for f in self.feeds)
+            self.log(f"caches: {mix} of every epoch's records")
         epochs = cfg.epochs if cfg.epochs is not None else self.preset.train.epochs
         self.total_steps = cfg.max_steps or epochs * self.loader.steps_per_epoch
-        self.log(f"data: {len(indices)} records, {self.loader.steps_per_epoch} steps/epoch, {self.total_steps} steps")
+        self.log(f"data: {self.records} records, {self.loader.steps_per_epoch} steps/epoch, {self.total_steps} steps")
 
-    def _retokenize(
-        self, cache: TeacherCache, indices: np.ndarray, teacher_tok: Any
-    ) -> tuple[AlignedRecords, np.ndarray, np.ndarray]:
-        """--cross-tokenizer: the selected records in the student's tokens, aligned to the teacher's, and their
-        (prompt, completion) lengths; logs the alignment report (and warns when it is poor)."""
-        self.vmap = student_vocab_map(teacher_tok, self.tokenizer)
-        aligned = retokenize(cache, teacher_tok, self.tokenizer, indices, self.vmap)  # the teacher's rows stay on disk
-        self.alignment = aligned.report
-        self.log(f"cross-tokenizer: {self.alignment.summary()}")
-        for warning in self.alignment.warnings():
-            self.log(f"warning: {warning}")
-        return aligned, np.arange(len(aligned)), aligned.lengths()
+    def _open_cache(self, path: str, view: str | None) -> CacheFeed:
+        """One --cache, checked against the loss settings, through its view."""
+        cfg = self.cfg
+        cache = TeacherCache(path)
+        if cfg.uses_teacher and cache.spec.top_k == 0:
+            raise DistillError(f"Cache {cache.path} holds no teacher logprobs (top-k 0); use --alpha 1 or score it.")
+        if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_k == 0:
+            raise DistillError(
+                f"--kd sampled needs tokens drawn from the teacher, and cache {cache.path} has none; make one "
+                f"with `distill score --backend hf --extra-samples 8 --extra-temperature {cfg.temperature}`."
+            )
+        if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_temperature != cfg.temperature:
+            raise DistillError(
+                f"Cache {cache.path} drew its extra samples at temperature {cache.spec.extra_temperature}, so "
+                f"--kd sampled estimates the KL at that temperature only; pass --temperature "
+                f"{cache.spec.extra_temperature} or score again with --extra-temperature {cfg.temperature}."
+            )
+        if cache.format_version == 1 and cfg.uses_teacher:  # V1_TAIL_NOTE is about version 1 only
+            self.log("note: " + V1_TAIL_NOTE.format(path=cache.path))
+        indices = view_indices(cache, view) if view else np.arange(len(cache))
+        if len(indices) == 0:
+            raise DistillError(f"View {view!r} of {cache.path} keeps no records; nothing to train on.")
+        spec = cache.spec
+        return CacheFeed("", cache, view, cache, indices, cache.lengths(), spec.top_k, spec.extra_k)
+
+    def _shared_tokenizer(self, student_tok: Any, feeds: list[CacheFeed]) -> Any:
+        """The tokenizer the student trains with, when the caches' ids are to be read as they are: every cache's
+        teacher tokenizer the first's, and the student's compatible with it (distill.vocab)."""
+        from distill.fingerprint import tokenizer_fingerprint
+        from distill.models.tokenizer import cache_tokenizer
+
+        first = feeds[0].cache
+        teacher_tok = cache_tokenizer(first)
+        expected = first.provenance.get("tokenizer_fingerprint") or tokenizer_fingerprint(teacher_tok)
+        for feed in feeds[1:]:
+            theirs = feed.cache.provenance.get("tokenizer_fingerprint")
+            theirs = theirs or tokenizer_fingerprint(cache_tokenizer(feed.cache))
+            if theirs != expected:
+                raise DistillError(
+                    f"Cache {feed.cache.path} was made with another tokenizer ({feed.name}) than cache {first.path} "
+                    f"({feeds[0].name}), so their token ids mean different tokens; pass --cross-tokenizer to align "
+                    "each cache to the student's tokenizer by the traces' text."
+                )
+        decision = reconcile(student_tok, teacher_tok, self.preset.name, str(first.provenance.get("teacher")))
+        if decision.adopted_teacher:
+            self.log(f"note: {decision.message}")
+        return decision.tokenizer
+
+    def _retokenize(self, feed: CacheFeed, named: bool) -> None:
+        """--cross-tokenizer: the feed's kept records in the student's tokens, aligned to the teacher's, with their
+        (prompt, completion) lengths and vocabulary map; logs the alignment report (and warns when it is poor)."""
+        from distill.models.tokenizer import cache_tokenizer
+
+        teacher_tok = cache_tokenizer(feed.cache)
+        feed.vmap = student_vocab_map(teacher_tok, self.tokenizer)
+        aligned = retokenize(feed.cache, teacher_tok, self.tokenizer, feed.indices, feed.vmap)  # rows stay on disk
+        feed.records, feed.indices, feed.lengths = aligned, np.arange(len(aligned)), aligned.lengths()
+        feed.alignment = aligned.report
+        where = f" ({feed.name})" if named else ""
+        self.log(f"cross-tokenizer{where}: {feed.alignment.summary()}")
+        for warning in feed.alignment.warnings():
+            self.log(f"warning{where}: {warning}")
 
     def _build_model(self) -> torch.nn.Module:
         """The student as configured (pretrained or random, resized, LoRA-wrapped), on the CPU."""
@@ -264,7 +308,7 @@ class TrainRecipe:
 
     def _setup_model(self) -> None:
         self.model = self._build_model().to(self.device)
-        loss = StudentLoss(self.model, self.cfg, self.vmap)
+        loss = StudentLoss(self.model, self.cfg, [f.vmap for f in self.feeds])
         self.module, self.sharding = parallelize(loss.to(self.device), self._layers(), self.world, self.cfg.sharding)
         if self.world > 1:
             self.log(f"sharding: {'FSDP2' if self.sharding == 'fsdp2' else 'DDP'} over {self.world} processes")
@@ -307,21 +351,26 @@ class TrainRecipe:
             "max_length": cfg.max_length or train.max_length,
             "init": cfg.init or self.preset.init,
         }
+        first = self.feeds[0]  # of several caches, the first stands in the manifest's one-cache fields
+        alignments = {f.name: asdict(f.alignment) for f in self.feeds if f.alignment is not None}
+        if len(alignments) == 1:  # one cache: the report itself, as before several were possible
+            alignments = next(iter(alignments.values()))
         return {
             "config": resolved,
-            "cache_key": self.source.get("cache_key"),
-            "cache": self.source.get("cache") or self.source.get("traces"),
-            "view": cfg.view,
+            "cache_key": first.cache.key if first.cache else None,
+            "cache": str(first.cache.path) if first.cache else self.source.get("traces"),
+            "view": first.view,
+            "caches": [f.describe() for f in self.feeds if f.cache is not None],
             "model": cfg.student,
             "parent_run": read_manifest(parent).id if parent else None,
             "summary": {"top_k": self.top_k, "total_steps": self.total_steps, "records": self.records}
-            | ({"cross_tokenizer": asdict(self.alignment)} if self.cfg.cross_tokenizer else {}),
+            | ({"cross_tokenizer": alignments} if alignments else {}),
         }
 
     def train(self, record: RunRecord) -> None:
         cfg, first = self.cfg, self.rank == 0
         with StepLog(self.run, record, cfg.report_to, cfg.resume, "train", self.total_steps, self.step,
-                     enabled=first, tracked=TRACKED) as steps:  # fmt: skip
+                     enabled=first, tracked=TRACKED + self._cache_metrics()) as steps:  # fmt: skip
             start, tokens_seen = time.perf_counter(), 0
             while self.step < self.total_steps:
                 row = self._step()
@@ -338,6 +387,7 @@ class TrainRecipe:
         batches, step_tokens = self.loader.step(self.step)
         parts = self._parts()
         sums = [0.0] * len(parts)  # loss, ce, kd (, merged): sums over this rank's loss tokens
+        per_cache = [[0.0, 0.0, 0.0] for _ in self.feeds]  # ce, kd sums and tokens of each cache's records
         for batch in batches:
             batch = _to(batch, self.device)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device != "cpu"):
@@ -346,7 +396,12 @@ class TrainRecipe:
             # mean over the whole step's tokens on all ranks; DDP/FSDP average gradients over ranks
             (out.loss * n / max(step_tokens, 1) * self.world).backward()
             sums = [s + float(getattr(out, name).detach()) * n for s, name in zip(sums, parts, strict=True)]
+            if len(self.feeds) > 1:
+                for j, value in enumerate((float(out.ce.detach()) * n, float(out.kd.detach()) * n, n)):
+                    per_cache[batch.source][j] += value
         means = {name: v / max(step_tokens, 1) for name, v in zip(parts, all_sum(sums, self.world), strict=True)}
+        if len(self.feeds) > 1:
+            means |= self._cache_means(all_sum([v for c in per_cache for v in c], self.world))
         self.run.stop_if_not_finite(means["loss"], self.step + 1)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in self.module.parameters() if p.requires_grad], self.cfg.grad_clip
@@ -363,13 +418,28 @@ class TrainRecipe:
             "tokens": step_tokens,
         }
 
+    def _cache_means(self, sums: list[float]) -> dict[str, float]:
+        """ce/NAME and kd/NAME, each cache's records' mean CE and KD this step (none when it had no records in
+        it), and tokens/NAME, from the (ce sum, kd sum, tokens) of each cache over all ranks."""
+        out: dict[str, float] = {}
+        for f, (ce, kd, n) in zip(self.feeds, (sums[i : i + 3] for i in range(0, len(sums), 3)), strict=True):
+            out[f"tokens/{f.name}"] = int(n)
+            if n:
+                out[f"ce/{f.name}"], out[f"kd/{f.name}"] = ce / n, kd / n
+        return out
+
+    def _cache_metrics(self) -> tuple[str, ...]:
+        """The per-cache metric names (several caches only)."""
+        names = [f.name for f in self.feeds] if len(self.feeds) > 1 else []
+        return tuple(f"{part}/{name}" for name in names for part in ("ce", "kd", "tokens"))
+
     def _parts(self) -> tuple[str, ...]:
         """The loss and the parts of it the metrics report: the merged-span term too across tokenizers."""
         return ("loss", "ce", "kd", "merged") if self.cfg.cross_tokenizer else ("loss", "ce", "kd")
 
     def final_metrics(self) -> dict[str, Any]:
         """The manifest's final metrics: loss, CE and KD over the last 50 steps, steps, tokens trained on."""
-        out = self.run.final_metrics(self._parts())
+        out = self.run.final_metrics(self._parts() + tuple(m for m in self._cache_metrics() if "tokens/" not in m))
         out["tokens"] = sum(r["tokens"] for r in self.run.metric_rows())
         return out
 

@@ -117,6 +117,15 @@ class PromptSource:
 
 
 @dataclass(kw_only=True)
+class DomainField:
+    """Which column names each prompt's domain (generate, score and eval keep it; see distill.prompts)."""
+
+    domain_field: str | None = None
+    """Column naming each prompt's domain, kept in the records' metadata; eval reports pass@1 per domain [auto:
+    domain; a task's own]."""
+
+
+@dataclass(kw_only=True)
 class ModelRuntime:
     """Which engine runs a model, in which dtype, with how long a context."""
 

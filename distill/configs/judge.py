@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill.configs.base import Config, ModelRuntime, PromptSource, at_least
+from distill.configs.base import Config, DomainField, ModelRuntime, PromptSource, at_least
 
 
 def verifier_problems(names: str, option: str) -> list[str]:
@@ -43,7 +43,7 @@ class FilterConfig(Config):
 
 
 @dataclass(kw_only=True)
-class EvalConfig(Config, PromptSource, ModelRuntime):
+class EvalConfig(Config, PromptSource, DomainField, ModelRuntime):
     """Evaluate a model: pass@1, cons@n, pass@k."""
 
     COMMAND = "eval"

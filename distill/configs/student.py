@@ -5,7 +5,9 @@ None means "the student preset's default" (train) or "the model's preset default
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -16,6 +18,7 @@ from distill.configs.rollouts import RolloutOptions
 KdKind = Literal["forward", "reverse", "jsd", "sampled"]
 Tail = Literal["bucket", "renorm"]
 GrpoLoss = Literal["grpo", "dapo", "dr_grpo"]
+VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as distill.cache.views allows
 ScaleRewards = Literal["group", "none"]
 
 
@@ -59,10 +62,15 @@ class TrainConfig(Config, RunOptions):
 
     student: str
     """Student preset name (qwen-1.5b, ...), preset YAML, model directory, run directory or hub id."""
-    cache: str | None = None
-    """Teacher cache (path or key) to distil from."""
+    cache: list[str] = field(default_factory=list)
+    """Teacher cache (path or key) to distil from; repeat it to train on several caches at once (one teacher
+    each), CACHE:VIEW reading that cache through its own view."""
     view: str | None = None
-    """Train only on the records of this view (from distill filter)."""
+    """Train only on the records of this view (from distill filter); with several caches, of every cache that
+    names no view of its own."""
+    cache_weights: str | None = None
+    """With several caches: comma-separated mixing weight per --cache, in order: each cache's share of every
+    epoch's records [each cache's kept record count]."""
     traces: str | None = None
     """Plain trace file (prompt + completion, or chat rows) for SFT without a cache."""
     alpha: float = 0.5
@@ -120,14 +128,53 @@ class TrainConfig(Config, RunOptions):
     xt_weight: float = 1.0
     """With --cross-tokenizer: weight of the merged-span term beside the KD term."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.cache, str | Path):  # the Python API's one cache
+            self.cache = [str(self.cache)]
+        super().__post_init__()
+
+    def cache_views(self) -> list[tuple[str, str | None]]:
+        """(cache, view) of every --cache: CACHE:VIEW, else --view. A whole argument that is a directory is a cache,
+        whatever colons its path holds."""
+        out = []
+        for spec in self.cache:
+            path, colon, view = spec.rpartition(":")
+            if colon and path and VIEW_NAME.match(view) and not Path(spec).is_dir():
+                out.append((path, view))
+            else:
+                out.append((spec, self.view))
+        return out
+
+    def mixing_weights(self) -> list[float] | None:
+        """--cache-weights as numbers (None: by record count); `problems` has checked them."""
+        return [float(w) for w in self.cache_weights.split(",")] if self.cache_weights else None
+
+    def _weight_problems(self) -> list[str]:
+        if self.cache_weights is None:
+            return []
+        if len(self.cache) < 2:
+            return ["--cache-weights mixes several --cache options; with one cache or none there is nothing to weigh"]
+        try:
+            weights = self.mixing_weights() or []
+        except ValueError:
+            return [f"--cache-weights must be comma-separated numbers, got {self.cache_weights!r}"]
+        if len(weights) != len(self.cache):
+            return [
+                f"--cache-weights gives {len(weights)} weight(s) for {len(self.cache)} --cache(s); give one per "
+                "cache, in the order of the --cache options"
+            ]
+        if not all(math.isfinite(w) and w > 0 for w in weights):
+            return [f"every --cache-weights weight must be a number > 0, got {self.cache_weights!r}"]
+        return []
+
     @property
     def uses_teacher(self) -> bool:
         """Whether the loss reads the teacher's logprobs (α < 1); SFT (α = 1) learns from the trace tokens alone."""
         return self.alpha < 1
 
     def problems(self) -> list[str]:
-        out = self.run_problems(self.save_every)
-        if self.cross_tokenizer and self.cache is None:
+        out = self.run_problems(self.save_every) + self._weight_problems()
+        if self.cross_tokenizer and not self.cache:
             out.append("--cross-tokenizer re-tokenises the traces of a --cache; give one (plain --traces need no flag)")
         if self.cross_tokenizer and self.kd == "sampled" and self.uses_teacher:
             out.append(
@@ -147,11 +194,11 @@ class TrainConfig(Config, RunOptions):
                 f"--tail bucket is exact only at --temperature 1 (the teacher's tempered tail mass is unknown), got "
                 f"{self.temperature}; use --tail renorm, which tempers the top-k exactly, or --kd sampled"
             )
-        if (self.cache is None) == (self.traces is None):
+        if bool(self.cache) == (self.traces is not None):
             out.append("give exactly one of --cache (teacher cache) or --traces (plain trace file)")
         if self.traces is not None and self.uses_teacher:
             out.append("plain --traces carry no teacher logprobs: use --alpha 1 (SFT) or a --cache")
-        if self.view is not None and self.cache is None:
+        if self.view is not None and not self.cache:
             out.append("--view selects records of a --cache; give the cache too")
         if self.epochs is not None and self.max_steps is not None:
             out.append("give --epochs or --max-steps, not both")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distill.configs.base import Config, Dtype, PromptSource, TeacherRuntime, TeacherServers, at_least
+from distill.configs.base import Config, DomainField, Dtype, PromptSource, TeacherRuntime, TeacherServers, at_least
 
 
 @dataclass(kw_only=True)
@@ -50,7 +50,7 @@ class CacheOutput:
 
 
 @dataclass(kw_only=True)
-class GenerateConfig(Config, PromptSource, TeacherRuntime, TeacherServers, CacheOutput):
+class GenerateConfig(Config, PromptSource, DomainField, TeacherRuntime, TeacherServers, CacheOutput):
     """Teacher traces + top-k logprobs into a cache (vLLM)."""
 
     COMMAND = "generate"
@@ -90,7 +90,7 @@ class GenerateConfig(Config, PromptSource, TeacherRuntime, TeacherServers, Cache
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(Config, TeacherRuntime, TeacherServers, CacheOutput):
+class ScoreConfig(Config, DomainField, TeacherRuntime, TeacherServers, CacheOutput):
     """Teacher-forced logprobs over existing traces."""
 
     COMMAND = "score"

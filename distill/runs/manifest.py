@@ -63,6 +63,10 @@ class RunManifest:
     cache_key: str | None = None
     cache: str | None = None
     view: str | None = None
+    """The run's teacher cache, its key and view; of a run on several caches, the first (`caches` lists all)."""
+    caches: list[dict[str, Any]] = field(default_factory=list)
+    """Every cache the run read, in order: {name, cache, cache_key, view, records, weight} (train: one per --cache;
+    `distill runs --cache X` and `distill cache info X` find a run by any of them)."""
     model: str | None = None
     """The model the run started from (train: the student, grpo: the policy, eval: the evaluated model)."""
     parent_run: str | None = None
@@ -91,6 +95,12 @@ class RunManifest:
     @property
     def model_dir(self) -> Path:
         return Path(self.out) / "model"
+
+    @property
+    def cache_keys(self) -> list[str]:
+        """The keys of every cache the run read (none for a run that read no cache)."""
+        keys = [c.get("cache_key") for c in self.caches] or [self.cache_key]
+        return [k for k in keys if k]
 
 
 def new_run_id(now: float | None = None) -> str:

@@ -121,11 +121,12 @@ class Registry:
     # reading
 
     def runs(self, cache_key: str | None = None, stage: str | None = None) -> list[tuple[RunManifest, Path]]:
-        """(manifest, run.json path) of every run, oldest first, with killed runs found and recorded."""
+        """(manifest, run.json path) of every run, oldest first, with killed runs found and recorded; with
+        `cache_key` (a key or a prefix), the runs that read that cache, alone or among others."""
         query, args = "SELECT manifest, path FROM runs WHERE 1=1", []
-        if cache_key:
-            query += " AND (cache_key = ? OR cache_key LIKE ?)"
-            args += [cache_key, cache_key + "%"]
+        if cache_key:  # the column holds a run's first cache; the manifest, every cache it read (checked below)
+            query += " AND (cache_key = ? OR cache_key LIKE ? OR manifest LIKE ?)"
+            args += [cache_key, cache_key + "%", f'%"cache_key": "{cache_key}%']
         if stage:
             query += " AND stage = ?"
             args.append(stage)
@@ -134,6 +135,8 @@ class Registry:
         out = []
         for text, path in rows:
             manifest = RunManifest(**json.loads(text))
+            if cache_key and not any(k.startswith(cache_key) for k in manifest.cache_keys):
+                continue  # the key appeared in the manifest elsewhere (a parent run's, a path)
             out.append((self._settle(manifest, Path(path)), Path(path)))
         return out
 

@@ -1,9 +1,10 @@
 """Runs as table rows and as JSON: what `distill runs`, `distill cache info` and `distill compare` print.
 
 One function decides which settings matter for a run (`settings`), so every listing shows the same
-columns with the same names: the KD kind (sft when α = 1), tail, α, τ, the cache's top-k, the view,
-LoRA, steps and tokens for a student; the loss, group size and learning rate for grpo; for onpolicy the loss
-(topk-KIND for the top-k KD), teacher, G, reward weight w and the final reverse KL (RKL).
+columns with the same names: the KD kind (sft when α = 1), tail, α, τ, the cache's top-k, the caches (by
+teacher name, joined by +), the view, LoRA, steps and tokens for a student; the loss, group size and learning
+rate for grpo; for onpolicy the loss (topk-KIND for the top-k KD), teacher, G, reward weight w and the final
+reverse KL (RKL).
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def settings(m: RunManifest) -> dict[str, Any]:
             "α": c.get("alpha"),
             "τ": None if sft else c.get("temperature"),
             "k": s.get("top_k") or None,
-            "view": c.get("view"),
+            "caches": "+".join(str(x.get("name")) for x in m.caches) or None,
+            "view": _view(m),
             "lora": c.get("lora"),
             "lr": c.get("lr"),
             "seed": c.get("seed"),
@@ -76,6 +78,12 @@ def settings(m: RunManifest) -> dict[str, Any]:
             "steps": m.metrics["steps"] if ended else f"{m.metrics.get('step', 0)}/{c.get('steps')}",
         }
     return {"samples": c.get("samples"), "τ": c.get("temperature"), "seed": c.get("seed")}
+
+
+def _view(m: RunManifest) -> str | None:
+    """--view, or the views of the run's caches joined by + (`all` for a cache read whole) where they name some."""
+    views = [c.get("view") for c in m.caches]
+    return m.config.get("view") or ("+".join(v or "all" for v in views) if any(views) else None)
 
 
 def student_of(m: RunManifest) -> str:

@@ -25,6 +25,10 @@ in the first tenth of the hash space, so no test problem can appear elsewhere. T
 seeded stream: its first 4,000 problems are `train` (what the bundled teacher was trained on), the
 next 4,000 are `distill` (prompts the teacher never saw: the teacher stage answers them, and gets
 some wrong, so the filter has real work to do). Every split is the same list on every machine.
+
+Every problem has a `domain`: `mul` when it multiplies (a `*` anywhere), else `add` (only + and −: 2,522 of
+`train`'s 4,000 problems, 121 of `test`'s 200). Specialist teachers (scripts/train_arith_teacher.py --domain)
+are trained on one domain's `train` problems; routing and per-domain evaluation read the field.
 `arithmetic_facts` is the base student's pretraining text: single operations, no reasoning format.
 """
 
@@ -37,6 +41,7 @@ from typing import Any
 
 SIZES = {"train": 4000, "distill": 4000, "test": 200}
 OPS = ("+", "-", "*")
+DOMAINS = ("add", "mul")
 
 
 @dataclass
@@ -128,6 +133,11 @@ def sample_reasoning(tree: Node, rng: random.Random) -> str:
     return f"<think>\n{reasoning}\n</think>\n" + rng.choice(FINALS).format(tree.value)
 
 
+def domain_of(expression: str) -> str:
+    """`mul` when the expression multiplies, else `add`."""
+    return "mul" if "*" in expression else "add"
+
+
 def split_of(expression: str) -> str:
     return "test" if hashlib.sha256(expression.encode()).digest()[0] < 26 else "train"
 
@@ -153,7 +163,8 @@ def _trees(split: str, count: int | None, seed: int) -> list[Node]:
 
 
 def problems(split: str, count: int | None = None, seed: int = 0, variants: int = 1) -> list[dict[str, Any]]:
-    """The first `count` problems of `split`, each with `variants` reference traces (rows with the same id).
+    """The first `count` problems of `split` ({id, prompt, answer, domain, completion}), each with `variants`
+    reference traces (rows with the same id).
 
     The reference traces are drawn with a seed of their own per problem, so a problem's first
     variant is the same whatever `count` or `variants` asks for.
@@ -168,6 +179,7 @@ def problems(split: str, count: int | None = None, seed: int = 0, variants: int 
                     "id": f"arith-{split}-{i}",
                     "prompt": f"Compute {text}.",
                     "answer": str(tree.value),
+                    "domain": domain_of(text),
                     "completion": sample_reasoning(tree, rng),
                 }
             )
@@ -195,5 +207,5 @@ def arithmetic_facts(count: int, seed: int = 0) -> list[str]:
 
 
 def load(split: str) -> list[dict[str, Any]]:
-    """Prompts of a split as the teacher stage takes them: id, prompt, answer (and one reference trace)."""
+    """Prompts of a split as the teacher stage takes them: id, prompt, answer, domain (and one reference trace)."""
     return problems(split)
