@@ -44,8 +44,14 @@ REPO = Path(__file__).resolve().parents[1]
 EVAL = ["--prompts", "arith:test", "--limit", "200", "--samples", "4", "--max-new-tokens", "96", "--dtype", "float32"]
 # fp32 engines: vLLM would run a model directory (dtype auto) in bf16 on the CPU, sampling from a rounded policy
 ROLLOUTS = ["--prompts", "arith:train", "--max-new-tokens", "96", "--dtype", "float32", "--report-to", "none"]
+# the measured recipe (docs/results/onpolicy-vs-grpo.md), spelled out: a start made before model directories
+# remembered their preset would otherwise get the generic defaults; live cosine runs decay over the whole budget
+RECIPE = "--batch-size 32 --lr 3e-4 --warmup-steps 20 --iterations 2 --lr-schedule cosine"
 METHODS = {
-    "onpolicy": "onpolicy:--loss reverse --batch-size 64 --group-size 4 --lr 3e-4 --warmup-steps 20",
+    "onpolicy": f"onpolicy:--loss topk {RECIPE}",
+    "full": f"onpolicy:--loss full {RECIPE}",
+    "offline": "offline:--epochs 2 -- --lr 3e-4 --batch-rows 4",
+    "kd": "kd:--epochs 2 --temperature 0.6 -- --lr 3e-4 --batch-rows 4 --alpha 0.5",
     "grpo": "grpo:--group-size 8 --batch-size 64 --lr 1e-4",
 }
 
@@ -129,6 +135,9 @@ def live(kind: str, args: list[str], start: Path, out: Path, seed: int, budget: 
     else:
         run = ["grpo", "--policy", str(start)]
     run += [*ROLLOUTS, "--seed", str(seed), "--out", str(out / "run"), *args]
+    cosine = option(args, "--lr-schedule", "cosine" if kind == "onpolicy" else "constant") == "cosine"
+    if cosine and "--decay-steps" not in args:  # one schedule over the budget, not one per segment
+        run += ["--decay-steps", str(steps)]
     points = []
     for k in range(1, evals + 1):
         done = steps * k // evals

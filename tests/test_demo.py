@@ -98,6 +98,10 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     assert 0 <= summary["opd_pass1"] <= 1 and summary["onpolicy_steps"] == 2
     opd = json.loads((tmp_path / "demo" / "opd" / "run.json").read_text())
     assert opd["stage"] == "onpolicy" and opd["metrics"]["steps"] == 2 and opd["config"]["student"].endswith("model")
+    # the KD student's model directory remembers arith-student, whose on-policy defaults are the measured recipe
+    recipe = {k: opd["config"][k] for k in ("loss", "lr", "batch_size", "warmup_steps", "iterations", "lr_schedule")}
+    assert recipe == {"loss": "topk", "lr": 3e-4, "batch_size": 32, "warmup_steps": 20, "iterations": 2,
+                      "lr_schedule": "cosine"}  # fmt: skip
     assert "KD → on-policy" in (tmp_path / "demo" / "report.md").read_text()
     assert "[8/8] eval opd" in out.stdout
     if not summary["bundled_teacher"]:

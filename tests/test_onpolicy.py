@@ -42,10 +42,20 @@ SMALL = [
     "48",
     "--lr",
     "1e-3",
+    "--warmup-steps",
+    "0",
     "--save-every",
     "1",
     "--seed",
     "3",
+    # the per-token reverse KL at μ = 1 under a constant rate: the path these tests take apart (the defaults,
+    # top-k at μ = 2 under a cosine, run in test_demo and below)
+    "--loss",
+    "reverse",
+    "--iterations",
+    "1",
+    "--lr-schedule",
+    "constant",
 ]
 RUN_ARGS = ["--student", "arith-student", "--teacher", "arith-teacher", *SMALL]
 FIELDS = {
@@ -347,6 +357,16 @@ def test_a_template_that_opens_the_completion_differently_is_refused(tmp_path: P
     assert not (tmp_path / "o").exists()
 
 
+def test_the_loss_is_topk_unless_a_setting_is_given_that_only_reverse_takes() -> None:
+    from distill.configs.onpolicy import OnPolicyConfig
+
+    base = {"student": "arith-student", "teacher": "arith-teacher", "prompts": "arith:train"}
+    assert OnPolicyConfig(**base).loss == "topk"
+    for only_reverse in ({"cross_tokenizer": True}, {"kl_discount": 0.5}, {"temperature": 0.6}):
+        assert OnPolicyConfig(**base, **only_reverse).loss == "reverse", only_reverse
+    assert OnPolicyConfig(**base, loss="full").loss == "full"
+
+
 @pytest.mark.parametrize(
     ("args", "sentence"),
     [
@@ -359,7 +379,7 @@ def test_a_template_that_opens_the_completion_differently_is_refused(tmp_path: P
         (["--loss", "full", "--teacher-backend", "vllm"], "--loss full needs --teacher-backend hf"),
         (["--kl-discount", "1.5"], "--kl-discount must be in [0, 1], got 1.5"),
         (["--loss", "topk", "--kl-discount", "0.5"], "--kl-discount applies to --loss reverse"),
-        (["--decay-steps", "100"], "--decay-steps applies to --lr-schedule cosine"),
+        (["--lr-schedule", "constant", "--decay-steps", "100"], "--decay-steps applies to --lr-schedule cosine"),
     ],
 )
 def test_bad_input_exits_1_with_a_sentence(args: list[str], sentence: str, tmp_path: Path) -> None:

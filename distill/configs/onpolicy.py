@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from distill.configs.base import Backend, Config, ModelRuntime, PromptSource, TeacherServers, at_least
-from distill.configs.rollouts import RolloutOptions
+from distill.configs.rollouts import LrSchedule, RolloutOptions
 from distill.configs.student import RunOptions, VerifierRewards
 from distill.presets import OnPolicyDefaults
 
@@ -28,11 +28,13 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, TeacherServers, RunOpti
     teacher: str
     """Teacher that scores the student's tokens: a preset name, preset YAML, model directory or hub id; its
     tokenizer must be the student's, unless --cross-tokenizer."""
-    loss: OnPolicyLoss = "reverse"
-    """reverse: per-token reverse KL log π_teacher − log π_student of each sampled token as a dense advantage
-    under the clipped ratio (Qwen3 / Tinker); topk: the `distill train` KD loss (--kd) over the teacher's top-k at
-    every sampled position (GKD, λ = 1); full: the --kd divergence over the whole vocabulary at every sampled
-    position (exact GKD, λ = 1; needs --teacher-backend hf)."""
+    loss: OnPolicyLoss | None = None
+    """topk: the `distill train` KD loss (--kd) over the teacher's top-k at every sampled position (GKD, λ = 1);
+    reverse: per-token reverse KL log π_teacher − log π_student of each sampled token as a dense advantage under
+    the clipped ratio (Qwen3 / Tinker); full: the --kd divergence over the whole vocabulary at every sampled
+    position (exact GKD, λ = 1; needs --teacher-backend hf) [auto: topk, which beat reverse and full on the
+    embedded default (docs/results/onpolicy-vs-grpo.md); reverse with --cross-tokenizer, --kl-discount or a
+    --temperature other than 1, which only it takes]."""
     kd: OnPolicyKd = "reverse"
     """--loss topk / full: the divergence (forward, reverse, jsd); topk's is over the teacher's top-k plus its tail
     bucket, full's over the whole vocabulary."""
@@ -76,6 +78,20 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, TeacherServers, RunOpti
     """Steps over which the learning rate rises linearly to --lr (then constant) [student preset]."""
     out: Path = Path("runs/onpolicy")
     """Run directory (checkpoints, metrics.jsonl, cache/ of the teacher's scores, model/)."""
+    # on-policy's own defaults for two shared rollout options: what won on the embedded default
+    iterations: int = 2
+    """μ: optimiser steps per batch of rollouts (2: each batch of teacher-graded samples is used twice, under the
+    clip; 1: the ratio is 1 and the clip never binds)."""
+    lr_schedule: LrSchedule = "cosine"
+    """The learning rate after any warm-up: cosine (down to 0 over --decay-steps: on-policy distillation's gains
+    on the embedded default came with the decay; at a constant rate the student's KL stopped falling), or
+    constant."""
+
+    def __post_init__(self) -> None:
+        if self.loss is None:  # auto: topk, unless a setting is given that only reverse takes
+            need_reverse = self.cross_tokenizer or self.kl_discount or self.temperature != 1
+            self.loss = "reverse" if need_reverse else "topk"
+        super().__post_init__()
 
     def with_defaults(self, defaults: OnPolicyDefaults) -> OnPolicyConfig:
         """This config with the options left unset taken from the student preset's `onpolicy` defaults (validated
