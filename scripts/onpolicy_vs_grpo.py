@@ -270,6 +270,12 @@ def save_result(path: Path, methods: dict, seed: int, start: str, name: str, ent
     return doc["seeds"]
 
 
+def method_names(results: dict, start: str) -> list[str]:
+    """The methods run from `start` in any seed, in the order they first appear."""
+    names = [n for seed in sorted(results) for n in results[seed].get(start, {}) if n != "teacher"]
+    return list(dict.fromkeys(names))
+
+
 def report(results: dict, out: Path) -> None:
     """The README's table and the two plots."""
     import matplotlib
@@ -280,28 +286,35 @@ def report(results: dict, out: Path) -> None:
     seeds = sorted(results)
     starts = sorted({s for seed in seeds for s in results[seed]})
     for start in starts:
-        names = [n for n in results[seeds[0]].get(start, {}) if n != "teacher"]
-        teacher = statistics.mean(results[s][start]["teacher"] for s in seeds)
-        first = statistics.mean(results[s][start][names[0]]["start"]["pass1"] for s in seeds) if names else 0.0
+        names = method_names(results, start)
+        teacher = statistics.mean(results[s][start]["teacher"] for s in seeds if start in results[s])
+        first = statistics.mean(  # every method of a seed starts from the same student
+            next(v["start"]["pass1"] for n, v in results[s][start].items() if n != "teacher")
+            for s in seeds
+            if start in results[s]
+        )
         print(f"\nfrom the {start} student ({first:.1f}; teacher {teacher:.1f}), seeds {seeds}: pass@1 at T 0.6 "
-              "(at the rollout T), reverse KL, seconds per step")  # fmt: skip
+              "(at the rollout T), the share of the start's gap to the teacher closed (over the seeds the method "
+              "ran), reverse KL, training seconds for the budget")  # fmt: skip
         for name in names:
             have = [s for s in seeds if name in results[s][start]]
-            finals = [results[s][start][name]["points"][-1]["pass1"] for s in have]
-            at_t = [results[s][start][name]["points"][-1]["pass1_at_rollout_t"] for s in have]
-            kl = [results[s][start][name]["points"][-1]["reverse_kl"] for s in have]
-            per_step = [results[s][start][name]["seconds_per_step"].get("seconds", float("nan")) for s in have]
+            runs = [results[s][start][name] for s in have]
+            finals = [r["points"][-1]["pass1"] for r in runs]
+            gaps = [(r["points"][-1]["pass1"] - r["start"]["pass1"]) / (results[s][start]["teacher"] - r["start"][
+                "pass1"]) for s, r in zip(have, runs, strict=True)]  # fmt: skip
+            at_t = [r["points"][-1]["pass1_at_rollout_t"] for r in runs]
+            kl = [r["points"][-1]["reverse_kl"] for r in runs]
+            seconds = [r["points"][-1]["seconds"] for r in runs]
             spread = statistics.stdev(finals) if len(finals) > 1 else 0.0
-            gap = (statistics.mean(finals) - first) / max(teacher - first, 1e-9)
             print(f"  {name:<16}{statistics.mean(finals):6.1f} ± {spread:3.1f}  ({statistics.mean(at_t):5.1f})  "
-                  f"per seed {' '.join(f'{v:.1f}' for v in finals)}  closes {gap:+.0%} of the gap  "
-                  f"{statistics.mean(kl):.3f} nats  {statistics.mean(per_step):.2f} s")  # fmt: skip
+                  f"per seed {' '.join(f'{s}:{v:.1f}' for s, v in zip(have, finals, strict=True))}  closes "
+                  f"{statistics.mean(gaps):+.0%} of the gap  {statistics.mean(kl):.3f} nats  "
+                  f"{statistics.mean(seconds):.0f} s")  # fmt: skip
 
     for axis, label in (("rollout_tokens", "rollout tokens (student samples)"), ("seconds", "training seconds")):
         fig, axes = plt.subplots(1, len(starts), figsize=(6 * len(starts), 4), squeeze=False)
         for ax, start in zip(axes[0], starts, strict=True):
-            names = [n for n in results[seeds[0]].get(start, {}) if n != "teacher"]
-            for name in names:
+            for name in method_names(results, start):
                 runs = [results[s][start][name] for s in seeds if name in results[s][start]]
                 points = zip(*(r["points"] for r in runs), strict=True)
                 xs = [0.0] + [statistics.mean(p[axis] for p in col) for col in points]
