@@ -40,21 +40,16 @@ import numpy as np
 import torch
 import typer
 
-from distill.cache import Record, TeacherCache, view_indices
-from distill.cache.format import V1_TAIL_NOTE
 from distill.checkpoints import RunDirectory
 from distill.configs import TrainConfig
-from distill.data import PackedLoader
 from distill.distributed import all_sum, parallelize, rank_and_world
-from distill.errors import DistillError
 from distill.losses import IGNORE_INDEX, distill_loss
 from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd
-from distill.mixing import CacheFeed, MixedLoader, name_feeds, record_weights
+from distill.mixing import CacheFeed
 from distill.presets import resolve_preset
-from distill.retokenize import collate_aligned, retokenize, student_vocab_map
 from distill.runs import RunRecord, read_manifest, run_of_model
 from distill.tracking import StepLog
-from distill.vocab import reconcile
+from distill.train_data import load_train_data
 
 TRAIN_CONFIG = "distill_train.json"
 TRACKED = ("loss", "ce", "kd", "merged", "lr", "grad_norm", "tokens_per_s")  # to --report-to trackers (train/NAME)
@@ -143,137 +138,9 @@ class TrainRecipe:
         torch.manual_seed(seed)
 
     def _setup_data(self) -> None:
-        from distill.models.tokenizer import load_tokenizer
-
-        cfg = self.cfg
-        student_tok = load_tokenizer(self.preset.hub_id, self.preset.revision)
-        if cfg.cache:
-            self.feeds = feeds = name_feeds([self._open_cache(path, view) for path, view in cfg.cache_views()])
-            if cfg.cross_tokenizer:
-                self.tokenizer = student_tok
-                for feed in feeds:
-                    self._retokenize(feed, len(feeds) > 1)
-            else:
-                self.tokenizer = self._shared_tokenizer(student_tok, feeds)
-            top_ks = [f.cache.spec.top_k for f in feeds]
-            self.top_k = top_ks[0] if len(set(top_ks)) == 1 else "/".join(map(str, top_ks))
-            self.source = (
-                {"cache": str(feeds[0].cache.path), "cache_key": feeds[0].cache.key, "view": feeds[0].view}
-                if len(feeds) == 1
-                else {"caches": [f.describe() for f in feeds]}
-            )
-        else:
-            self.tokenizer = student_tok
-            records = traces_to_records(cfg.traces, student_tok)
-            lengths = np.array([[len(r.prompt_ids), len(r.completion_ids)] for r in records])
-            self.feeds = [CacheFeed("traces", None, None, records, np.arange(len(records)), lengths, 0, 0)]
-            self.top_k = 0
-            self.source = {"traces": str(cfg.traces)}
-        self.records = sum(len(f.indices) for f in self.feeds)
-        max_length = cfg.max_length or self.preset.train.max_length
-        no_room = sum(int((f.lengths[np.asarray(f.indices), 0] >= max_length).sum()) for f in self.feeds)
-        if no_room == self.records:
-            raise DistillError(
-                f"Every record's prompt is at least --max-length {max_length} tokens, leaving no completion "
-                "token to learn from; raise --max-length."
-            )
-        if no_room:
-            self.log(f"note: {no_room} of {self.records} records have prompts of ≥ {max_length} tokens and are skipped")
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        aligned = (lambda rows: collate_aligned(rows, max_length, pad)) if cfg.cross_tokenizer else None
-        loaders = [
-            PackedLoader(
-                f.records,
-                f.indices,
-                f.lengths,
-                max_length,
-                cfg.batch_rows,
-                cfg.micro_rows,
-                cfg.seed,
-                pad,
-                f.top_k if cfg.uses_teacher else 0,
-                f.extra_k if cfg.kd == "sampled" else 0,
-                self.rank,
-                self.world,
-                collate_rows=aligned,
-            )
-            for f in self.feeds
-        ]
-        if len(loaders) == 1:  # one cache reads exactly as it always has
-            self.loader: PackedLoader | MixedLoader = loaders[0]
-        else:
-            weights = record_weights([len(f.indices) for f in self.feeds], cfg.mixing_weights())
-            for f, w in zip(self.feeds, weights, strict=True):
-                f.weight = float(w)
-            self.loader = MixedLoader(loaders, weights, cfg.batch_rows, cfg.micro_rows, cfg.seed, self.rank, self.world)
-            mix = ", ".join(f"{f.name} {len(f.indices)} ({f.weight:.0%})" for f in self.feeds)
-            self.log(f"caches: {mix} of every epoch's records")
-        epochs = cfg.epochs if cfg.epochs is not None else self.preset.train.epochs
-        self.total_steps = cfg.max_steps or epochs * self.loader.steps_per_epoch
-        self.log(f"data: {self.records} records, {self.loader.steps_per_epoch} steps/epoch, {self.total_steps} steps")
-
-    def _open_cache(self, path: str, view: str | None) -> CacheFeed:
-        """One --cache, checked against the loss settings, through its view."""
-        cfg = self.cfg
-        cache = TeacherCache(path)
-        if cfg.uses_teacher and cache.spec.top_k == 0:
-            raise DistillError(f"Cache {cache.path} holds no teacher logprobs (top-k 0); use --alpha 1 or score it.")
-        if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_k == 0:
-            raise DistillError(
-                f"--kd sampled needs tokens drawn from the teacher, and cache {cache.path} has none; make one "
-                f"with `distill score --backend hf --extra-samples 8 --extra-temperature {cfg.temperature}`."
-            )
-        if cfg.kd == "sampled" and cfg.uses_teacher and cache.spec.extra_temperature != cfg.temperature:
-            raise DistillError(
-                f"Cache {cache.path} drew its extra samples at temperature {cache.spec.extra_temperature}, so "
-                f"--kd sampled estimates the KL at that temperature only; pass --temperature "
-                f"{cache.spec.extra_temperature} or score again with --extra-temperature {cfg.temperature}."
-            )
-        if cache.format_version == 1 and cfg.uses_teacher:  # V1_TAIL_NOTE is about version 1 only
-            self.log("note: " + V1_TAIL_NOTE.format(path=cache.path))
-        indices = view_indices(cache, view) if view else np.arange(len(cache))
-        if len(indices) == 0:
-            raise DistillError(f"View {view!r} of {cache.path} keeps no records; nothing to train on.")
-        spec = cache.spec
-        return CacheFeed("", cache, view, cache, indices, cache.lengths(), spec.top_k, spec.extra_k)
-
-    def _shared_tokenizer(self, student_tok: Any, feeds: list[CacheFeed]) -> Any:
-        """The tokenizer the student trains with, when the caches' ids are to be read as they are: every cache's
-        teacher tokenizer the first's, and the student's compatible with it (distill.vocab)."""
-        from distill.fingerprint import tokenizer_fingerprint
-        from distill.models.tokenizer import cache_tokenizer
-
-        first = feeds[0].cache
-        teacher_tok = cache_tokenizer(first)
-        expected = first.provenance.get("tokenizer_fingerprint") or tokenizer_fingerprint(teacher_tok)
-        for feed in feeds[1:]:
-            theirs = feed.cache.provenance.get("tokenizer_fingerprint")
-            theirs = theirs or tokenizer_fingerprint(cache_tokenizer(feed.cache))
-            if theirs != expected:
-                raise DistillError(
-                    f"Cache {feed.cache.path} was made with another tokenizer ({feed.name}) than cache {first.path} "
-                    f"({feeds[0].name}), so their token ids mean different tokens; pass --cross-tokenizer to align "
-                    "each cache to the student's tokenizer by the traces' text."
-                )
-        decision = reconcile(student_tok, teacher_tok, self.preset.name, str(first.provenance.get("teacher")))
-        if decision.adopted_teacher:
-            self.log(f"note: {decision.message}")
-        return decision.tokenizer
-
-    def _retokenize(self, feed: CacheFeed, named: bool) -> None:
-        """--cross-tokenizer: the feed's kept records in the student's tokens, aligned to the teacher's, with their
-        (prompt, completion) lengths and vocabulary map; logs the alignment report (and warns when it is poor)."""
-        from distill.models.tokenizer import cache_tokenizer
-
-        teacher_tok = cache_tokenizer(feed.cache)
-        feed.vmap = student_vocab_map(teacher_tok, self.tokenizer)
-        aligned = retokenize(feed.cache, teacher_tok, self.tokenizer, feed.indices, feed.vmap)  # rows stay on disk
-        feed.records, feed.indices, feed.lengths = aligned, np.arange(len(aligned)), aligned.lengths()
-        feed.alignment = aligned.report
-        where = f" ({feed.name})" if named else ""
-        self.log(f"cross-tokenizer{where}: {feed.alignment.summary()}")
-        for warning in feed.alignment.warnings():
-            self.log(f"warning{where}: {warning}")
+        data = load_train_data(self.cfg, self.preset, self.rank, self.world, self.log)
+        self.feeds, self.tokenizer, self.top_k, self.source = data.feeds, data.tokenizer, data.top_k, data.source
+        self.records, self.loader, self.total_steps = data.records, data.loader, data.total_steps
 
     def _build_model(self) -> torch.nn.Module:
         """The student as configured (pretrained or random, resized, LoRA-wrapped), on the CPU."""
@@ -509,32 +376,6 @@ def _to(batch: Any, device: Any) -> Any:
         if isinstance(value, torch.Tensor | AlignedTeacher):
             setattr(batch, name, value.to(device))
     return batch
-
-
-def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
-    """Plain traces (prompt + completion text, no teacher logprobs) as records, for SFT (α = 1)."""
-    from distill.presets import R1_INSTRUCTION
-    from distill.prompts import load_traces, record_meta, render_prompt
-
-    traces, _ = load_traces(path)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    out = []
-    for q in traces:
-        text = render_prompt(tokenizer, q["prompt"], R1_INSTRUCTION, None, "")
-        prompt_ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int32)
-        completion = np.asarray(tokenizer(q["completion"], add_special_tokens=False)["input_ids"] + eos, np.int32)
-        t = len(completion)
-        out.append(
-            Record(
-                prompt_ids,
-                completion,
-                np.zeros((t, 0), np.int32),
-                np.zeros((t, 0), np.float32),
-                np.full(t, np.nan, np.float32),
-                {"prompt_id": q["id"], "sample_index": 0, **record_meta(q)},
-            )
-        )
-    return out
 
 
 def run_train(cfg: TrainConfig) -> Path:
