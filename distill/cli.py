@@ -49,6 +49,7 @@ from distill.configs import (
     TrainConfig,
     field_docs,
 )
+from distill.configs.base import field_default
 from distill.errors import DistillError
 
 app = typer.Typer(
@@ -75,7 +76,7 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
         if not f.init:
             continue
         make = typer.Argument if f.metadata.get("argument") else typer.Option
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        default = field_default(f)
         params.append(
             inspect.Parameter(
                 f.name,
@@ -88,15 +89,24 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
     # required options first, then the command's own, then the shared groups', each as declared
     params.sort(key=lambda p: (p.default is not inspect.Parameter.empty, p.name not in own))
 
-    def command(**options: Any) -> None:
+    def command(ctx: typer.Context, **options: Any) -> None:
         cfg = config(**options)
+        cfg.set_given(typed_options(ctx, options))  # what --resume must not bring back from the run's first settings
         module, function = run.split(":")
         getattr(importlib.import_module(module), function)(cfg)
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    # typer hands the click context to a parameter annotated typer.Context: it knows which options were typed
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    command.__signature__ = inspect.Signature([context, *params])  # type: ignore[attr-defined]
     command.__doc__ = config.__doc__
     command.__name__ = config.COMMAND
     return command
+
+
+def typed_options(ctx: typer.Context, options: dict[str, Any]) -> set[str]:
+    """The names of the options the user typed on the command line (not those left at their defaults)."""
+    defaulted = ("DEFAULT", "DEFAULT_MAP")  # click's ParameterSource names (typer bundles its own click)
+    return {name for name in options if (source := ctx.get_parameter_source(name)) and source.name not in defaulted}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ from distill.rollouts import (
     rollout_lr,
     step_rollout,
 )
-from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.runs import RunRecord, read_manifest, resume_settings, run_of_model
 from distill.tracking import StepLog
 
 GRPO_CONFIG = "distill_grpo.json"
@@ -281,6 +281,7 @@ class GRPORecipe:
 
 def run_grpo(cfg: GRPOConfig) -> Path:
     """Run GRPO and export; prints the output model directory as the last line of stdout."""
+    cfg = resume_settings(cfg)  # --resume: the run's own settings, or a sentence naming each one given otherwise
     recipe = GRPORecipe(cfg)
     recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind

@@ -97,7 +97,7 @@ from distill.rollouts import (
     rollout_lr,
     step_rollout,
 )
-from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.runs import RunRecord, read_manifest, resume_settings, run_of_model
 from distill.teacher_grader import TeacherGrader
 from distill.teacher_scores import TeacherScores
 from distill.tracking import StepLog
@@ -427,6 +427,7 @@ class OnPolicyRecipe:
 
 def run_onpolicy(cfg: OnPolicyConfig) -> Path:
     """Run on-policy distillation and export; prints the output model directory as the last line of stdout."""
+    cfg = resume_settings(cfg)  # --resume: the run's own settings, or a sentence naming each one given otherwise
     recipe = OnPolicyRecipe(cfg)
     recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind

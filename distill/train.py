@@ -52,7 +52,7 @@ from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd
 from distill.mixing import CacheFeed, MixedLoader, name_feeds, record_weights
 from distill.presets import resolve_preset
 from distill.retokenize import collate_aligned, retokenize, student_vocab_map
-from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.runs import RunRecord, read_manifest, resume_settings, run_of_model
 from distill.tracking import StepLog
 from distill.vocab import reconcile
 
@@ -539,6 +539,7 @@ def traces_to_records(path: str, tokenizer: Any) -> list[Record]:
 
 def run_train(cfg: TrainConfig) -> Path:
     """Train and export; prints the output directory as the last line of stdout (rank 0)."""
+    cfg = resume_settings(cfg)  # --resume: the run's own settings, or a sentence naming each one given otherwise
     trainer = TrainRecipe(cfg)
     trainer.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     try:

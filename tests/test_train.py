@@ -201,6 +201,51 @@ def test_kill_then_resume_gives_the_uninterrupted_losses(student: Path, teacher_
             assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), (a["step"], key)
 
 
+def test_resume_brings_back_the_runs_own_settings(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    """A resume that leaves out --kd and --view (as "the same command with --resume" is often typed) continues the
+    run as it started, not with the defaults; more --max-steps is allowed and recorded."""
+    write_view(open_cache(teacher_cache), "resume-half", list(range(0, len(open_cache(teacher_cache)), 2)))
+    out = tmp_path / "run"
+    first = subprocess.run(
+        cli(*train_args(student, teacher_cache, out, steps=2), "--kd", "reverse", "--view", "resume-half"),
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads((out / "run.json").read_text())
+    resumed = subprocess.run(
+        cli(*train_args(student, teacher_cache, out, steps=4), "--resume"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming with the run's own settings: " in resumed.stderr and "--kd reverse" in resumed.stderr
+    after = json.loads((out / "run.json").read_text())
+    assert after["id"] == before["id"] and after["view"] == "resume-half"
+    assert after["config"] == {**before["config"], "max_steps": 4, "resume": True}
+    assert [c["settings"] for c in after["changes"]] == [{"max_steps": [2, 4]}]
+    trained = json.loads((out / "model" / "distill_train.json").read_text())["config"]
+    assert (trained["kd"], trained["view"]) == ("reverse", "resume-half")  # what the model was trained with
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+
+
+def test_resume_with_other_settings_is_refused_naming_each(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    subprocess.run(cli(*train_args(student, teacher_cache, out, steps=2), "--kd", "reverse"), check=True,
+                   capture_output=True)  # fmt: skip
+    manifest = (out / "run.json").read_bytes()
+    other = subprocess.run(
+        cli(*train_args(student, teacher_cache, out, steps=4), "--kd", "forward", "--alpha", "0.3", "--resume"),
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "--kd was reverse, now forward" in other.stderr and "--alpha was 0.5, now 0.3" in other.stderr
+    assert "choose another --out" in other.stderr
+    assert (out / "run.json").read_bytes() == manifest  # nothing rewritten, the run still finished
+    # the Python API keeps the same promise: a field left at its default comes back from the run
+    run_train(config(student, teacher_cache, out, max_steps=3, resume=True))
+    assert json.loads((out / "run.json").read_text())["config"]["kd"] == "reverse"
+
+
 @pytest.mark.torchrun
 def test_two_processes_on_gloo_match_one(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
     run_train(config(student, teacher_cache, tmp_path / "one", max_steps=4))

@@ -84,6 +84,9 @@ class RunManifest:
     """Why a run failed or was killed, one sentence."""
     resumed: list[float] = field(default_factory=list)
     """Start times of each --resume."""
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    """Settings a --resume changed (only those that say how the run proceeds: distill.runs.resume.PROCEEDS), one
+    entry per such resume: {"resumed": its start time, "settings": {option: [before, after]}}."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """The latest metrics while running; the final ones once finished."""
     summary: dict[str, Any] = field(default_factory=dict)

@@ -40,16 +40,7 @@ from distill.runs.manifest import (
     write_manifest,
 )
 from distill.runs.registry import Registry
-
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as {option name: value}: JSON values, derived (init=False) fields left out."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if f.init:
-            value = getattr(cfg, f.name)
-            out[f.name] = str(value) if isinstance(value, Path) else value
-    return out
+from distill.runs.resume import config_dict, setting_changes
 
 
 class RunRecord:
@@ -76,6 +67,10 @@ class RunRecord:
         old = read_manifest(self.path) if self.path.is_file() else None
         if self.resume and old is not None:
             m = dataclasses.replace(old, status="running", reason=None, ended=None, resumed=[*old.resumed, now])
+            # distill.runs.resume has refused every other difference: what is left only says how the run proceeds
+            if changed := setting_changes(old.config, self.config):
+                m.changes = [*old.changes, {"resumed": now, "settings": changed}]
+            self.config = {**old.config, **self.config}  # the resolved settings set up later stay as recorded
         else:
             m = RunManifest(
                 id=new_run_id(now), stage=self.stage, name=self.name, out="", argv=[], config={}, started=now
