@@ -34,6 +34,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from distill.atomic import TMP_SUFFIX
 from distill.configs import (
     CompareConfig,
     Config,
@@ -51,6 +52,8 @@ from distill.configs import (
 )
 from distill.configs.base import field_default
 from distill.errors import DistillError
+from distill.runs.manifest import command_line
+from distill.stopping import stop_on_sigterm, stopped_error
 
 app = typer.Typer(
     help="Distil the reasoning of a large teacher model into a small student.",
@@ -93,7 +96,10 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
         cfg = config(**options)
         cfg.set_given(typed_options(ctx, options))  # what --resume must not bring back from the run's first settings
         module, function = run.split(":")
-        getattr(importlib.import_module(module), function)(cfg)
+        try:
+            getattr(importlib.import_module(module), function)(cfg)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stop_on_sigterm): one sentence, exit 130 / 143
+            raise stopped_error(e, command_line(), resumable=_has_checkpoint(cfg)) from None
 
     # typer hands the click context to a parameter annotated typer.Context: it knows which options were typed
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -101,6 +107,14 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
     command.__doc__ = config.__doc__
     command.__name__ = config.COMMAND
     return command
+
+
+def _has_checkpoint(cfg: Config) -> bool:
+    """Whether a stopped run can be continued with --resume (a training run with a checkpoint in its --out)."""
+    out = getattr(cfg, "out", None)
+    if not hasattr(cfg, "resume") or out is None:
+        return False
+    return any(not p.name.endswith(TMP_SUFFIX) for p in (Path(out) / "checkpoints").glob("step-*"))
 
 
 def typed_options(ctx: typer.Context, options: dict[str, Any]) -> set[str]:
@@ -270,6 +284,7 @@ app.add_typer(cache_app, name="cache")
 def main() -> None:
     """Entry point of the `distill` console script."""
     code: int | str | None
+    stop_on_sigterm()  # preemption and time limits stop a run as Ctrl-C does, cleanly
     try:
         app()
     except DistillError as e:

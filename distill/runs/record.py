@@ -8,7 +8,7 @@
 
 Entering writes the manifest with status "running" (a `--resume` keeps the run's id and history);
 leaving with an exception records "failed" and the exception's sentence (a `DistillError`'s
-message, which is what the user saw) or "killed" for Ctrl-C, and lets the exception go on.
+message, which is what the user saw) or "interrupted" for Ctrl-C and SIGTERM, and lets the exception go on.
 Only rank 0 of a torchrun job records (`enabled=False` elsewhere). A registry that cannot be
 written (read-only `$DISTILL_HOME`, a damaged database) costs a note, never the run: the manifest
 is written all the same and `distill runs --scan` adds it later.
@@ -129,8 +129,8 @@ class RunRecord:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
         if error is None or self.manifest is None or self.manifest.status != "running":
             return False
-        if isinstance(error, KeyboardInterrupt):
-            self.fail("interrupted (Ctrl-C)", "killed")
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C or SIGTERM (distill.stopping.Interrupted)
+            self.fail(str(error) or "interrupted by Ctrl-C (SIGINT)", "interrupted")
         elif isinstance(error, DistillError):
             self.fail(str(error))
         elif isinstance(error, SystemExit):
