@@ -280,7 +280,8 @@ def test_sigterm_keeps_the_finished_records_and_the_rerun_completes_without_dupl
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
     line = err.strip().splitlines()[-1]
-    assert line.startswith("error: interrupted by SIGTERM") and "the same command continues it: distill generate" in line
+    assert line.startswith("error: interrupted by SIGTERM")
+    assert "the same command continues it: distill generate" in line
     partial = open_cache(out, allow_incomplete=True)
     assert not partial.complete and 0 < len(partial) < 12 and partial.verify() == []  # finished records, all whole
 

@@ -214,7 +214,8 @@ def test_sigterm_stops_cleanly_and_the_printed_resume_finishes_as_the_uninterrup
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     steps = 12
     whole = tmp_path / "whole"
-    subprocess.run(cli(*train_args(student, teacher_cache, whole, steps=steps)), check=True, capture_output=True, env=env)
+    whole_args = cli(*train_args(student, teacher_cache, whole, steps=steps))
+    subprocess.run(whole_args, check=True, capture_output=True, env=env)
 
     out = tmp_path / "stopped"
     proc = subprocess.Popen(
