@@ -99,7 +99,8 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
         try:
             getattr(importlib.import_module(module), function)(cfg)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stop_on_sigterm): one sentence, exit 130 / 143
-            raise stopped_error(e, command_line(), resumable=_has_checkpoint(cfg)) from None
+            continues = config.COMMAND in RERUN_CONTINUES
+            raise stopped_error(e, command_line(), resumable=_has_checkpoint(cfg), continues=continues) from None
 
     # typer hands the click context to a parameter annotated typer.Context: it knows which options were typed
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -107,6 +108,9 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
     command.__doc__ = config.__doc__
     command.__name__ = config.COMMAND
     return command
+
+
+RERUN_CONTINUES = ("generate", "score")  # commands whose rerun skips what a stopped run finished
 
 
 def _has_checkpoint(cfg: Config) -> bool:

@@ -92,15 +92,18 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def stopped_error(error: KeyboardInterrupt, argv: list[str], resumable: bool) -> DistillError:
+def stopped_error(error: KeyboardInterrupt, argv: list[str], resumable: bool, continues: bool = False) -> DistillError:
     """The sentence for a run stopped by a signal: what happened, what it kept, the command that continues it (the
-    same command with --resume for a training run; the same command for generate and score, which resume), with
+    same command with --resume for a training run with a checkpoint; the same command where it `continues`, as
+    generate and score do), with
     exit code 128 + the signal's number."""
     why = str(error) or "interrupted by Ctrl-C (SIGINT)"
     if resumable:
         again = argv if "--resume" in argv else [*argv, "--resume"]
         out = DistillError(f"{why}; continue it with: {shlex.join(again)}")
-    else:
+    elif continues:
         out = DistillError(f"{why}; what was finished is kept, and the same command continues it: {shlex.join(argv)}")
+    else:
+        out = DistillError(f"{why}; nothing was kept: run it again to start over")
     out.exit_code = error.exit_code if isinstance(error, Interrupted) else 128 + signal.SIGINT
     return out
