@@ -34,6 +34,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from distill.atomic import TMP_SUFFIX
 from distill.configs import (
     CompareConfig,
     Config,
@@ -49,7 +50,10 @@ from distill.configs import (
     TrainConfig,
     field_docs,
 )
+from distill.configs.base import field_default
 from distill.errors import DistillError
+from distill.runs.manifest import command_line
+from distill.stopping import stop_on_sigterm, stopped_error
 
 app = typer.Typer(
     help="Distil the reasoning of a large teacher model into a small student.",
@@ -75,7 +79,7 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
         if not f.init:
             continue
         make = typer.Argument if f.metadata.get("argument") else typer.Option
-        default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        default = field_default(f)
         params.append(
             inspect.Parameter(
                 f.name,
@@ -88,15 +92,39 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
     # required options first, then the command's own, then the shared groups', each as declared
     params.sort(key=lambda p: (p.default is not inspect.Parameter.empty, p.name not in own))
 
-    def command(**options: Any) -> None:
+    def command(ctx: typer.Context, **options: Any) -> None:
         cfg = config(**options)
+        cfg.set_given(typed_options(ctx, options))  # what --resume must not bring back from the run's first settings
         module, function = run.split(":")
-        getattr(importlib.import_module(module), function)(cfg)
+        try:
+            getattr(importlib.import_module(module), function)(cfg)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stop_on_sigterm): one sentence, exit 130 / 143
+            continues = config.COMMAND in RERUN_CONTINUES
+            raise stopped_error(e, command_line(), resumable=_has_checkpoint(cfg), continues=continues) from None
 
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    # typer hands the click context to a parameter annotated typer.Context: it knows which options were typed
+    context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
+    command.__signature__ = inspect.Signature([context, *params])  # type: ignore[attr-defined]
     command.__doc__ = config.__doc__
     command.__name__ = config.COMMAND
     return command
+
+
+RERUN_CONTINUES = ("generate", "score")  # commands whose rerun skips what a stopped run finished
+
+
+def _has_checkpoint(cfg: Config) -> bool:
+    """Whether a stopped run can be continued with --resume (a training run with a checkpoint in its --out)."""
+    out = getattr(cfg, "out", None)
+    if not hasattr(cfg, "resume") or out is None:
+        return False
+    return any(not p.name.endswith(TMP_SUFFIX) for p in (Path(out) / "checkpoints").glob("step-*"))
+
+
+def typed_options(ctx: typer.Context, options: dict[str, Any]) -> set[str]:
+    """The names of the options the user typed on the command line (not those left at their defaults)."""
+    defaulted = ("DEFAULT", "DEFAULT_MAP")  # click's ParameterSource names (typer bundles its own click)
+    return {name for name in options if (source := ctx.get_parameter_source(name)) and source.name not in defaulted}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +288,7 @@ app.add_typer(cache_app, name="cache")
 def main() -> None:
     """Entry point of the `distill` console script."""
     code: int | str | None
+    stop_on_sigterm()  # preemption and time limits stop a run as Ctrl-C does, cleanly
     try:
         app()
     except DistillError as e:

@@ -216,7 +216,8 @@ def _evaluate(cfg: EvalConfig, preset: Any, prompts: list[dict], where: str, tok
     flat_verdicts = verify_batch(cfg.verifier, flat, refs)
     verdicts = [flat_verdicts[i * cfg.samples : (i + 1) * cfg.samples] for i in range(len(prompts))]
     result = score_problems(prompts, texts, verdicts)
-    result["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items()}
+    # private attributes (which options were typed: Config.given) are not settings
+    result["config"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if not k.startswith("_")}
     result["summary"]["model"], result["summary"]["prompts"] = preset.hub_id, where
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,8 @@ from distill.rollouts import (
     rollout_lr,
     step_rollout,
 )
-from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.runs import RunRecord, read_manifest, resume_settings, run_of_model
+from distill.stopping import StopRequest
 from distill.tracking import StepLog
 
 GRPO_CONFIG = "distill_grpo.json"
@@ -215,7 +216,8 @@ class GRPORecipe:
     def train(self, record: RunRecord) -> None:
         cfg = self.cfg
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        with StepLog(self.run, record, cfg.report_to, cfg.resume, "grpo", cfg.steps, self.step) as steps:
+        with StepLog(self.run, record, cfg.report_to, cfg.resume, "grpo", cfg.steps, self.step) as steps, \
+                StopRequest() as stop:  # fmt: skip
             while self.step < cfg.steps:
                 start = time.perf_counter()
                 rollout = step_rollout(self.engine, self.spec, self.tokenizer, self.prompts, cfg.group_size,
@@ -245,8 +247,11 @@ class GRPORecipe:
                         "and only the KL term moves the policy (zero_spread_frac in metrics.jsonl tracks this); use "
                         "a larger --group-size, prompts nearer the policy's ability or a higher --temperature."
                     )
-                if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                saved = self.step % cfg.save_every == 0 or self.step == cfg.steps
+                if saved or stop.signum is not None:  # Ctrl-C or SIGTERM: stop after this step, with its checkpoint
                     self.run.save_policy(self.step, self.policy, self.optimizer)
+                if stop.signum is not None and self.step < cfg.steps:
+                    raise stop.stop_now(f"after step {self.step} of {cfg.steps}, its checkpoint written")
 
     def _rollout_metrics(self, rollout: Rollout, rewards: torch.Tensor, verdicts: dict) -> dict[str, Any]:
         ok = ~torch.isnan(rewards)
@@ -281,6 +286,7 @@ class GRPORecipe:
 
 def run_grpo(cfg: GRPOConfig) -> Path:
     """Run GRPO and export; prints the output model directory as the last line of stdout."""
+    cfg = resume_settings(cfg)  # --resume: the run's own settings, or a sentence naming each one given otherwise
     recipe = GRPORecipe(cfg)
     recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind

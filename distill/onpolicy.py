@@ -97,7 +97,8 @@ from distill.rollouts import (
     rollout_lr,
     step_rollout,
 )
-from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.runs import RunRecord, read_manifest, resume_settings, run_of_model
+from distill.stopping import StopRequest
 from distill.teacher_grader import TeacherGrader
 from distill.teacher_scores import TeacherScores
 from distill.tracking import StepLog
@@ -405,15 +406,18 @@ class OnPolicyRecipe:
             if self.step == 0 and cfg.self_check:
                 check = self.grader.self_check(self.prompts[: cfg.self_check], self.max_new_tokens)
                 record.update(summary={**record.manifest.summary, "teacher_self_check": check})
-            with self._open_cache() as self.cache:
+            with self._open_cache() as self.cache, StopRequest() as stop:
                 while self.step < cfg.steps:
                     row = {"step": self.step + 1, **self.step_once()}
                     self.step += 1
                     steps.log(row, f"reverse-kl {row.get('reverse_kl', math.nan):.4f} "
                               f"len {row['completion_len_mean']:.0f} {row['seconds']:.1f}s")  # fmt: skip
-                    if self.step % cfg.save_every == 0 or self.step == cfg.steps:
+                    # Ctrl-C or SIGTERM: stop after this step, with its checkpoint
+                    if self.step % cfg.save_every == 0 or self.step == cfg.steps or stop.signum is not None:
                         self.cache.flush()  # the scores of every step up to the checkpoint are on disk with it
                         self.run.save_policy(self.step, self.policy, self.optimizer)
+                    if stop.signum is not None and self.step < cfg.steps:
+                        raise stop.stop_now(f"after step {self.step} of {cfg.steps}, its checkpoint written")
                 self.cache.finish(tokenizer=self.grader.tokenizer)
 
     # -----------------------------------------------------------------------------------------
@@ -427,6 +431,7 @@ class OnPolicyRecipe:
 
 def run_onpolicy(cfg: OnPolicyConfig) -> Path:
     """Run on-policy distillation and export; prints the output model directory as the last line of stdout."""
+    cfg = resume_settings(cfg)  # --resume: the run's own settings, or a sentence naming each one given otherwise
     recipe = OnPolicyRecipe(cfg)
     recipe.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     recipe.setup()  # bad input stops here, before the run records itself: nothing is left behind

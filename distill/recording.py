@@ -21,6 +21,7 @@ import numpy as np
 
 from distill.cache import CacheWriter, Record
 from distill.engines import Completion
+from distill.stopping import StopRequest
 
 
 def to_record(c: Completion, meta: dict[str, Any]) -> Record:
@@ -67,7 +68,8 @@ def stream_into_cache(
     padding = writer.index.provenance.get("padding")
 
     stats, start, last_flush = StreamStats(), time.perf_counter(), time.perf_counter()
-    with tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True) as bar:
+    stop = StopRequest("after the record in progress, keeping every finished one")
+    with tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True) as bar, stop:
         for c in completions:
             if padding is not None:
                 # before the append: a shard it flushes is then listed with counts that include its records
@@ -83,6 +85,9 @@ def stream_into_cache(
             if time.perf_counter() - last_flush > flush_every_s:
                 writer.flush()
                 last_flush = time.perf_counter()
+            # Ctrl-C or SIGTERM: stop between records; leaving the writer's `with` saves every finished one
+            if stop.signum is not None and stats.records < total:
+                raise stop.stop_now(f"after {stats.records} of {total} records, every finished one saved")
     stats.seconds = time.perf_counter() - start
     return stats
 

@@ -17,8 +17,10 @@ One recipe that reads top to bottom: setup → train → save → cleanup. Choic
 - bf16 autocast on GPU, fp32 on CPU; AdamW, linear warmup then cosine decay, gradient clipping;
 - checkpoints are directories written under a temp name and renamed; `--resume` restores model,
   optimiser, scheduler, RNG and the data position (the step), so the remaining losses equal an
-  uninterrupted run's; a NaN/inf loss stops the run naming the step and keeps the last good
-  checkpoint (the run directory's rules live in distill.checkpoints.RunDirectory, shared with grpo);
+  uninterrupted run's; Ctrl-C or SIGTERM (preemption) stops after the step in progress with a
+  checkpoint (distill.stopping), so `--resume` continues from there; a NaN/inf loss stops the run naming
+  the step and keeps the last good checkpoint (the run directory's rules live in
+  distill.checkpoints.RunDirectory, shared with grpo);
 - the run records itself: OUT/run.json (its manifest: config, cache, status, final metrics; see
   distill.runs) in the registry that `distill runs` and `distill compare` read; metrics go to
   OUT/metrics.jsonl and to the `--report-to` trackers (TensorBoard by default; wandb, mlflow);
@@ -47,7 +49,8 @@ from distill.losses import IGNORE_INDEX, distill_loss
 from distill.losses.cross_tokenizer import AlignedTeacher, cross_tokenizer_kd
 from distill.mixing import CacheFeed
 from distill.presets import resolve_preset
-from distill.runs import RunRecord, read_manifest, run_of_model
+from distill.runs import RunRecord, read_manifest, resume_settings, run_of_model
+from distill.stopping import StopRequest
 from distill.tracking import StepLog
 from distill.train_data import load_train_data
 
@@ -237,7 +240,8 @@ class TrainRecipe:
     def train(self, record: RunRecord) -> None:
         cfg, first = self.cfg, self.rank == 0
         with StepLog(self.run, record, cfg.report_to, cfg.resume, "train", self.total_steps, self.step,
-                     enabled=first, tracked=TRACKED + self._cache_metrics()) as steps:  # fmt: skip
+                     enabled=first, tracked=TRACKED + self._cache_metrics()) as steps, \
+                StopRequest() as stop:  # fmt: skip
             start, tokens_seen = time.perf_counter(), 0
             while self.step < self.total_steps:
                 row = self._step()
@@ -246,8 +250,14 @@ class TrainRecipe:
                 merged = f" merged {row['merged']:.4f}" if "merged" in row else ""
                 status = f"loss {row['loss']:.4f} ce {row['ce']:.4f} kl {row['kd']:.4f}{merged} {rate:,.0f} tok/s"
                 steps.log(row, status)
-                if self.step % cfg.save_every == 0 or self.step == self.total_steps:
+                saved = self.step % cfg.save_every == 0 or self.step == self.total_steps
+                if saved:
                     self._save_checkpoint()
+                # Ctrl-C or SIGTERM: every rank stops after the same step, with its checkpoint
+                if self.step < self.total_steps and all_sum([float(stop.signum is not None)], self.world)[0]:
+                    if not saved:
+                        self._save_checkpoint()
+                    raise stop.stop_now(f"after step {self.step} of {self.total_steps}, its checkpoint written")
 
     def _step(self) -> dict[str, Any]:
         """One optimizer step over the step's micro-batches; its metrics row."""
@@ -380,6 +390,7 @@ def _to(batch: Any, device: Any) -> Any:
 
 def run_train(cfg: TrainConfig) -> Path:
     """Train and export; prints the output directory as the last line of stdout (rank 0)."""
+    cfg = resume_settings(cfg)  # --resume: the run's own settings, or a sentence naming each one given otherwise
     trainer = TrainRecipe(cfg)
     trainer.run.check_start(cfg.resume)  # before anything loads: a refused start costs nothing
     try:

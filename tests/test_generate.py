@@ -259,6 +259,39 @@ def test_sigkill_mid_run_then_rerun_equals_an_uninterrupted_run(
     assert same_text  # per-(prompt, sample) seeds: a resumed sample is the sample it would have been
 
 
+@pytest.mark.slow
+def test_sigterm_keeps_the_finished_records_and_the_rerun_completes_without_duplicates(
+    tiny_model: Path, prompts_file: Path, home: Path, tmp_path: Path
+) -> None:
+    common = ["generate", "--teacher", str(tiny_model), "--prompts", str(prompts_file), "--mapping", "gsm8k"]
+    args = [*common, *GEN_ARGS, "--backend", "hf", "--shard-size-mb", "0.0005"]
+    whole = distill(*args, "--out", str(tmp_path / "whole"), home=home)
+    assert whole.returncode == 0
+    out = tmp_path / "stopped"
+    env = {**os.environ, "DISTILL_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distill", *args, "--out", str(out)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.time() + 120
+    while not (out / "index.json").exists():  # the first shard is listed: mid-run
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first shard"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: interrupted by SIGTERM")
+    assert "the same command continues it: distill generate" in line
+    partial = open_cache(out, allow_incomplete=True)
+    assert not partial.complete and 0 < len(partial) < 12 and partial.verify() == []  # finished records, all whole
+
+    rerun = distill(*args, "--out", str(out), home=home)
+    assert "resuming" in rerun.stderr
+    resumed, reference = open_cache(out), open_cache(tmp_path / "whole")
+    assert sorted(resumed.keys()) == sorted(set(resumed.keys())) == sorted(reference.keys())
+    assert {r.key: r.completion_ids.tolist() for r in resumed} == {r.key: r.completion_ids.tolist() for r in reference}
+
+
 def test_two_slices_merged_equal_one_run(tiny_model: Path, prompts_file: Path, tmp_path: Path) -> None:
     common = dict(
         teacher=str(tiny_model),

@@ -154,16 +154,32 @@ def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> N
     shutil.copytree(run, out)
     shutil.rmtree(out / "checkpoints" / "step-00000003")
     shutil.rmtree(out / "model")
-    proc = distill(*RUN_ARGS, "--steps", "3", "--out", str(out), "--resume")
+    # only what names the run: every other setting (G 4, batch 8, 3 steps, ...) comes back from its run.json
+    proc = distill("--policy", "arith-teacher", "--prompts", "arith:train", "--out", str(out), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stderr and "(step 2)" in proc.stderr
     before, after = metrics(run), metrics(out)
     assert [r["step"] for r in after] == [1, 2, 3]
     for key in ("reward_mean", "completion_len_mean", "zero_spread_frac", "loss", "grad_norm", "kl"):
         assert after[2][key] == pytest.approx(before[2][key], rel=1e-5, abs=1e-7), key
+    first, resumed = (json.loads((d / "run.json").read_text())["config"] for d in (run, out))
+    assert {k: v for k, v in resumed.items() if k not in ("out", "resume")} == {
+        k: v for k, v in first.items() if k not in ("out", "resume")
+    }
     # without --resume an existing run is refused
     again = distill(*RUN_ARGS, "--steps", "3", "--out", str(out))
     assert again.returncode == 1 and "pass --resume" in again.stderr
+
+
+@pytest.mark.vllm
+def test_resume_with_other_settings_is_refused_and_the_run_stays_finished(run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "other"
+    shutil.copytree(run, out)
+    manifest = (out / "run.json").read_bytes()
+    proc = distill(*RUN_ARGS, "--group-size", "8", "--batch-size", "16", "--steps", "5", "--out", str(out), "--resume")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--group-size was 4, now 8; --batch-size was 8, now 16" in proc.stderr and "--steps" not in proc.stderr
+    assert (out / "run.json").read_bytes() == manifest
 
 
 @pytest.mark.parametrize(

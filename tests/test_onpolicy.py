@@ -164,9 +164,15 @@ def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> N
     shutil.copytree(run, out)
     shutil.rmtree(out / "checkpoints" / "step-00000003")
     shutil.rmtree(out / "model")
-    proc = distill("onpolicy", *RUN_ARGS, "--steps", "3", "--out", str(out), "--resume")
+    # only what names the run: every other setting (G 2, batch 8, lr, 3 steps, ...) comes back from its run.json
+    names = ["--student", "arith-student", "--teacher", "arith-teacher", "--prompts", "arith:train"]
+    proc = distill("onpolicy", *names, "--out", str(out), "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "(step 2)" in proc.stderr and "teacher self-check" not in proc.stderr
+    first, resumed = (json.loads((d / "run.json").read_text())["config"] for d in (run, out))
+    assert {k: v for k, v in resumed.items() if k not in ("out", "resume")} == {
+        k: v for k, v in first.items() if k not in ("out", "resume")
+    }
     before, after = metrics(run), metrics(out)
     assert [r["step"] for r in after] == [1, 2, 3]
     for key in ("reverse_kl", "reverse_kl_last_quarter", "completion_len_mean", "loss", "grad_norm", "rollout_tokens"):
@@ -174,6 +180,18 @@ def test_resume_recomputes_the_last_step_exactly(run: Path, tmp_path: Path) -> N
     assert torch.equal(*(torch.cat([w.flatten() for w in weights(d / "model").values()]) for d in (run, out)))
     info = json.loads(distill("cache", "info", str(out / "cache"), "--json").stdout)
     assert info["complete"] and info["records"] == 3 * 8  # the redone step's scores are not written twice
+
+
+@pytest.mark.vllm
+def test_resume_with_other_settings_is_refused_and_the_run_stays_finished(run: Path, tmp_path: Path) -> None:
+    """Not the scores cache's fault, and the finished run is not marked failed: the settings are named at once."""
+    out = tmp_path / "other"
+    shutil.copytree(run, out)
+    manifest = (out / "run.json").read_bytes()
+    proc = distill("onpolicy", *RUN_ARGS, "--loss", "topk", "--steps", "4", "--out", str(out), "--resume")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "--loss was reverse, now topk" in proc.stderr and "cache" not in proc.stderr
+    assert (out / "run.json").read_bytes() == manifest
 
 
 @pytest.mark.vllm

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -199,6 +200,97 @@ def test_kill_then_resume_gives_the_uninterrupted_losses(student: Path, teacher_
     for a, b in zip(got, whole, strict=True):
         for key in ("loss", "ce", "kd", "grad_norm"):
             assert a[key] == pytest.approx(b[key], abs=1e-5, rel=0), (a["step"], key)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_cleanly_and_the_printed_resume_finishes_as_the_uninterrupted_run(
+    student: Path, teacher_cache: Path, tmp_path: Path
+) -> None:
+    """What Slurm and Kubernetes send on preemption: the step in progress ends with a checkpoint, the run says
+    `interrupted` (run.json and the registry), one sentence names the command that continues it, and that command,
+    run as printed, ends where an uninterrupted run ends."""
+    from distill.runs import Registry
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    steps = 12
+    whole = tmp_path / "whole"
+    whole_args = cli(*train_args(student, teacher_cache, whole, steps=steps))
+    subprocess.run(whole_args, check=True, capture_output=True, env=env)
+
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        cli(*train_args(student, teacher_cache, out, steps=steps)), stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first step was logged"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143 and "Traceback" not in err, err[-2000:]
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "interrupted" and run["reason"].startswith("interrupted by SIGTERM after step")
+    stopped_at = len(metrics(out))
+    assert 0 < stopped_at < steps and not (out / "model").exists()
+    assert (out / "checkpoints" / f"step-{stopped_at:08d}").is_dir()  # the checkpoint of the step it stopped after
+    assert {m.id: m.status for m, _ in Registry().runs(stage="train")}[run["id"]] == "interrupted"
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: interrupted by SIGTERM after step") and "continue it with: distill train" in line
+    command = shlex.split(line.split("continue it with: ", 1)[1])
+    assert command[-1] == "--resume"
+
+    resumed = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"(step {stopped_at})" in resumed.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "finished"
+    assert [r["loss"] for r in metrics(out)] == [r["loss"] for r in metrics(whole)]
+    w1, w2 = AutoModel(whole / "model"), AutoModel(out / "model")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_resume_brings_back_the_runs_own_settings(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    """A resume that leaves out --kd and --view (as "the same command with --resume" is often typed) continues the
+    run as it started, not with the defaults; more --max-steps is allowed and recorded."""
+    write_view(open_cache(teacher_cache), "resume-half", list(range(0, len(open_cache(teacher_cache)), 2)))
+    out = tmp_path / "run"
+    first = subprocess.run(
+        cli(*train_args(student, teacher_cache, out, steps=2), "--kd", "reverse", "--view", "resume-half"),
+        capture_output=True,
+        text=True,
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads((out / "run.json").read_text())
+    resumed = subprocess.run(
+        cli(*train_args(student, teacher_cache, out, steps=4), "--resume"), capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming with the run's own settings: " in resumed.stderr and "--kd reverse" in resumed.stderr
+    after = json.loads((out / "run.json").read_text())
+    assert after["id"] == before["id"] and after["view"] == "resume-half"
+    assert after["config"] == {**before["config"], "max_steps": 4, "resume": True}
+    assert [c["settings"] for c in after["changes"]] == [{"max_steps": [2, 4]}]
+    trained = json.loads((out / "model" / "distill_train.json").read_text())["config"]
+    assert (trained["kd"], trained["view"]) == ("reverse", "resume-half")  # what the model was trained with
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+
+
+def test_resume_with_other_settings_is_refused_naming_each(student: Path, teacher_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    subprocess.run(cli(*train_args(student, teacher_cache, out, steps=2), "--kd", "reverse"), check=True,
+                   capture_output=True)  # fmt: skip
+    manifest = (out / "run.json").read_bytes()
+    other = subprocess.run(
+        cli(*train_args(student, teacher_cache, out, steps=4), "--kd", "forward", "--alpha", "0.3", "--resume"),
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert "--kd was reverse, now forward" in other.stderr and "--alpha was 0.5, now 0.3" in other.stderr
+    assert "choose another --out" in other.stderr
+    assert (out / "run.json").read_bytes() == manifest  # nothing rewritten, the run still finished
+    # the Python API keeps the same promise: a field left at its default comes back from the run
+    run_train(config(student, teacher_cache, out, max_steps=3, resume=True))
+    assert json.loads((out / "run.json").read_text())["config"]["kd"] == "reverse"
 
 
 @pytest.mark.torchrun

@@ -223,8 +223,10 @@ class CacheWriter:
         write_bytes_atomic(self.path / name, data)
         sha256, tokens = hashlib.sha256(data).hexdigest(), int(tensors["lengths"][:, 1].sum())
         self.index.shards.append(ShardEntry(name, len(data), sha256, len(self._buffer), tokens))
-        write_index(self.path, self.index)
+        # emptied before the index is written: a stop that lands in between (Ctrl-C, SIGTERM) can leave a shard
+        # the index does not list (a rerun discards it and redoes its records), never one listed twice
         self._buffer, self._buffer_bytes = [], 0
+        write_index(self.path, self.index)
 
     def adopt_shard(self, source: Path, entry: ShardEntry) -> None:
         """Copy a finished shard of another cache with the same spec (used by merge); its records

@@ -71,6 +71,11 @@ def at_least(value: int | float | None, low: int | float, flag: str) -> list[str
     return [f"{flag} must be ≥ {low}, got {value}"] if value is not None and value < low else []
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (its factory's value for a list), or `dataclasses.MISSING` for a required field."""
+    return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+
+
 @dataclass(kw_only=True)
 class Config:
     """Base of the command configs: validate on construction."""
@@ -90,6 +95,20 @@ class Config:
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences (none: valid)."""
         return []
+
+    def given(self) -> frozenset[str]:
+        """The fields set on purpose: from the command line, the options typed there (`set_given`, which the CLI
+        calls); through the Python API, the fields whose value is not their default. `--resume` brings back the
+        run's own value of every other one (distill.runs.resume)."""
+        typed = self.__dict__.get("_given")
+        if typed is not None:
+            return typed
+        fields = dataclasses.fields(self)
+        return frozenset(f.name for f in fields if f.init and getattr(self, f.name) != field_default(f))
+
+    def set_given(self, names: set[str] | frozenset[str]) -> None:
+        """Record which options the user typed (an attribute, not a field: no record or cache key sees it)."""
+        self.__dict__["_given"] = frozenset(names)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,9 @@ class RunOptions:
     seed: int = 0
     """Seed for initialisation, data order and sampling."""
     resume: bool = False
-    """Continue the run in --out from its last checkpoint."""
+    """Continue the run in --out from its last checkpoint, with its own settings: an option left out comes back from
+    its run.json, one given with another value is refused (except the run's length, --save-every, --report-to and
+    --teacher-url options, which may change and are recorded)."""
     grad_clip: float = 1.0
     """Gradient norm clip."""
     report_to: str = "tensorboard"

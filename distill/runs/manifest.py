@@ -1,10 +1,10 @@
 """A run's manifest: `run.json` in its output directory, the record that says what the run was and is.
 
 Written when the run starts (status "running"), refreshed by a heartbeat while it works, and
-rewritten when it ends ("finished" with its final metrics, or "failed" with the one-sentence
-reason). Every write goes through a temp file and a rename under an advisory lock beside the file,
-so a reader never sees half a manifest and two writers (a run and an `eval` attaching its results
-to it) never lose each other's changes.
+rewritten when it ends ("finished" with its final metrics, "failed" with the one-sentence reason, or
+"interrupted" by Ctrl-C or SIGTERM, a clean stop that `--resume` continues). Every write goes through
+a temp file and a rename under an advisory lock beside the file, so a reader never sees half a manifest
+and two writers (a run and an `eval` attaching its results to it) never lose each other's changes.
 
 The manifest, not the registry, is the truth: the registry (distill.runs.registry) is an index of
 manifests that `distill runs --scan DIR` rebuilds, so moving or copying run directories loses nothing.
@@ -40,8 +40,8 @@ MANIFEST_VERSION = 1
 HEARTBEAT_EVERY = 30.0  # seconds between heartbeats of a working run
 STALE_AFTER = 600.0  # a run on another host with no heartbeat for this long is taken as killed
 
-Status = Literal["running", "finished", "failed", "killed"]
-STATUSES = ("running", "finished", "failed", "killed")
+Status = Literal["running", "finished", "failed", "interrupted", "killed"]
+STATUSES = ("running", "finished", "failed", "interrupted", "killed")
 
 
 @dataclass(kw_only=True)
@@ -81,9 +81,12 @@ class RunManifest:
     heartbeat: float = 0.0
     status: Status = "running"
     reason: str | None = None
-    """Why a run failed or was killed, one sentence."""
+    """Why a run failed, was interrupted (Ctrl-C, SIGTERM: a clean stop, resumable) or was killed, one sentence."""
     resumed: list[float] = field(default_factory=list)
     """Start times of each --resume."""
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    """Settings a --resume changed (only those that say how the run proceeds: distill.runs.resume.PROCEEDS), one
+    entry per such resume: {"resumed": its start time, "settings": {option: [before, after]}}."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """The latest metrics while running; the final ones once finished."""
     summary: dict[str, Any] = field(default_factory=dict)

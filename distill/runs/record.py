@@ -8,7 +8,7 @@
 
 Entering writes the manifest with status "running" (a `--resume` keeps the run's id and history);
 leaving with an exception records "failed" and the exception's sentence (a `DistillError`'s
-message, which is what the user saw) or "killed" for Ctrl-C, and lets the exception go on.
+message, which is what the user saw) or "interrupted" for Ctrl-C and SIGTERM, and lets the exception go on.
 Only rank 0 of a torchrun job records (`enabled=False` elsewhere). A registry that cannot be
 written (read-only `$DISTILL_HOME`, a damaged database) costs a note, never the run: the manifest
 is written all the same and `distill runs --scan` adds it later.
@@ -40,16 +40,7 @@ from distill.runs.manifest import (
     write_manifest,
 )
 from distill.runs.registry import Registry
-
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    """A config dataclass as {option name: value}: JSON values, derived (init=False) fields left out."""
-    out = {}
-    for f in dataclasses.fields(cfg):
-        if f.init:
-            value = getattr(cfg, f.name)
-            out[f.name] = str(value) if isinstance(value, Path) else value
-    return out
+from distill.runs.resume import config_dict, setting_changes
 
 
 class RunRecord:
@@ -76,6 +67,10 @@ class RunRecord:
         old = read_manifest(self.path) if self.path.is_file() else None
         if self.resume and old is not None:
             m = dataclasses.replace(old, status="running", reason=None, ended=None, resumed=[*old.resumed, now])
+            # distill.runs.resume has refused every other difference: what is left only says how the run proceeds
+            if changed := setting_changes(old.config, self.config):
+                m.changes = [*old.changes, {"resumed": now, "settings": changed}]
+            self.config = {**old.config, **self.config}  # the resolved settings set up later stay as recorded
         else:
             m = RunManifest(
                 id=new_run_id(now), stage=self.stage, name=self.name, out="", argv=[], config={}, started=now
@@ -134,8 +129,8 @@ class RunRecord:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: Any) -> bool:
         if error is None or self.manifest is None or self.manifest.status != "running":
             return False
-        if isinstance(error, KeyboardInterrupt):
-            self.fail("interrupted (Ctrl-C)", "killed")
+        if isinstance(error, KeyboardInterrupt):  # Ctrl-C or SIGTERM (distill.stopping.Interrupted)
+            self.fail(str(error) or "interrupted by Ctrl-C (SIGINT)", "interrupted")
         elif isinstance(error, DistillError):
             self.fail(str(error))
         elif isinstance(error, SystemExit):

@@ -159,4 +159,5 @@ def format_table(rows: list[dict[str, str]]) -> str:
 
 def reasons(runs: list[tuple[RunManifest, Path]]) -> list[str]:
     """'name: reason' for each failed or killed run."""
-    return [f"{m.name} ({m.status}): {m.reason}" for m, _ in runs if m.status in ("failed", "killed") and m.reason]
+    ended = ("failed", "interrupted", "killed")
+    return [f"{m.name} ({m.status}): {m.reason}" for m, _ in runs if m.status in ended and m.reason]
