@@ -122,6 +122,8 @@ class OnPolicyDefaults:
     """Completions per step."""
     warmup_steps: int = 0
     """Steps over which the learning rate rises linearly to its peak."""
+    iterations: int = 1
+    """μ: optimiser steps per batch of rollouts (1: one pass over each batch, as Tinker's recipe)."""
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Benchmark a `distill onpolicy` step against a `distill grpo` step at equal rollouts.
 
 In one run, from the same student and on the same prompts: `distill onpolicy` with its defaults for the student
-(for arith-student: top-k loss, 32 completions a step, μ = 2) and `distill grpo` as the comparison runs it (G 8,
+(for arith-student: top-k loss, 32 completions a step, μ = 4) and `distill grpo` as the comparison runs it (G 8,
 64 completions a step, μ = 1), each for the same number of completions, alternating `--repeats` times so machine
 noise hits both alike. Each run's first steps (engine warm-up, compilation) are left out; the figure is the median
 of the seconds per completion over the rest, split into rollout, teacher and update as `metrics.jsonl` logs them.

@@ -46,7 +46,7 @@ EVAL = ["--prompts", "arith:test", "--limit", "200", "--samples", "4", "--max-ne
 ROLLOUTS = ["--prompts", "arith:train", "--max-new-tokens", "96", "--dtype", "float32", "--report-to", "none"]
 # the measured recipe (docs/results/onpolicy-vs-grpo.md), spelled out: a start made before model directories
 # remembered their preset would otherwise get the generic defaults; live cosine runs decay over the whole budget
-RECIPE = "--batch-size 32 --lr 3e-4 --warmup-steps 20 --iterations 2 --lr-schedule cosine"
+RECIPE = "--batch-size 32 --lr 3e-4 --warmup-steps 20 --iterations 4 --lr-schedule cosine"
 METHODS = {
     "onpolicy": f"onpolicy:--loss topk {RECIPE}",
     "full": f"onpolicy:--loss full {RECIPE}",

@@ -100,7 +100,7 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path: Path) -> None:
     assert opd["stage"] == "onpolicy" and opd["metrics"]["steps"] == 2 and opd["config"]["student"].endswith("model")
     # the KD student's model directory remembers arith-student, whose on-policy defaults are the measured recipe
     recipe = {k: opd["config"][k] for k in ("loss", "lr", "batch_size", "warmup_steps", "iterations", "lr_schedule")}
-    assert recipe == {"loss": "topk", "lr": 3e-4, "batch_size": 32, "warmup_steps": 20, "iterations": 2,
+    assert recipe == {"loss": "topk", "lr": 3e-4, "batch_size": 32, "warmup_steps": 20, "iterations": 4,
                       "lr_schedule": "cosine"}  # fmt: skip
     assert "KD → on-policy" in (tmp_path / "demo" / "report.md").read_text()
     assert "[8/8] eval opd" in out.stdout

@@ -49,7 +49,7 @@ SMALL = [
     "--seed",
     "3",
     # the per-token reverse KL at μ = 1 under a constant rate: the path these tests take apart (the defaults,
-    # top-k at μ = 2 under a cosine, run in test_demo and below)
+    # top-k at μ = 4 under a cosine, run in test_demo and below)
     "--loss",
     "reverse",
     "--iterations",

@@ -79,9 +79,9 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, TeacherServers, RunOpti
     out: Path = Path("runs/onpolicy")
     """Run directory (checkpoints, metrics.jsonl, cache/ of the teacher's scores, model/)."""
     # on-policy's own defaults for two shared rollout options: what won on the embedded default
-    iterations: int = 2
-    """μ: optimiser steps per batch of rollouts (2: each batch of teacher-graded samples is used twice, under the
-    clip; 1: the ratio is 1 and the clip never binds)."""
+    iterations: int | None = None
+    """μ: optimiser steps per batch of rollouts, under the clip (1: the ratio is 1 and the clip never binds)
+    [student preset]."""
     lr_schedule: LrSchedule = "cosine"
     """The learning rate after any warm-up: cosine (down to 0 over --decay-steps: on-policy distillation's gains
     on the embedded default came with the decay; at a constant rate the student's KL stopped falling), or
@@ -96,7 +96,7 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, TeacherServers, RunOpti
     def with_defaults(self, defaults: OnPolicyDefaults) -> OnPolicyConfig:
         """This config with the options left unset taken from the student preset's `onpolicy` defaults (validated
         again, so a preset's batch size that is no multiple of --group-size is a sentence too)."""
-        unset = {name: getattr(defaults, name) for name in ("lr", "batch_size", "warmup_steps")}
+        unset = {name: getattr(defaults, name) for name in ("lr", "batch_size", "warmup_steps", "iterations")}
         return replace(self, **{name: value for name, value in unset.items() if getattr(self, name) is None})
 
     def key_settings(self) -> dict[str, Any]:
