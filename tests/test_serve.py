@@ -259,7 +259,9 @@ def test_two_servers_share_the_work_without_duplicates(servers, uninterrupted: P
 def test_a_hung_server_is_dropped_while_the_other_finishes(servers, uninterrupted: Path, tmp_path: Path) -> None:
     hung, out = servers[1], tmp_path / "cache"
     command = [sys.executable, "-m", "distill", "generate", *LONG, "--out", str(out), "--teacher-inflight", "1",
-               "--teacher-timeout-s", "3", "--teacher-retries", "0"]  # fmt: skip
+               "--teacher-timeout-s", "15", "--teacher-retries", "0"]  # fmt: skip
+    # 15 s, not less: on 2 loaded cores a healthy server's first answers can take seconds, and dropping it too
+    # would test nothing
     command += [a for s in servers for a in ("--teacher-url", s.url)]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -269,8 +271,8 @@ def test_a_hung_server_is_dropped_while_the_other_finishes(servers, uninterrupte
     finally:
         hung.send(signal.SIGCONT)
     assert proc.returncode == 0, stderr[-3000:]
-    assert f"teacher server {hung.url} dropped after 1 fault in a row (last: no answer within 3 s); 1 remain" in stderr
-    assert "(dropped: no answer within 3 s); 1 dropped" in stdout
+    assert f"teacher server {hung.url} dropped after 1 fault in a row (last: no answer within 15 s); 1 remain" in stderr
+    assert "(dropped: no answer within 15 s); 1 dropped" in stdout
     assert_same_records(uninterrupted, out)
 
 
