@@ -134,3 +134,106 @@ def test_bad_input_is_one_sentence(
         assert len(errors) == 1 and says in errors[0], out.stderr[-2000:]
     if leaves:
         assert not Path(leaves.replace("{w}", str(work))).exists(), f"{leaves} was left behind"
+
+
+# ---------------------------------------------------------------------------------------------
+# every command × its output path: refused before any work, in one sentence, with nothing left behind
+
+# the command (as `distill --help` and `distill cache --help` list it) → its argv, valid but for "{out}", and what
+# "{out}" must be: a directory, or eval's JSON file. `runs` and `cache info` read the registry in DISTILL_HOME.
+OUTPUT_CASES: dict[str, tuple[tuple[str, ...], str]] = {
+    "generate": (("generate", "--teacher", "arith-teacher", "--prompts", "arith:test", "--limit", "2", "--backend",
+                  "hf", "--out", "{out}"), "directory"),
+    "score": (("score", "--teacher", "arith-teacher", "--traces", "{w}/cache", "--backend", "hf", "--out", "{out}"),
+              "directory"),
+    "filter": (("filter", "{cache}", "--verifiers", "format", "--name", "v"), "directory"),  # {out}: {cache}/views
+    "train": ((*TRAIN[:-1], "{out}"), "directory"),
+    "grpo": (("grpo", "--policy", "arith-teacher", "--prompts", "arith:train", "--steps", "1", "--out", "{out}"),
+             "directory"),
+    "onpolicy": (("onpolicy", "--student", "arith-student", "--teacher", "arith-teacher", "--prompts", "arith:train",
+                  "--steps", "1", "--out", "{out}"), "directory"),
+    "eval": (("eval", "--model", "arith-teacher", "--prompts", "arith:test", "--limit", "2", "--backend", "hf",
+              "--out", "{out}"), "file"),
+    "runs": (("runs",), "directory"),  # DISTILL_HOME={out}
+    "compare": (("compare", "--cache", "{w}/cache", "--out", "{out}"), "directory"),
+    "demo": (("demo", "--prompts", "8", "--steps", "1", "--eval-problems", "2", "--out", "{out}"), "directory"),
+    "cache info": (("cache", "info", "{w}/cache"), "directory"),  # DISTILL_HOME={out}
+    "cache merge": (("cache", "merge", "{w}/cache", "{w}/cache", "--out", "{out}"), "directory"),
+}  # fmt: skip
+HOME_IS_OUT = {"runs", "cache info"}
+WRITES_NOTHING = {"serve", "cache ls", "cache verify", "cache gc"}  # gc removes, and only under the cache root
+
+
+def registered_commands() -> set[str]:
+    from distill.cli import CACHE_COMMANDS, COMMANDS
+
+    return set(COMMANDS) | {f"cache {name}" for name in CACHE_COMMANDS}
+
+
+def test_every_command_has_an_output_case() -> None:
+    """A new command must say where it writes (a case above) or that it writes nothing."""
+    assert set(OUTPUT_CASES) | WRITES_NOTHING == registered_commands()
+
+
+def _permissions_bind_me() -> bool:
+    """Whether this user is stopped by a directory's permissions (not root, whom chmod does not stop)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o555)
+        try:
+            Path(d, "probe").touch()
+        except PermissionError:
+            return True
+        finally:
+            os.chmod(d, 0o755)
+    return False
+
+
+def _snapshot(root: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("fault", ["exists as the wrong kind", "cannot be written"])
+@pytest.mark.parametrize("command", sorted(OUTPUT_CASES))
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    work: Path, tmp_path: Path, command: str, fault: str
+) -> None:
+    """`--out` that is a file where a directory goes (a directory where eval's JSON goes), or that cannot be
+    created (a read-only parent; as root, whom permissions do not stop, a path under a regular file): one sentence
+    naming it, exit 1, and nothing created or changed."""
+    args, kind = OUTPUT_CASES[command]
+    place = tmp_path / "place"
+    place.mkdir()
+    cache = tmp_path / "cache-copy"  # filter writes into its cache's views/
+    if command == "filter":
+        shutil.copytree(work / "cache", cache, ignore=shutil.ignore_patterns("views"))
+        place, out = cache, cache / "views"
+    else:
+        out = place / "out"
+    if fault == "exists as the wrong kind":
+        if kind == "directory":
+            out.write_text("not a directory\n")
+        else:
+            out.mkdir()
+    elif _permissions_bind_me():
+        os.chmod(place, 0o555)
+    else:
+        blocker = tmp_path / "a-file"
+        blocker.write_text("a regular file\n")
+        if command == "filter":
+            out.symlink_to(blocker / "views")  # views/ resolves under a regular file
+        else:
+            place, out = tmp_path, blocker / "out"
+    before = _snapshot(place)
+    argv = [a.replace("{out}", str(out)).replace("{w}", str(work)).replace("{cache}", str(cache)) for a in args]
+    home = str(out) if command in HOME_IS_OUT else str(work / "home")
+    try:
+        result = distill(*argv, env={**ENV, "DISTILL_HOME": home})
+    finally:
+        os.chmod(place, 0o755)
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(out) in errors[0], result.stderr[-2000:]
+    assert _snapshot(place) == before, "the refused command changed or left files"

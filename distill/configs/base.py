@@ -20,9 +20,11 @@ import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from distill.errors import DistillError
+from distill.outputs import Output
 
 Backend = Literal["vllm", "hf"]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -95,6 +97,14 @@ class Config:
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences (none: valid)."""
         return []
+
+    OUT_KIND = "directory"  # what this command's --out names: "directory", or "file" (eval's JSON)
+
+    def outputs(self) -> list[Output]:
+        """Where the command will write, checked by the CLI before the work starts (distill.outputs): its --out,
+        when it has one."""
+        out = getattr(self, "out", None)
+        return [Output(Path(out), "--out", self.OUT_KIND)] if out is not None else []  # type: ignore[arg-type]
 
     def given(self) -> frozenset[str]:
         """The fields set on purpose: from the command line, the options typed there (`set_given`, which the CLI
