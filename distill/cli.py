@@ -106,7 +106,10 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
         except OSError as e:  # a full disk, quota or file-size limit midway: the file, and what continues the run
             if not is_out_of_space(e):
                 raise
-            again = rerun_advice(command_line(), resumable=_has_checkpoint(cfg), continues=continues)
+            resumable = _has_checkpoint(cfg)
+            again = rerun_advice(command_line(), resumable=resumable, continues=continues)
+            if hasattr(cfg, "resume") and not resumable:  # a training run's --out refuses a fresh start until emptied
+                again = f"no checkpoint was written: remove {cfg.out} and run it again"
             raise write_failed_error(e, getattr(cfg, "out", None), again) from None
 
     # typer hands the click context to a parameter annotated typer.Context: it knows which options were typed

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -237,3 +238,77 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and str(out) in errors[0], result.stderr[-2000:]
     assert _snapshot(place) == before, "the refused command changed or left files"
+
+
+# ---------------------------------------------------------------------------------------------
+# a write that fails midway (a full disk, a quota, `ulimit -f`): one sentence, the finished part stays valid
+
+
+def test_a_file_size_limit_midway_is_one_sentence_and_the_rerun_completes_the_cache(tmp_path: Path) -> None:
+    """A real `ulimit -f` (RLIMIT_FSIZE, SIGXFSZ ignored, as a shell with `ulimit -f` leaves it) under a real
+    generate: the shard that outgrows it fails with EFBIG, which used to be a raw `OSError: File too large`."""
+    import resource
+    import signal
+
+    from distill.cache import open_cache
+
+    args = ["generate", "--teacher", "arith-teacher", "--prompts", "arith:test", "--limit", "6", "--backend", "hf",
+            "--max-new-tokens", "96", "--top-k", "5", "--dtype", "float32", "--shard-size-mb", "0.004"]  # fmt: skip
+    env = {**ENV, "DISTILL_HOME": str(tmp_path / "home")}
+    whole = distill(*args, "--out", str(tmp_path / "whole"), env=env)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    reference = open_cache(tmp_path / "whole")
+    sizes = [e.bytes for e in reference.index.shards]
+    limit = max(sizes) - 1  # the biggest shard cannot be written, every other file can
+    assert sizes.index(max(sizes)) > 0 and (tmp_path / "whole" / "index.json").stat().st_size < limit, sizes
+
+    def file_size_limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    out = tmp_path / "limited"
+    argv = [sys.executable, "-m", "distill", *args, "--out", str(out)]
+    cut = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=240, preexec_fn=file_size_limit)
+    assert cut.returncode == 1 and "Traceback" not in cut.stderr, cut.stderr[-3000:]
+    line = cut.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: Writing {out}/shard-") and "File too large" in line, line
+    assert "the same command continues it: distill generate" in line, line
+    partial = open_cache(out, allow_incomplete=True)
+    assert not partial.complete and 0 < len(partial) < len(reference) and partial.verify() == []
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]  # no half-written temp file stays
+
+    rerun = distill(*args, "--out", str(out), env=env)
+    assert rerun.returncode == 0 and "resuming" in rerun.stderr, rerun.stderr[-2000:]
+    resumed = open_cache(out)
+    assert sorted(resumed.keys()) == sorted(set(resumed.keys())) == sorted(reference.keys())
+    for r in reference:
+        got = resumed[resumed.keys().index(r.key)]
+        np.testing.assert_array_equal(got.completion_ids, r.completion_ids)
+        np.testing.assert_array_equal(got.topk_ids, r.topk_ids)
+        np.testing.assert_array_equal(got.topk_logprobs, r.topk_logprobs)
+
+
+def test_a_checkpoint_that_outgrows_the_disk_is_one_sentence_and_leaves_no_temp_checkpoint(
+    work: Path, tmp_path: Path
+) -> None:
+    """torch.save turns a short write into a bare RuntimeError ("unexpected pos"); the checkpoint writer keeps the
+    OSError, so a train whose checkpoint hits a file-size limit says which file and why, and marks the run failed."""
+    import json
+    import resource
+    import signal
+
+    def file_size_limit() -> None:  # above every file a 2-step run writes but its checkpoint (model + AdamW state)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000_000, 2_000_000))
+
+    out = tmp_path / "run"
+    args = [a.replace("{w}", str(work)) for a in TRAIN[:-1]] + [str(out), "--save-every", "1"]
+    env = {**ENV, "DISTILL_HOME": str(work / "home")}
+    argv = [sys.executable, "-m", "distill", *args]
+    cut = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=240, preexec_fn=file_size_limit)
+    assert cut.returncode == 1 and "Traceback" not in cut.stderr, cut.stderr[-3000:]
+    line = cut.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: Writing {out}/checkpoints/step-00000001.tmp/state.pt failed: File too large")
+    assert f"remove {out} and run it again" in line, line
+    assert not list((out / "checkpoints").iterdir())  # no temp checkpoint that a reader could mistake
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
