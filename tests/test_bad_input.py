@@ -95,6 +95,9 @@ CATALOGUE = [
     case(*TRAIN, "--epochs", "1", says="give --epochs or --max-steps, not both"),
     case(*TRAIN, "--batch-rows", "4", env={"WORLD_SIZE": "3"}, says="--batch-rows 4 is not a multiple of the 3"),
     case(*TRAIN, "--kd", "kl", says="'kl' is not one of", exit_code=2),
+    case(*TRAIN, "--lr", "nan", says="--lr must be a finite number, got nan", leaves="{w}/run"),
+    case("onpolicy", "--student", "arith-student", "--teacher", "arith-teacher", "--prompts", "arith:train",
+         "--lr", "inf", "--out", "{w}/o", says="--lr must be a finite number, got inf", leaves="{w}/o"),
     case("train", "--student", "arith-student-bpe", "--cache", "{w}/cache", "--max-steps", "2", "--out", "{w}/run",
          says="or pass --cross-tokenizer", leaves="{w}/run/model"),
     case(*TRAIN, "--cross-tokenizer", "--kd", "sampled", says="use --kd forward, reverse or jsd with --cross-"),
@@ -312,3 +315,45 @@ def test_a_checkpoint_that_outgrows_the_disk_is_one_sentence_and_leaves_no_temp_
     assert f"remove {out} and run it again" in line, line
     assert not list((out / "checkpoints").iterdir())  # no temp checkpoint that a reader could mistake
     assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+# ---------------------------------------------------------------------------------------------
+# every float option of every command × NaN and ±inf: a sentence naming the option (NaN passed every range check)
+
+
+def float_option_cases() -> list:
+    import dataclasses
+
+    from distill.cli import COMMANDS
+    from distill.configs import Config
+    from distill.configs.base import float_fields, option
+
+    configs = {c.COMMAND: c for c in Config.__subclasses__()}
+    cases = []
+    for command in COMMANDS:
+        config = configs[command]
+        required = []  # placeholders for what the command requires: validation refuses before anything reads them
+        for f in dataclasses.fields(config):
+            if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                required += ["x"] if f.metadata.get("argument") else [option(f.name), "x"]
+        for flag in map(option, float_fields(config)):
+            for value in ("nan", "inf", "-inf"):
+                cases.append(pytest.param(command, required, flag, value, id=f"{command} {flag} {value}"))
+    return cases
+
+
+def test_every_command_with_float_options_is_covered() -> None:
+    covered = {p.values[0] for p in float_option_cases()}
+    assert {"generate", "score", "train", "grpo", "onpolicy", "eval", "demo"} <= covered
+
+
+@pytest.mark.parametrize(("command", "required", "flag", "value"), float_option_cases())
+def test_a_float_option_that_is_not_finite_is_one_sentence(command: str, required: list[str], flag: str, value: str):
+    from typer.testing import CliRunner
+
+    from distill.cli import app
+    from distill.errors import DistillError
+
+    result = CliRunner().invoke(app, [command, *required, flag, value])
+    assert isinstance(result.exception, DistillError), (result.output, result.exception)
+    assert f"{flag} must be a finite number, got {float(value)}" in str(result.exception)

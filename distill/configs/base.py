@@ -16,6 +16,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -57,6 +58,19 @@ def field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+@functools.cache
+def float_fields(cls: type) -> tuple[str, ...]:
+    """The fields typed `float` (or `float | None`) that must be finite: all but those whose metadata says
+    `allow_inf` (none does yet: a number that means "no limit" would)."""
+    allowed = {f.name for f in dataclasses.fields(cls) if f.metadata.get("allow_inf")}
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if float in args and name not in allowed:
+            out.append(name)
+    return tuple(out)
+
+
 def option(name: str) -> str:
     """The command-line spelling of a field: `batch_rows` → `--batch-rows`."""
     return "--" + name.replace("_", "-")
@@ -85,6 +99,13 @@ class Config:
     COMMAND = "command"
 
     def __post_init__(self) -> None:
+        # NaN passes every range check (each comparison is False) and inf most: a sentence before any check uses them
+        infinite = [
+            f"{option(name)} must be a finite number, got {value}"
+            for name in float_fields(type(self))
+            if isinstance(value := getattr(self, name), float) and not math.isfinite(value)
+        ]
+        raise_problems(self.COMMAND, infinite)
         # the CLI enforces the choices itself; the Python API gets the same sentence here
         wrong = [
             f"{option(name)} must be one of {', '.join(str(c) for c in choices if c is not None)}, got "
