@@ -83,6 +83,9 @@ CATALOGUE = [
          "--out", "{w}/empty-cache", says="is empty", leaves="{w}/empty-cache/index.json"),
     case(*TRAIN[:4], "{w}/nowhere", "--out", "{w}/run", says="is not a teacher cache", leaves="{w}/run/model"),
     case(*TRAIN, "--view", "nope", says="nope", leaves="{w}/run/model"),
+    case(*TRAIN, "--view", "", says="--view must name a view of the cache", leaves="{w}/run"),
+    case("score", "--teacher", "arith-teacher", "--traces", "{w}/cache", "--view", "", "--backend", "hf",
+         "--out", "{w}/scored", says="--view must name a view of the cache", leaves="{w}/scored"),
     case(*TRAIN, "--resume", says="no checkpoint to resume from"),
     case("score", "--teacher", "arith-teacher", "--traces", "{w}/missing.jsonl", "--backend", "hf", says="missing"),
     # damaged data
@@ -118,6 +121,8 @@ CATALOGUE = [
     case("generate", "--teacher", "arith-teacher", "--prompts", "arith:test", "--extra-samples", "4",
          says="use --backend hf"),
     case("eval", "--model", "arith-teacher", "--prompts", "arith:test", "--samples", "0", says="--samples must be ≥ 1"),
+    case("cache", "merge", "{w}/cache", "{w}/cache", "--out", "{w}/merged", says="is the same cache as",
+         leaves="{w}/merged"),
     case("generate", "--teacher", "arith-teacher", "--prompts", "arith:test", "--shard-index", "2", "--num-shards",
          "2", says="--shard-index must be in [0, --num-shards)"),
 ]  # fmt: skip

@@ -17,6 +17,7 @@ import dataclasses
 import functools
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -85,6 +86,16 @@ def raise_problems(command: str, problems: list[str]) -> None:
 def at_least(value: int | float | None, low: int | float, flag: str) -> list[str]:
     """`[sentence]` when `value` (if given) is below `low`."""
     return [f"{flag} must be ≥ {low}, got {value}"] if value is not None and value < low else []
+
+
+VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as distill.cache.views allows
+
+
+def view_problems(view: str | None) -> list[str]:
+    """`[sentence]` when a --view is given but cannot name a view (an empty `--view ""` used to mean no view)."""
+    if view is None or VIEW_NAME.match(view):
+        return []
+    return [f"--view must name a view of the cache (letters, digits, '.', '_', '-'), got {view!r}"]
 
 
 def field_default(f: dataclasses.Field) -> Any:

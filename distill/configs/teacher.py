@@ -12,7 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distill.configs.base import Config, DomainField, Dtype, PromptSource, TeacherRuntime, TeacherServers, at_least
+from distill.configs.base import (
+    Config,
+    DomainField,
+    Dtype,
+    PromptSource,
+    TeacherRuntime,
+    TeacherServers,
+    at_least,
+    view_problems,
+)
 from distill.outputs import Output
 
 
@@ -122,6 +131,7 @@ class ScoreConfig(Config, DomainField, TeacherRuntime, TeacherServers, CacheOutp
 
     def problems(self) -> list[str]:
         out = self.runtime_problems() + self.cache_problems(self.backend) + at_least(self.limit, 1, "--limit")
+        out += view_problems(self.view)
         out += self.server_problems(self.backend)
         return out + at_least(self.top_k, 1, "--top-k")
 
