@@ -26,10 +26,16 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     """Replace `path` with `data` atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk or a file-size limit: no half-written temp file stays
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:  # a failed write() does not say which file; the sentence the user gets must
+            raise type(e)(e.errno, e.strerror, str(path)) from None
+        raise
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 

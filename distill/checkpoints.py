@@ -49,6 +49,28 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"].cpu())  # a checkpoint loaded with map_location="cuda" moved it
 
 
+class _WholeWrites:
+    """A file whose `write` writes all it is given or keeps the OSError it met in `error`: torch.save swallows it and
+    raises a bare RuntimeError ("unexpected pos"), which would hide why (a full disk, a file-size limit) and where."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view, done = memoryview(data).cast("B"), 0
+        try:
+            while done < len(view):
+                done += os.write(self.file.fileno(), view[done:])  # the next call after a short one raises
+        except OSError as e:
+            self.error = e
+            raise
+        return done
+
+    def flush(self) -> None:
+        pass
+
+
 def write_checkpoint(root: Path, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Save `state` as root/step-NNNNNNNN/state.pt atomically; keep the last `keep` checkpoints."""
     root.mkdir(parents=True, exist_ok=True)
@@ -56,9 +78,17 @@ def write_checkpoint(root: Path, step: int, state: dict[str, Any], keep: int = 2
     tmp = root / (final.name + TMP_SUFFIX)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    torch.save(state, tmp / "state.pt")
-    with open(tmp / "state.pt", "rb") as f:
-        os.fsync(f.fileno())
+    with open(tmp / "state.pt", "wb") as f:
+        out = _WholeWrites(f)
+        try:
+            torch.save(state, out)
+            os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:  # a full disk or a file-size limit: earlier checkpoints stay, no temp
+            shutil.rmtree(tmp, ignore_errors=True)
+            error = out.error or e
+            if not isinstance(error, OSError):
+                raise
+            raise type(error)(error.errno, error.strerror, str(tmp / "state.pt")) from None
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in sorted(p for p in root.glob("step-*") if not p.name.endswith(TMP_SUFFIX))[:-keep]:

@@ -52,8 +52,9 @@ from distill.configs import (
 )
 from distill.configs.base import field_default
 from distill.errors import DistillError
+from distill.outputs import Output, check_outputs, is_out_of_space, write_failed_error
 from distill.runs.manifest import command_line
-from distill.stopping import stop_on_sigterm, stopped_error
+from distill.stopping import rerun_advice, stop_on_sigterm, stopped_error
 
 app = typer.Typer(
     help="Distil the reasoning of a large teacher model into a small student.",
@@ -95,12 +96,21 @@ def config_command(config: type[Config], run: str) -> Callable[..., None]:
     def command(ctx: typer.Context, **options: Any) -> None:
         cfg = config(**options)
         cfg.set_given(typed_options(ctx, options))  # what --resume must not bring back from the run's first settings
+        check_outputs(cfg.outputs())  # before any work: a bad --out costs nothing and leaves nothing
         module, function = run.split(":")
+        continues = config.COMMAND in RERUN_CONTINUES
         try:
             getattr(importlib.import_module(module), function)(cfg)
         except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (stop_on_sigterm): one sentence, exit 130 / 143
-            continues = config.COMMAND in RERUN_CONTINUES
             raise stopped_error(e, command_line(), resumable=_has_checkpoint(cfg), continues=continues) from None
+        except OSError as e:  # a full disk, quota or file-size limit midway: the file, and what continues the run
+            if not is_out_of_space(e):
+                raise
+            resumable = _has_checkpoint(cfg)
+            again = rerun_advice(command_line(), resumable=resumable, continues=continues)
+            if hasattr(cfg, "resume") and not resumable:  # a training run's --out refuses a fresh start until emptied
+                again = f"no checkpoint was written: remove {cfg.out} and run it again"
+            raise write_failed_error(e, getattr(cfg, "out", None), again) from None
 
     # typer hands the click context to a parameter annotated typer.Context: it knows which options were typed
     context = inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)
@@ -246,6 +256,8 @@ def cache_merge(
     """
     from distill.cache.admin import cache_info, merge_caches
 
+    if out is not None:
+        check_outputs([Output(out)])
     path = merge_caches(caches, out)
     info = cache_info(path)
     typer.echo(f"merged {len(caches)} caches: {info['records']} records, {info['tokens']} tokens")

@@ -8,7 +8,8 @@
 - `StopRequest`: around a training loop, the first SIGINT or SIGTERM only asks to stop: the step in progress
   finishes, the loop writes a checkpoint and raises `Interrupted` (`stop_now`), so `--resume` continues exactly
   there; a second signal stops at once (the last checkpoint stays);
-- `stopped_error`: the one sentence the CLI prints for a stop, with the command that continues the run.
+- `stopped_error`: the one sentence the CLI prints for a stop, with the command that continues the run
+  (`rerun_advice`, which a run ended by a full disk gets too).
 
 Handlers can only be set in the main thread; elsewhere (a run inside a thread) these do nothing.
 """
@@ -98,12 +99,17 @@ def stopped_error(error: KeyboardInterrupt, argv: list[str], resumable: bool, co
     generate and score do), with
     exit code 128 + the signal's number."""
     why = str(error) or "interrupted by Ctrl-C (SIGINT)"
-    if resumable:
-        again = argv if "--resume" in argv else [*argv, "--resume"]
-        out = DistillError(f"{why}; continue it with: {shlex.join(again)}")
-    elif continues:
-        out = DistillError(f"{why}; what was finished is kept, and the same command continues it: {shlex.join(argv)}")
-    else:
-        out = DistillError(f"{why}; nothing was kept: run it again to start over")
+    out = DistillError(f"{why}; {rerun_advice(argv, resumable, continues)}")
     out.exit_code = error.exit_code if isinstance(error, Interrupted) else 128 + signal.SIGINT
     return out
+
+
+def rerun_advice(argv: list[str], resumable: bool, continues: bool = False) -> str:
+    """What to run after a run ended early (a stop, a full disk): the same command with --resume for a training run
+    with a checkpoint; the same command where it `continues` (generate, score); else a fresh start."""
+    if resumable:
+        again = argv if "--resume" in argv else [*argv, "--resume"]
+        return f"continue it with: {shlex.join(again)}"
+    if continues:
+        return f"what was finished is kept, and the same command continues it: {shlex.join(argv)}"
+    return "nothing was kept: run it again to start over"

@@ -126,6 +126,12 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
                 f"Cannot merge: {c.path} is cache format version {c.format_version} and this distill merges version "
                 f"{FORMAT_VERSION} only; regenerate it with this distill."
             )
+    seen: dict[str, Path] = {}
+    for c in caches:  # found before anything is written: `merge A A` used to leave a shard and an incomplete index
+        if c.key in seen:
+            same = f"{c.path} is the same cache as {seen[c.key]} (key {c.key})"
+            raise DistillError(f"Cannot merge: {same}; give it once.")
+        seen[c.key] = c.path
     first = caches[0]
     parts0 = dict(first.provenance.get("key_parts", {}))
     for c in caches[1:]:
@@ -150,15 +156,20 @@ def merge_caches(sources: list[str | Path], out: Path | None = None) -> Path:
             **{name: sum(p.get(name, 0) for p in counts) for name in ("folded_entries", "folded_positions")},
         }
     path = Path(out) if out else cache_root() / key
+    fresh = not path.exists()
     writer = CacheWriter(path, first.spec, key, provenance)
+    merged = None
     try:
         for c in caches:
             for entry in c.index.shards:
                 writer.adopt_shard(c.path / entry.name, entry)
         tokenizer = _SavedTokenizer(first.tokenizer_path) if first.tokenizer_path else None
-        return writer.finish(tokenizer=tokenizer)
+        merged = writer.finish(tokenizer=tokenizer)
+        return merged
     finally:
         writer.close()
+        if merged is None and fresh:  # a merge that fails (overlapping slices, a full disk) leaves no half cache
+            shutil.rmtree(path, ignore_errors=True)
 
 
 class _SavedTokenizer:

@@ -270,9 +270,11 @@ class CacheWriter:
 
     def close(self) -> None:
         """Save every buffered record as a shard and release the cache; it stays incomplete."""
-        if not self.index.complete:
-            self.flush()
-        self._lock.release()
+        try:
+            if not self.index.complete:
+                self.flush()
+        finally:  # a flush that fails (a full disk) still releases the cache
+            self._lock.release()
         # a writer that wrote nothing leaves nothing behind (no empty directory that looks like a cache)
         if not (self.path / INDEX_NAME).exists() and {f.name for f in self.path.iterdir()} <= {LOCK_NAME}:
             shutil.rmtree(self.path, ignore_errors=True)

@@ -16,13 +16,17 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
+import re
 import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from distill.errors import DistillError
+from distill.outputs import Output
 
 Backend = Literal["vllm", "hf"]
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
@@ -55,6 +59,19 @@ def field_choices(cls: type) -> dict[str, tuple[Any, ...]]:
     return out
 
 
+@functools.cache
+def float_fields(cls: type) -> tuple[str, ...]:
+    """The fields typed `float` (or `float | None`) that must be finite: all but those whose metadata says
+    `allow_inf` (none does yet: a number that means "no limit" would)."""
+    allowed = {f.name for f in dataclasses.fields(cls) if f.metadata.get("allow_inf")}
+    out = []
+    for name, hint in typing.get_type_hints(cls).items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if float in args and name not in allowed:
+            out.append(name)
+    return tuple(out)
+
+
 def option(name: str) -> str:
     """The command-line spelling of a field: `batch_rows` → `--batch-rows`."""
     return "--" + name.replace("_", "-")
@@ -71,6 +88,16 @@ def at_least(value: int | float | None, low: int | float, flag: str) -> list[str
     return [f"{flag} must be ≥ {low}, got {value}"] if value is not None and value < low else []
 
 
+VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as distill.cache.views allows
+
+
+def view_problems(view: str | None) -> list[str]:
+    """`[sentence]` when a --view is given but cannot name a view (an empty `--view ""` used to mean no view)."""
+    if view is None or VIEW_NAME.match(view):
+        return []
+    return [f"--view must name a view of the cache (letters, digits, '.', '_', '-'), got {view!r}"]
+
+
 def field_default(f: dataclasses.Field) -> Any:
     """A field's default value (its factory's value for a list), or `dataclasses.MISSING` for a required field."""
     return f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
@@ -83,6 +110,13 @@ class Config:
     COMMAND = "command"
 
     def __post_init__(self) -> None:
+        # NaN passes every range check (each comparison is False) and inf most: a sentence before any check uses them
+        infinite = [
+            f"{option(name)} must be a finite number, got {value}"
+            for name in float_fields(type(self))
+            if isinstance(value := getattr(self, name), float) and not math.isfinite(value)
+        ]
+        raise_problems(self.COMMAND, infinite)
         # the CLI enforces the choices itself; the Python API gets the same sentence here
         wrong = [
             f"{option(name)} must be one of {', '.join(str(c) for c in choices if c is not None)}, got "
@@ -95,6 +129,14 @@ class Config:
     def problems(self) -> list[str]:
         """Every invalid setting, as sentences (none: valid)."""
         return []
+
+    OUT_KIND = "directory"  # what this command's --out names: "directory", or "file" (eval's JSON)
+
+    def outputs(self) -> list[Output]:
+        """Where the command will write, checked by the CLI before the work starts (distill.outputs): its --out,
+        when it has one."""
+        out = getattr(self, "out", None)
+        return [Output(Path(out), "--out", self.OUT_KIND)] if out is not None else []  # type: ignore[arg-type]
 
     def given(self) -> frozenset[str]:
         """The fields set on purpose: from the command line, the options typed there (`set_given`, which the CLI

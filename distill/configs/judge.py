@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 from distill.configs.base import Config, DomainField, ModelRuntime, PromptSource, at_least
+from distill.outputs import Output
 
 
 def verifier_problems(names: str, option: str) -> list[str]:
@@ -41,12 +42,20 @@ class FilterConfig(Config):
     def problems(self) -> list[str]:
         return verifier_problems(self.verifiers, "--verifiers") + at_least(self.workers, 1, "--workers")
 
+    def outputs(self) -> list[Output]:
+        """The cache's views/ directory, where the view is written (a cache named by key is checked when found)."""
+        cache = Path(self.cache)
+        fix = "copy the cache (with `cp -r`) to where a view can be written and filter that"
+        # "views": distill.cache.format.VIEWS_DIR, which this light module cannot import (numpy)
+        return [Output(cache / "views", "the views directory", fix=fix)] if cache.is_dir() else []
+
 
 @dataclass(kw_only=True)
 class EvalConfig(Config, PromptSource, DomainField, ModelRuntime):
     """Evaluate a model: pass@1, cons@n, pass@k."""
 
     COMMAND = "eval"
+    OUT_KIND = "file"
 
     model: str
     """Model: a trained student's run or model/ directory, a teacher or student preset name, preset YAML or hub

@@ -7,18 +7,16 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from distill.configs.base import Config, ModelRuntime, PromptSource, at_least
+from distill.configs.base import VIEW_NAME, Config, ModelRuntime, PromptSource, at_least, view_problems
 from distill.configs.rollouts import RolloutOptions
 
 KdKind = Literal["forward", "reverse", "jsd", "sampled"]
 Tail = Literal["bucket", "renorm"]
 GrpoLoss = Literal["grpo", "dapo", "dr_grpo"]
-VIEW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # as distill.cache.views allows
 ScaleRewards = Literal["group", "none"]
 
 
@@ -202,6 +200,7 @@ class TrainConfig(Config, RunOptions):
             out.append("plain --traces carry no teacher logprobs: use --alpha 1 (SFT) or a --cache")
         if self.view is not None and not self.cache:
             out.append("--view selects records of a --cache; give the cache too")
+        out += view_problems(self.view)
         if self.epochs is not None and self.max_steps is not None:
             out.append("give --epochs or --max-steps, not both")
         out += at_least(self.epochs, 1, "--epochs") + at_least(self.max_steps, 1, "--max-steps")

@@ -12,7 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from distill.configs.base import Config, DomainField, Dtype, PromptSource, TeacherRuntime, TeacherServers, at_least
+from distill.configs.base import (
+    Config,
+    DomainField,
+    Dtype,
+    PromptSource,
+    TeacherRuntime,
+    TeacherServers,
+    at_least,
+    view_problems,
+)
+from distill.outputs import Output
 
 
 @dataclass(kw_only=True)
@@ -34,6 +44,14 @@ class CacheOutput:
     """Cache shard size in MiB."""
     flush_every_s: float = 300.0
     """Also flush a shard this often, in seconds (bounds what a kill loses)."""
+
+    def cache_outputs(self) -> list[Output]:
+        """The cache directory: --out, or the cache root under $DISTILL_HOME that holds it by key."""
+        from distill.paths import cache_root
+
+        if self.out is not None:
+            return [Output(self.out)]
+        return [Output(cache_root(), "the cache root", fix="set DISTILL_HOME to another directory or give --out")]
 
     def cache_problems(self, backend: str) -> list[str]:
         out = at_least(self.top_k, 0, "--top-k") + at_least(self.extra_samples, 0, "--extra-samples")
@@ -88,6 +106,9 @@ class GenerateConfig(Config, PromptSource, DomainField, TeacherRuntime, TeacherS
             )
         return out
 
+    def outputs(self) -> list[Output]:
+        return self.cache_outputs()
+
 
 @dataclass(kw_only=True)
 class ScoreConfig(Config, DomainField, TeacherRuntime, TeacherServers, CacheOutput):
@@ -110,8 +131,12 @@ class ScoreConfig(Config, DomainField, TeacherRuntime, TeacherServers, CacheOutp
 
     def problems(self) -> list[str]:
         out = self.runtime_problems() + self.cache_problems(self.backend) + at_least(self.limit, 1, "--limit")
+        out += view_problems(self.view)
         out += self.server_problems(self.backend)
         return out + at_least(self.top_k, 1, "--top-k")
+
+    def outputs(self) -> list[Output]:
+        return self.cache_outputs()
 
 
 @dataclass(kw_only=True)

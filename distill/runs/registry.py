@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from distill.errors import DistillError
+from distill.outputs import Output, check_outputs
 from distill.paths import distill_home
 from distill.runs.manifest import MANIFEST, RunManifest, liveness, manifest_lock, read_manifest, write_manifest
 
@@ -57,6 +58,10 @@ class Registry:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        # SQLite writes its journal next to the database, even to read: a home that is a file or read-only is a
+        # sentence here, not "unable to open database file" (a training run notes it and goes on, distill.runs.record)
+        fix = "set DISTILL_HOME to a writable directory"
+        check_outputs([Output(self.path.parent, "the run registry's directory", fix=fix)])
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         try:
