@@ -75,10 +75,10 @@ class OnPolicyConfig(Config, PromptSource, ModelRuntime, TeacherServers, RunOpti
     lr: float | None = None
     """AdamW learning rate; 0 measures the reverse KL without changing the student [student preset]."""
     warmup_steps: int | None = None
-    """Steps over which the learning rate rises linearly to --lr (then constant) [student preset]."""
+    """Steps over which the learning rate rises linearly to --lr (then follows --lr-schedule) [student preset]."""
     out: Path = Path("runs/onpolicy")
     """Run directory (checkpoints, metrics.jsonl, cache/ of the teacher's scores, model/)."""
-    # on-policy's own defaults for two shared rollout options: what won on the embedded default
+    # two shared rollout options with on-policy defaults of their own (what won on the embedded default)
     iterations: int | None = None
     """μ: optimiser steps per batch of rollouts, under the clip (1: the ratio is 1 and the clip never binds)
     [student preset]."""
