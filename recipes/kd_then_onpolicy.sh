@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On-policy distillation after KD: the KD student of recipes/r1_7b_to_qwen_1.5b.sh samples, the 7B teacher
-# scores every token it wrote (reverse KL as a dense advantage), on one GPU; then eval as before.
+# grades every token it wrote (its top-20 + tail at every sampled position, `distill onpolicy`'s default loss), on
+# one GPU; then eval as before.
 #
 #   bash recipes/kd_then_onpolicy.sh                    # after recipes/r1_7b_to_qwen_1.5b.sh
 #   STUDENT=runs/my-kd STEPS=100 bash recipes/kd_then_onpolicy.sh
@@ -21,7 +22,7 @@ PROMPTS=${PROMPTS:-openr1-math}
 STEPS=${STEPS:-150}
 OUT=${OUT:-runs/r1-7b-qwen-1.5b/onpolicy}
 
-onpolicy=(--student "$STUDENT" --teacher r1-distill-qwen-7b --prompts "$PROMPTS" --loss reverse
+onpolicy=(--student "$STUDENT" --teacher r1-distill-qwen-7b --prompts "$PROMPTS"
           --group-size 4 --batch-size 64 --max-new-tokens 8192 --steps "$STEPS" --out "$OUT")
 if [ -d "$OUT/checkpoints" ]; then onpolicy+=(--resume); fi
 distill onpolicy "${onpolicy[@]}"
